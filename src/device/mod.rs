@@ -1,0 +1,1 @@
+//! GPU discovery, context, streams, events and typed device buffers (cudarc). OWNER: kernels helper.

@@ -1,0 +1,1 @@
+//! Safe entry points: validate, then launch on the GPU. OWNER: kernels helper.
