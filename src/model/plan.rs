@@ -141,7 +141,10 @@ pub fn headroom_bytes(config: &Config, context: u64) -> u64 {
     let c = config;
     let tokens = context.min(c.attention_chunk_size as u64).max(1);
     let qkv = ((c.num_attention_heads + 2 * c.num_key_value_heads) * c.head_dim) as u64;
-    let inter = (c.intermediate_size.max(c.intermediate_size_mlp)) as u64;
+    let moe = c.num_moe_layers();
+    let inter_moe = if moe > 0 { c.intermediate_size } else { 0 };
+    let inter_mlp = if moe < c.layers.len() { c.intermediate_size_mlp } else { 0 };
+    let inter = inter_moe.max(inter_mlp) as u64;
     let per_token = 4 * (4 * c.hidden_size as u64 + qkv + 3 * inter * (1 + c.num_experts_per_tok as u64));
     RESERVE_BYTES + tokens * per_token + 4 * c.vocab_size as u64
 }
