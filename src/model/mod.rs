@@ -5,3 +5,7 @@ pub mod weights;
 
 pub use config::Config;
 pub use weights::{Ffn, LayerWeights, Weights};
+pub mod checkpoint;
+pub mod plan;
+pub mod presets;
+pub mod quantize;
