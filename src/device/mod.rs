@@ -141,22 +141,23 @@ fn describe(e: cudarc::driver::DriverError) -> String {
     }
 }
 
-/// For GPU tests: the first device when there is one and the kernels were built; otherwise prints one
-/// "skipped: ..." line naming `test` and the reason, and returns None.
+/// For GPU tests: the first device when there is one and the kernels were built; otherwise writes one
+/// "skipped: ..." line naming `test` and the reason to stderr (directly, so the test harness does not
+/// capture it) and returns None. With `L4C_REQUIRE_GPU=1` (set on GPU machines) a skip is a failure.
 pub fn device_for_test(test: &str) -> Option<Device> {
-    match Device::first() {
+    let why = match Device::first() {
         Ok(_) if !crate::sys::KERNELS_BUILT => {
-            println!("skipped: no CUDA kernels in this build (run tools/cuda-toolchain.sh): {test}");
-            None
+            "no CUDA kernels in this build (run tools/cuda-toolchain.sh)".to_string()
         }
-        Ok(dev) => Some(dev),
-        Err(Error::NoDevice(why)) => {
-            println!("skipped: no CUDA device ({why}): {test}");
-            None
-        }
-        Err(e) => {
-            println!("skipped: no CUDA device ({e}): {test}");
-            None
-        }
-    }
+        Ok(dev) => return Some(dev),
+        Err(Error::NoDevice(why)) => format!("no CUDA device ({why})"),
+        Err(e) => format!("no CUDA device ({e})"),
+    };
+    assert!(
+        std::env::var("L4C_REQUIRE_GPU").map_or(true, |v| v != "1"),
+        "L4C_REQUIRE_GPU=1 but {test} cannot run: {why}"
+    );
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "skipped: {why}: {test}");
+    None
 }
