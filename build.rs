@@ -137,6 +137,8 @@ fn main() {
             .collect()
     });
 
+    remove_stale(&out, &results);
+
     // Archive through cc (plain, no device link: every object is already fully linked device code).
     let mut ar = cc::Build::new();
     ar.cargo_metadata(false);
@@ -263,6 +265,34 @@ fn compile_one(
     let text = format!("{stdout}{stderr}");
     fs::write(&log, &text).expect("write ptxas log");
     (obj, text)
+}
+
+/// Deletes cached objects and logs of earlier kernel versions, so OUT_DIR does not grow with every edit.
+fn remove_stale(out: &Path, results: &[(PathBuf, String)]) {
+    let keep: Vec<&Path> = results.iter().map(|(obj, _)| obj.as_path()).collect();
+    for e in fs::read_dir(out).into_iter().flatten().flatten() {
+        let p = e.path();
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let Some(base) = name
+            .strip_suffix(".ptxas.txt")
+            .or_else(|| name.strip_suffix(".o"))
+        else {
+            continue;
+        };
+        let is_cached = base
+            .rsplit_once('-')
+            .is_some_and(|(_, h)| h.len() == 16 && h.chars().all(|c| c.is_ascii_hexdigit()));
+        if is_cached
+            && !keep
+                .iter()
+                .any(|k| k.file_stem().is_some_and(|s| s.to_string_lossy() == base))
+        {
+            let _ = fs::remove_file(&p);
+        }
+    }
 }
 
 /// Hash of the contents of every file under `dir` with one of `exts`, in path order.
