@@ -57,7 +57,8 @@ fn mlp(rng: &mut Rng, inter: usize, h: usize, bf16: bool) -> SwiGlu {
 }
 
 fn norm(rng: &mut Rng, h: usize, bf16: bool) -> Vec<f32> {
-    rng.vec(h, bf16).into_iter().map(|x| 1.0 + 0.25 * x).collect()
+    let round = |x: f32| if bf16 { half::bf16::from_f32(x).to_f32() } else { x };
+    rng.vec(h, false).into_iter().map(|x| round(1.0 + 0.25 * x)).collect()
 }
 
 /// A dense random model of `cfg`'s shapes (values exactly bf16 when `bf16`).
@@ -104,4 +105,118 @@ pub fn small_config() -> Config {
     c.num_local_experts = 3;
     c.vocab_size = 64;
     c
+}
+
+/// A fresh seed per run (printed, so a failure can be replayed with `CKPT_SEED`).
+pub fn seed() -> u64 {
+    let s = std::env::var("CKPT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+    });
+    eprintln!("CKPT_SEED={s}");
+    s
+}
+
+/// One owned tensor of a safetensors file.
+pub struct Tensor {
+    pub name: String,
+    pub dtype: safetensors::Dtype,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+/// Every tensor of a safetensors file.
+pub fn read_tensors(path: &std::path::Path) -> Vec<Tensor> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut v: Vec<Tensor> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, t)| Tensor { name, dtype: t.dtype(), shape: t.shape().to_vec(), data: t.data().to_vec() })
+        .collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v
+}
+
+/// Writes tensors as a safetensors file.
+pub fn write_tensors(path: &std::path::Path, tensors: &[Tensor]) {
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|t| (t.name.clone(), safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+/// f32 values as bf16 bytes.
+pub fn bf16_bytes(x: &[f32]) -> Vec<u8> {
+    x.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect()
+}
+
+/// Edits a JSON file in place.
+pub fn edit_json(path: &std::path::Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+}
+
+/// Asserts two models are equal, naming the first weight that differs (not printing megabytes).
+pub fn assert_same(got: &Weights, want: &Weights, what: &str) {
+    let first = || -> Option<String> {
+        if got.embed != want.embed {
+            return Some("embed".into());
+        }
+        if got.norm != want.norm {
+            return Some("norm".into());
+        }
+        if got.lm_head != want.lm_head {
+            return Some("lm_head".into());
+        }
+        if got.layers.len() != want.layers.len() {
+            return Some(format!("{} layers vs {}", got.layers.len(), want.layers.len()));
+        }
+        for (l, (a, b)) in got.layers.iter().zip(&want.layers).enumerate() {
+            let pairs = [("q", &a.q, &b.q), ("k", &a.k, &b.k), ("v", &a.v, &b.v), ("o", &a.o, &b.o)];
+            for (name, x, y) in pairs {
+                if x != y {
+                    return Some(format!("layer {l} {name}: {}", kind(x, y)));
+                }
+            }
+            if a.input_norm != b.input_norm || a.post_attention_norm != b.post_attention_norm {
+                return Some(format!("layer {l} norms"));
+            }
+            match (&a.ffn, &b.ffn) {
+                (Ffn::Moe { router: r1, experts: e1, shared: s1 }, Ffn::Moe { router: r2, experts: e2, shared: s2 }) => {
+                    if r1 != r2 {
+                        return Some(format!("layer {l} router"));
+                    }
+                    let mlps = e1.iter().zip(e2).enumerate().map(|(e, p)| (format!("expert {e}"), p));
+                    for (name, (m1, m2)) in mlps.chain([("shared".to_string(), (s1, s2))]) {
+                        for (part, x, y) in [("gate", &m1.gate, &m2.gate), ("up", &m1.up, &m2.up), ("down", &m1.down, &m2.down)] {
+                            if x != y {
+                                return Some(format!("layer {l} {name} {part}: {}", kind(x, y)));
+                            }
+                        }
+                    }
+                }
+                (Ffn::Dense(m1), Ffn::Dense(m2)) => {
+                    if m1 != m2 {
+                        return Some(format!("layer {l} dense MLP"));
+                    }
+                }
+                _ => return Some(format!("layer {l} ffn kind")),
+            }
+        }
+        None
+    };
+    if let Some(diff) = first() {
+        panic!("{what}: weights differ at {diff}");
+    }
+}
+
+fn kind(a: &Weight, b: &Weight) -> String {
+    let k = |w: &Weight| match w {
+        Weight::Dense(_) => "dense",
+        Weight::Int4(_) => "int4",
+        Weight::Fp8(_) => "fp8",
+    };
+    format!("{} vs {}", k(a), k(b))
 }

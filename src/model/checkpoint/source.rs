@@ -251,7 +251,9 @@ impl Resolver<'_> {
                 Dtype::F8_E4M3 => self.fp8(&base, w, n, k, hint)?,
                 _ => return Err(self.dtype_error(&wname, w, "bf16, f16, f32 or f8_e4m3 with a weight_scale")),
             };
-            if let Some(want_fp8) = self.stored.expects_fp8(&base) {
+            // The embedding table is an nn.Embedding, never a quantization target.
+            let expected = if role == Role::Embed { None } else { self.stored.expects_fp8(&base) };
+            if let Some(want_fp8) = expected {
                 let is_fp8 = matches!(src, Src::Fp8 { .. });
                 if want_fp8 != is_fp8 {
                     return Err(Error::config(
