@@ -4,8 +4,12 @@ mod ckpt_common;
 
 use std::path::{Path, PathBuf};
 
-use ckpt_common::{edit_json, random_weights, read_tensors, seed, small_config, write_tensors, Tensor};
-use llama4_cuda::model::checkpoint::{load_model, write_checkpoint, write_checkpoint_with, LoadOptions, WriteOptions};
+use ckpt_common::{
+    edit_json, random_weights, read_tensors, seed, small_config, write_tensors, Tensor,
+};
+use llama4_cuda::model::checkpoint::{
+    load_model, write_checkpoint, write_checkpoint_with, LoadOptions, WriteOptions,
+};
 use llama4_cuda::Error;
 use safetensors::Dtype;
 use serde_json::json;
@@ -54,7 +58,10 @@ fn truncated_file() {
     let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
     f.set_len(len - 100).unwrap();
     let e = load_err(dir.path());
-    assert!(matches!(e, Error::Checkpoint { ref path, .. } if path == &file), "{e:?}");
+    assert!(
+        matches!(e, Error::Checkpoint { ref path, .. } if path == &file),
+        "{e:?}"
+    );
     names(&e, &["model.safetensors", "truncated"]);
     // Shorter than the 8-byte length prefix.
     std::fs::write(&file, [1u8, 2, 3]).unwrap();
@@ -70,7 +77,10 @@ fn bad_header() {
     bytes[8..16].copy_from_slice(b"not json");
     std::fs::write(&file, bytes).unwrap();
     let e = load_err(dir.path());
-    assert!(matches!(e, Error::Checkpoint { ref path, .. } if path == &file), "{e:?}");
+    assert!(
+        matches!(e, Error::Checkpoint { ref path, .. } if path == &file),
+        "{e:?}"
+    );
     names(&e, &["model.safetensors", "bad header"]);
 }
 
@@ -95,10 +105,20 @@ fn broken_config_json() {
 #[test]
 fn config_disagrees_with_tensor_shape() {
     let (dir, _) = valid();
-    edit_json(&dir.path().join("config.json"), |v| v["intermediate_size"] = json!(20));
+    edit_json(&dir.path().join("config.json"), |v| {
+        v["intermediate_size"] = json!(20)
+    });
     let e = load_err(dir.path());
     assert!(matches!(e, Error::Shape { .. }), "{e:?}");
-    names(&e, &["model.layers.0.feed_forward.shared_expert.gate_proj.weight", "[16, 32]", "[20, 32]", "model.safetensors"]);
+    names(
+        &e,
+        &[
+            "model.layers.0.feed_forward.shared_expert.gate_proj.weight",
+            "[16, 32]",
+            "[20, 32]",
+            "model.safetensors",
+        ],
+    );
 }
 
 #[test]
@@ -122,17 +142,28 @@ fn missing_tensor() {
     let gone = "model.layers.1.self_attn.v_proj.weight";
     rewrite(&file, |t| t.retain(|t| t.name != gone));
     let e = load_err(dir.path());
-    assert!(matches!(e, Error::Checkpoint { ref path, .. } if path == &file), "{e:?}");
+    assert!(
+        matches!(e, Error::Checkpoint { ref path, .. } if path == &file),
+        "{e:?}"
+    );
     names(&e, &["missing tensor", gone]);
 }
 
 #[test]
 fn missing_fused_experts() {
     let (dir, file) = valid();
-    rewrite(&file, |t| t.retain(|t| !t.name.starts_with("model.layers.2.feed_forward.experts.")));
+    rewrite(&file, |t| {
+        t.retain(|t| !t.name.starts_with("model.layers.2.feed_forward.experts."))
+    });
     let e = load_err(dir.path());
     assert!(matches!(e, Error::Checkpoint { .. }), "{e:?}");
-    names(&e, &["missing tensor", "model.layers.2.feed_forward.experts.gate_up_proj"]);
+    names(
+        &e,
+        &[
+            "missing tensor",
+            "model.layers.2.feed_forward.experts.gate_up_proj",
+        ],
+    );
 }
 
 #[test]
@@ -164,13 +195,21 @@ fn unsupported_dtype() {
 fn sharded() -> (tempfile::TempDir, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = small_config();
-    let opts = WriteOptions { shard_bytes: 16_000, progress: false };
+    let opts = WriteOptions {
+        shard_bytes: 16_000,
+        progress: false,
+    };
     write_checkpoint_with(dir.path(), &cfg, &random_weights(&cfg, seed(), true), &opts).unwrap();
     load_model(dir.path(), &LoadOptions::default()).unwrap();
-    let index: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("model.safetensors.index.json")).unwrap()).unwrap();
+    let index: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("model.safetensors.index.json")).unwrap(),
+    )
+    .unwrap();
     let shard = |name: &str| index["weight_map"][name].as_str().unwrap().to_string();
-    let (first, last) = (shard("model.embed_tokens.weight"), shard("model.norm.weight"));
+    let (first, last) = (
+        shard("model.embed_tokens.weight"),
+        shard("model.norm.weight"),
+    );
     assert_ne!(first, last, "the test model should span several shards");
     (dir, first, last)
 }
@@ -181,15 +220,23 @@ fn missing_shard() {
     let shard = dir.path().join(&last);
     std::fs::remove_file(&shard).unwrap();
     let e = load_err(dir.path());
-    assert!(matches!(e, Error::Checkpoint { ref path, .. } if path == &shard), "{e:?}");
-    names(&e, &[&last, "shard missing", "model.safetensors.index.json"]);
+    assert!(
+        matches!(e, Error::Checkpoint { ref path, .. } if path == &shard),
+        "{e:?}"
+    );
+    names(
+        &e,
+        &[&last, "shard missing", "model.safetensors.index.json"],
+    );
 }
 
 #[test]
 fn index_names_the_wrong_shard() {
     let (dir, first, _) = sharded();
     let name = "model.norm.weight";
-    edit_json(&dir.path().join("model.safetensors.index.json"), |v| v["weight_map"][name] = json!(first));
+    edit_json(&dir.path().join("model.safetensors.index.json"), |v| {
+        v["weight_map"][name] = json!(first)
+    });
     let e = load_err(dir.path());
     assert!(matches!(e, Error::Checkpoint { .. }), "{e:?}");
     names(&e, &[name, &first, "not in this shard"]);
@@ -207,7 +254,9 @@ fn no_weights_at_all() {
 #[test]
 fn unknown_rope_type_in_checkpoint_config() {
     let (dir, _) = valid();
-    edit_json(&dir.path().join("config.json"), |v| v["rope_parameters"]["rope_type"] = json!("longrope"));
+    edit_json(&dir.path().join("config.json"), |v| {
+        v["rope_parameters"]["rope_type"] = json!("longrope")
+    });
     let e = load_err(dir.path());
     assert!(matches!(e, Error::Config { .. }), "{e:?}");
     names(&e, &["rope_parameters.rope_type", "longrope"]);
@@ -233,7 +282,9 @@ fn fp8_ignore_list_disagrees_with_stored_dtype() {
 #[test]
 fn unsupported_quantization_method() {
     let (dir, _) = valid();
-    edit_json(&dir.path().join("config.json"), |v| v["quantization_config"] = json!({"quant_method": "gptq", "bits": 4}));
+    edit_json(&dir.path().join("config.json"), |v| {
+        v["quantization_config"] = json!({"quant_method": "gptq", "bits": 4})
+    });
     let e = load_err(dir.path());
     assert!(matches!(e, Error::Config { .. }), "{e:?}");
     names(&e, &["quantization_config.quant_method", "gptq"]);
@@ -244,9 +295,17 @@ fn int4_tensor_without_int4_parameters() {
     let (dir, file) = valid();
     let base = "model.layers.1.feed_forward.gate_proj";
     rewrite(&file, |ts| {
-        let t = ts.iter_mut().find(|t| t.name == format!("{base}.weight")).unwrap();
+        let t = ts
+            .iter_mut()
+            .find(|t| t.name == format!("{base}.weight"))
+            .unwrap();
         let (n, k) = (t.shape[0], t.shape[1]);
-        *t = Tensor { name: format!("{base}.qweight"), dtype: Dtype::U8, shape: vec![n, k / 2], data: vec![0x21; n * k / 2] };
+        *t = Tensor {
+            name: format!("{base}.qweight"),
+            dtype: Dtype::U8,
+            shape: vec![n, k / 2],
+            data: vec![0x21; n * k / 2],
+        };
         ts.push(Tensor {
             name: format!("{base}.scales"),
             dtype: Dtype::BF16,
@@ -256,5 +315,8 @@ fn int4_tensor_without_int4_parameters() {
     });
     let e = load_err(dir.path());
     assert!(matches!(e, Error::Config { .. }), "{e:?}");
-    names(&e, &["quantization_config.int4", &format!("{base}.qweight")]);
+    names(
+        &e,
+        &["quantization_config.int4", &format!("{base}.qweight")],
+    );
 }
