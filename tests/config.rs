@@ -214,6 +214,22 @@ fn refuses_unknown_rope_types() {
 }
 
 #[test]
+fn rope_parameters_per_layer_type() {
+    let llama3 = json!({"rope_type": "llama3", "rope_theta": 500000.0, "factor": 16.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 1.0, "original_max_position_embeddings": 8192});
+    let mut v = released_scout();
+    let tc = v["text_config"].as_object_mut().unwrap();
+    tc.remove("rope_scaling");
+    tc.insert(
+        "rope_parameters".into(),
+        json!({"chunked_attention": llama3.clone(), "full_attention": llama3.clone()}),
+    );
+    assert_eq!(Config::from_json(&v).unwrap(), Config::scout());
+    v["text_config"]["rope_parameters"]["full_attention"]["factor"] = json!(8.0);
+    assert_config_err(&v, "text_config.rope_parameters.full_attention", "8");
+}
+
+#[test]
 fn refuses_inconsistent_sizes() {
     assert_config_err(
         &json!({"num_attention_heads": 40, "num_key_value_heads": 6}),
@@ -316,6 +332,43 @@ proptest! {
             prop_assert_eq!(kind.moe, i % 3 == 0);
         }
     }
+}
+
+/// `llama4 info`: the numbers, and one clear error line with a non-zero exit.
+#[test]
+fn info_command() {
+    let bin = env!("CARGO_BIN_EXE_llama4");
+    let out = std::process::Command::new(bin)
+        .args([
+            "info",
+            "--preset",
+            "scout",
+            "--context",
+            "1000000",
+            "--quantize",
+            "int4",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for part in [
+        "total 107.77 B",
+        "active per token 17.17 B",
+        "215.5 GB",
+        "4096 B per token per layer",
+        "KV room",
+    ] {
+        assert!(text.contains(part), "`{part}` missing from:\n{text}");
+    }
+    let out = std::process::Command::new(bin)
+        .args(["info", "--model", "/nonexistent/dir"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("/nonexistent/dir/config.json"), "{err}");
 }
 
 /// LLAMA4.md's table: Scout 107.8 B total / 17.2 B active, Maverick 400.7 B / 17.2 B (rounded to 0.1 B).
