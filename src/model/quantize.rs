@@ -145,8 +145,8 @@ impl QuantizeOptions {
 /// weight at a time per worker thread is held in memory. `dst` must be empty or absent.
 /// Returns the bytes of tensor data written.
 pub fn quantize_checkpoint(src: &Path, dst: &Path, opts: &QuantizeOptions) -> Result<u64> {
-    check_output_dir(src, dst)?;
     let ck = Checkpoint::open(src)?;
+    check_output_dir(src, dst)?;
     let (files, ms, spec) = (ck.files(), ck.sources(), &opts.spec);
     let target = match spec.format {
         QuantFormat::Int4(c) => Stored::Int4(c),
