@@ -566,7 +566,7 @@ pub(crate) fn read_linear(files: &Files, lin: &Lin) -> Result<Weight> {
             msg: format!("tensor `{name}`: {}", l.dtype),
         })
     };
-    Ok(match &lin.src {
+    let w = match &lin.src {
         Src::Float { t } => Weight::Dense(DenseWeight {
             n,
             k,
@@ -604,7 +604,14 @@ pub(crate) fn read_linear(files: &Files, lin: &Lin) -> Result<Weight> {
                 data: transpose_cols(&x, rows, cols, col0, n),
             })
         }
-    })
+    };
+    // Stored codes, scales and zero points come from the user: check them before anything computes.
+    w.validate().map_err(|e| {
+        let first = lin.src.tensors()[0];
+        let path = files.get(first).map_or(files.listing(), |l| files.path_of(l));
+        Error::checkpoint(path, format!("tensor `{first}`: {e}"))
+    })?;
+    Ok(w)
 }
 
 /// Expert `expert`'s `[rows, cols]` slab of a fused `[E, rows, cols]` tensor, as f32.
