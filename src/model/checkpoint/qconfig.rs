@@ -117,8 +117,9 @@ impl StoredQuant {
                             symmetric: p.bool_or("symmetric", true)?,
                             scale_dtype,
                         };
-                        c.validate()
-                            .map_err(|e| Error::config(p.name("group_size"), group_size, e.to_string()))?;
+                        c.validate().map_err(|e| {
+                            Error::config(p.name("group_size"), group_size, e.to_string())
+                        })?;
                         Some(c)
                     }
                 };
