@@ -50,8 +50,15 @@ fn released_scout() -> Value {
 
 /// Maverick as a flat text-only export with transformers 5.x's `rope_parameters` and explicit lists.
 fn flat_maverick() -> Value {
-    let layer_types: Vec<&str> =
-        (0..48).map(|i| if (i + 1) % 4 != 0 { "chunked_attention" } else { "full_attention" }).collect();
+    let layer_types: Vec<&str> = (0..48)
+        .map(|i| {
+            if (i + 1) % 4 != 0 {
+                "chunked_attention"
+            } else {
+                "full_attention"
+            }
+        })
+        .collect();
     let no_rope: Vec<u8> = (0..48).map(|i| u8::from((i + 1) % 4 != 0)).collect();
     json!({
         "architectures": ["Llama4ForCausalLM"],
@@ -74,7 +81,10 @@ fn assert_config_err(v: &Value, key: &str, value: &str) {
     match Config::from_json(v) {
         Err(e @ Error::Config { .. }) => {
             let msg = e.to_string();
-            assert!(msg.contains(key) && msg.contains(value), "message `{msg}` should name `{key}` and `{value}`");
+            assert!(
+                msg.contains(key) && msg.contains(value),
+                "message `{msg}` should name `{key}` and `{value}`"
+            );
         }
         other => panic!("expected Error::Config naming {key}, got {other:?}"),
     }
@@ -82,16 +92,25 @@ fn assert_config_err(v: &Value, key: &str, value: &str) {
 
 #[test]
 fn released_wrapper_reads_as_scout() {
-    assert_eq!(Config::from_json(&released_scout()).unwrap(), Config::scout());
+    assert_eq!(
+        Config::from_json(&released_scout()).unwrap(),
+        Config::scout()
+    );
     // Absent no_rope_layers derives the same NoPE pattern as an empty list.
     let mut v = released_scout();
-    v["text_config"].as_object_mut().unwrap().remove("no_rope_layers");
+    v["text_config"]
+        .as_object_mut()
+        .unwrap()
+        .remove("no_rope_layers");
     assert_eq!(Config::from_json(&v).unwrap(), Config::scout());
 }
 
 #[test]
 fn flat_export_reads_as_maverick() {
-    assert_eq!(Config::from_json(&flat_maverick()).unwrap(), Config::maverick());
+    assert_eq!(
+        Config::from_json(&flat_maverick()).unwrap(),
+        Config::maverick()
+    );
     // Without moe_layers, interleave_moe_layer_step 2 derives the same layers.
     let mut v = flat_maverick();
     v.as_object_mut().unwrap().remove("moe_layers");
@@ -101,11 +120,44 @@ fn flat_export_reads_as_maverick() {
 #[test]
 fn absent_keys_take_transformers_defaults() {
     let c = Config::from_json(&json!({})).unwrap();
-    assert_eq!((c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads), (5120, 48, 40, 8));
-    assert_eq!((c.head_dim, c.intermediate_size, c.intermediate_size_mlp, c.vocab_size), (128, 8192, 16384, 202048));
-    assert_eq!((c.num_local_experts, c.num_experts_per_tok, c.attention_chunk_size), (16, 1, 8192));
-    assert_eq!((c.max_position_embeddings, c.bos_token_id, c.eos_token_ids.clone()), (131072, Some(1), vec![2]));
-    assert_eq!((c.rope_theta, c.rope_scaling, c.rms_norm_eps), (500000.0, None, 1e-5));
+    assert_eq!(
+        (
+            c.hidden_size,
+            c.num_hidden_layers,
+            c.num_attention_heads,
+            c.num_key_value_heads
+        ),
+        (5120, 48, 40, 8)
+    );
+    assert_eq!(
+        (
+            c.head_dim,
+            c.intermediate_size,
+            c.intermediate_size_mlp,
+            c.vocab_size
+        ),
+        (128, 8192, 16384, 202048)
+    );
+    assert_eq!(
+        (
+            c.num_local_experts,
+            c.num_experts_per_tok,
+            c.attention_chunk_size
+        ),
+        (16, 1, 8192)
+    );
+    assert_eq!(
+        (
+            c.max_position_embeddings,
+            c.bos_token_id,
+            c.eos_token_ids.clone()
+        ),
+        (131072, Some(1), vec![2])
+    );
+    assert_eq!(
+        (c.rope_theta, c.rope_scaling, c.rms_norm_eps),
+        (500000.0, None, 1e-5)
+    );
     assert!(c.use_qk_norm && c.attn_temperature_tuning && !c.tie_word_embeddings);
     assert!(c.layers.iter().all(|l| l.moe));
     // head_dim: null means hidden / heads.
@@ -124,10 +176,16 @@ fn eos_as_int_or_list() {
 
 #[test]
 fn generation_config_reads() {
-    let g = GenerationConfig::from_json(&json!({"bos_token_id": 200000, "eos_token_id": [200001, 200008],
-        "temperature": 0.6, "top_p": 0.9, "do_sample": true})).unwrap();
+    let g = GenerationConfig::from_json(
+        &json!({"bos_token_id": 200000, "eos_token_id": [200001, 200008],
+        "temperature": 0.6, "top_p": 0.9, "do_sample": true}),
+    )
+    .unwrap();
     assert_eq!(g.eos_token_ids, vec![200001, 200008]);
-    assert_eq!((g.temperature, g.top_p, g.top_k, g.do_sample), (Some(0.6), Some(0.9), None, Some(true)));
+    assert_eq!(
+        (g.temperature, g.top_p, g.top_k, g.do_sample),
+        (Some(0.6), Some(0.9), None, Some(true))
+    );
     let g = GenerationConfig::from_json(&json!({"eos_token_id": 5})).unwrap();
     assert_eq!((g.eos_token_ids, g.temperature), (vec![5], None));
 }
@@ -148,32 +206,91 @@ fn refuses_unknown_rope_types() {
     v["rope_parameters"]["rope_type"] = json!("dynamic");
     assert_config_err(&v, "rope_parameters.rope_type", "dynamic");
     let mut v = released_scout();
-    v["text_config"]["rope_scaling"].as_object_mut().unwrap().remove("high_freq_factor");
+    v["text_config"]["rope_scaling"]
+        .as_object_mut()
+        .unwrap()
+        .remove("high_freq_factor");
     assert_config_err(&v, "rope_scaling.high_freq_factor", "missing");
 }
 
 #[test]
+fn rope_parameters_per_layer_type() {
+    let llama3 = json!({"rope_type": "llama3", "rope_theta": 500000.0, "factor": 16.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 1.0, "original_max_position_embeddings": 8192});
+    let mut v = released_scout();
+    let tc = v["text_config"].as_object_mut().unwrap();
+    tc.remove("rope_scaling");
+    tc.insert(
+        "rope_parameters".into(),
+        json!({"chunked_attention": llama3.clone(), "full_attention": llama3.clone()}),
+    );
+    assert_eq!(Config::from_json(&v).unwrap(), Config::scout());
+    v["text_config"]["rope_parameters"]["full_attention"]["factor"] = json!(8.0);
+    assert_config_err(&v, "text_config.rope_parameters.full_attention", "8");
+}
+
+#[test]
 fn refuses_inconsistent_sizes() {
-    assert_config_err(&json!({"num_attention_heads": 40, "num_key_value_heads": 6}), "num_attention_heads", "40");
-    assert_config_err(&json!({"num_experts_per_tok": 17, "num_local_experts": 16}), "num_experts_per_tok", "17");
+    assert_config_err(
+        &json!({"num_attention_heads": 40, "num_key_value_heads": 6}),
+        "num_attention_heads",
+        "40",
+    );
+    assert_config_err(
+        &json!({"num_experts_per_tok": 17, "num_local_experts": 16}),
+        "num_experts_per_tok",
+        "17",
+    );
     assert_config_err(&json!({"hidden_size": 0}), "hidden_size", "0");
     assert_config_err(&json!({"head_dim": 127}), "head_dim", "127");
-    assert_config_err(&json!({"num_key_value_heads": 0}), "num_key_value_heads", "0");
-    assert_config_err(&json!({"interleave_moe_layer_step": 0}), "interleave_moe_layer_step", "0");
-    assert_config_err(&json!({"num_hidden_layers": 4, "moe_layers": [1, 4]}), "moe_layers", "4");
-    assert_config_err(&json!({"num_hidden_layers": 4, "no_rope_layers": [1, 1, 0]}), "no_rope_layers", "3");
-    assert_config_err(&json!({"num_hidden_layers": 2, "no_rope_layers": [1, 2]}), "no_rope_layers[1]", "2");
+    assert_config_err(
+        &json!({"num_key_value_heads": 0}),
+        "num_key_value_heads",
+        "0",
+    );
+    assert_config_err(
+        &json!({"interleave_moe_layer_step": 0}),
+        "interleave_moe_layer_step",
+        "0",
+    );
+    assert_config_err(
+        &json!({"num_hidden_layers": 4, "moe_layers": [1, 4]}),
+        "moe_layers",
+        "4",
+    );
+    assert_config_err(
+        &json!({"num_hidden_layers": 4, "no_rope_layers": [1, 1, 0]}),
+        "no_rope_layers",
+        "3",
+    );
+    assert_config_err(
+        &json!({"num_hidden_layers": 2, "no_rope_layers": [1, 2]}),
+        "no_rope_layers[1]",
+        "2",
+    );
     assert_config_err(
         &json!({"num_hidden_layers": 2, "no_rope_layers": [1, 1], "layer_types": ["chunked_attention", "full_attention"]}),
         "layer_types[1]",
         "full_attention",
     );
-    assert_config_err(&json!({"layer_types": ["sliding_attention"], "num_hidden_layers": 1}), "layer_types[0]", "sliding_attention");
+    assert_config_err(
+        &json!({"layer_types": ["sliding_attention"], "num_hidden_layers": 1}),
+        "layer_types[0]",
+        "sliding_attention",
+    );
     assert_config_err(&json!({"hidden_size": -3}), "hidden_size", "-3");
     assert_config_err(&json!({"rms_norm_eps": 0.0}), "rms_norm_eps", "0");
-    assert_config_err(&json!({"text_config": {"model_type": "llama"}}), "text_config.model_type", "llama");
+    assert_config_err(
+        &json!({"text_config": {"model_type": "llama"}}),
+        "text_config.model_type",
+        "llama",
+    );
     assert_config_err(&json!({"hidden_act": "gelu"}), "hidden_act", "gelu");
-    assert_config_err(&json!({"attention_chunk_size": null}), "attention_chunk_size", "null");
+    assert_config_err(
+        &json!({"attention_chunk_size": null}),
+        "attention_chunk_size",
+        "null",
+    );
 }
 
 #[test]
@@ -181,12 +298,18 @@ fn gpu_limits() {
     Config::scout().validate_for_gpu().unwrap();
     Config::maverick().validate_for_gpu().unwrap();
     let e = Config::tiny().validate_for_gpu().unwrap_err();
-    assert!(matches!(e, Error::Config { ref key, .. } if key == "head_dim"), "{e}");
+    assert!(
+        matches!(e, Error::Config { ref key, .. } if key == "head_dim"),
+        "{e}"
+    );
     let mut c = Config::scout();
     c.num_local_experts = 16;
     c.num_experts_per_tok = 9;
     let e = c.validate_for_gpu().unwrap_err();
-    assert!(matches!(e, Error::Config { ref key, ref value, .. } if key == "num_experts_per_tok" && value == "9"), "{e}");
+    assert!(
+        matches!(e, Error::Config { ref key, ref value, .. } if key == "num_experts_per_tok" && value == "9"),
+        "{e}"
+    );
     // The CPU path takes it.
     c.validate().unwrap();
 }
@@ -211,6 +334,43 @@ proptest! {
     }
 }
 
+/// `llama4 info`: the numbers, and one clear error line with a non-zero exit.
+#[test]
+fn info_command() {
+    let bin = env!("CARGO_BIN_EXE_llama4");
+    let out = std::process::Command::new(bin)
+        .args([
+            "info",
+            "--preset",
+            "scout",
+            "--context",
+            "1000000",
+            "--quantize",
+            "int4",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for part in [
+        "total 107.77 B",
+        "active per token 17.17 B",
+        "215.5 GB",
+        "4096 B per token per layer",
+        "KV room",
+    ] {
+        assert!(text.contains(part), "`{part}` missing from:\n{text}");
+    }
+    let out = std::process::Command::new(bin)
+        .args(["info", "--model", "/nonexistent/dir"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("/nonexistent/dir/config.json"), "{err}");
+}
+
 /// LLAMA4.md's table: Scout 107.8 B total / 17.2 B active, Maverick 400.7 B / 17.2 B (rounded to 0.1 B).
 #[test]
 fn parameter_counts_match_the_table() {
@@ -229,7 +389,10 @@ fn parameter_counts_match_the_table() {
 #[test]
 fn weight_bytes_match_the_table() {
     let gb = |c: &Config, s: Option<QuantizeSpec>| plan::weight_bytes(c, s.as_ref()) as f64 / 1e9;
-    let int4_f32 = QuantizeSpec::meta(QuantFormat::Int4(Int4Config { scale_dtype: ScaleDType::F32, ..Default::default() }));
+    let int4_f32 = QuantizeSpec::meta(QuantFormat::Int4(Int4Config {
+        scale_dtype: ScaleDType::F32,
+        ..Default::default()
+    }));
     let (s, m) = (Config::scout(), Config::maverick());
     // Table values are rounded to 0.1 GB or given with "~": 1 % tolerance.
     let near = |got: f64, want: f64| assert!((got / want - 1.0).abs() < 0.01, "{got} vs {want}");
@@ -262,10 +425,17 @@ fn memory_plan_on_one_h100() {
     let gpu = 80u64 << 30;
     let p = plan::memory_plan(&s, Some(&QuantizeSpec::int4()), 100_000, gpu, 2);
     assert!(p.fits, "{p:?}");
-    assert_eq!(p.total_bytes, p.weight_bytes + p.kv_bytes + p.headroom_bytes);
+    assert_eq!(
+        p.total_bytes,
+        p.weight_bytes + p.kv_bytes + p.headroom_bytes
+    );
     let t = p.max_context.unwrap();
     // The longest context fits exactly; one NoPE token more does not.
-    let at = |ctx| plan::weight_bytes(&s, Some(&QuantizeSpec::int4())) + plan::kv_bytes(&s, ctx, 2) + p.headroom_bytes;
+    let at = |ctx| {
+        plan::weight_bytes(&s, Some(&QuantizeSpec::int4()))
+            + plan::kv_bytes(&s, ctx, 2)
+            + p.headroom_bytes
+    };
     assert!(at(t) <= gpu && at(t + 1) > gpu, "{t}");
     // bf16 Scout does not fit one H100 at all.
     let p = plan::memory_plan(&s, None, 1000, gpu, 2);

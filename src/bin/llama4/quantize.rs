@@ -22,12 +22,20 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     if !(args.shard_gib.is_finite() && args.shard_gib > 0.0) {
-        return Err(Error::invalid("quantize", format!("--shard-gib {}: expected a positive number", args.shard_gib)));
+        return Err(Error::invalid(
+            "quantize",
+            format!("--shard-gib {}: expected a positive number", args.shard_gib),
+        ));
     }
     let mut opts = QuantizeOptions::new(QuantizeSpec::parse(&args.format)?);
     opts.shard_bytes = (args.shard_gib * (1u64 << 30) as f64) as u64;
     opts.progress = true;
     let bytes = quantize_checkpoint(&args.model, &args.out, &opts)?;
-    println!("wrote {} ({:.2} GB of tensors, {})", args.out.display(), bytes as f64 / 1e9, args.format);
+    println!(
+        "wrote {} ({:.2} GB of tensors, {})",
+        args.out.display(),
+        bytes as f64 / 1e9,
+        args.format
+    );
     Ok(())
 }
