@@ -257,8 +257,11 @@ fn chunk_reuse_after_release() {
     }
 }
 
+/// One sequence as observed: start, len, chunk table, K bits, V bits.
+type SeqSnapshot = (usize, usize, Vec<u32>, Vec<u32>, Vec<u32>);
+
 /// Everything observable about a pool, to compare before and after a failed append.
-fn snapshot(pool: &ChunkPool, seqs: &[SeqId]) -> Vec<(usize, usize, Vec<u32>, Vec<u32>, Vec<u32>)> {
+fn snapshot(pool: &ChunkPool, seqs: &[SeqId]) -> Vec<SeqSnapshot> {
     let mut out = Vec::new();
     for &s in seqs {
         let v = pool.view(s).unwrap();
@@ -360,7 +363,8 @@ fn many_sequences_interleaved() {
     let total = 400;
     let mut pool = ChunkPool::new(layout(h, d, page, KvDType::F32), total).unwrap();
     // (id, retention chunk, K data, V data) with data for every position from 0.
-    let mut live: Vec<(SeqId, Option<usize>, Vec<f32>, Vec<f32>)> = Vec::new();
+    type Live = (SeqId, Option<usize>, Vec<f32>, Vec<f32>);
+    let mut live: Vec<Live> = Vec::new();
     for step in 0..400 {
         if live.len() < 6 || rng.below(20) == 0 {
             if live.len() >= 6 {
