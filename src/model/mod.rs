@@ -15,3 +15,7 @@ pub use cache::Cache;
 pub use config::Config;
 pub use forward::{Logits, Model};
 pub use weights::{Ffn, LayerWeights, Weights};
+pub mod checkpoint;
+pub mod plan;
+pub mod presets;
+pub mod quantize;

@@ -5,5 +5,8 @@ use llama4_cuda::Result;
 pub struct Args {}
 
 pub fn run(_args: Args) -> Result<()> {
-    Err(llama4_cuda::Error::invalid("quantize", "not implemented yet"))
+    Err(llama4_cuda::Error::invalid(
+        "quantize",
+        "not implemented yet",
+    ))
 }
