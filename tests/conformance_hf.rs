@@ -1,6 +1,7 @@
 //! The model against Hugging Face transformers itself: every fixture of tests/fixtures/hf (tiny
 //! random Llama 4 models, transformers 5.23 f32 logits, see its README) loaded with the checkpoint
 //! loader, run as one prefill and as several prefill / decode splits through the KV cache.
+use llama4_cuda::model::checkpoint::{load_model, LoadOptions};
 use llama4_cuda::model::{CpuBackend, Model};
 use std::path::{Path, PathBuf};
 
@@ -26,7 +27,7 @@ fn fixtures() -> Vec<PathBuf> {
 }
 
 fn load(dir: &Path) -> Model {
-    let (config, weights) = todo!("ckpt loader: {}", dir.display());
+    let (config, weights) = load_model(dir, &LoadOptions::default()).unwrap();
     Model::new(config, weights, CpuBackend).unwrap()
 }
 

@@ -49,7 +49,7 @@ pub struct Model<B: Backend = CpuBackend> {
 impl<B: Backend> Model<B> {
     /// Checks every weight's shape against the config, then hands the weights to the backend.
     pub fn new(config: Config, weights: Weights, backend: B) -> Result<Self> {
-        check_config(&config)?;
+        config.validate()?;
         check_weights(&config, &weights)?;
         let Weights { embed, layers, norm, lm_head } = weights;
         let layers = layers
@@ -197,30 +197,6 @@ fn prepare_layer<B: Backend>(b: &B, kind: LayerKind, l: LayerWeights) -> Result<
         o: b.prepare_linear(l.o)?,
         ffn,
     })
-}
-
-/// The config values the forward pass divides by or indexes with.
-fn check_config(c: &Config) -> Result<()> {
-    let bad = |key: &str, value: usize, msg: &str| Err(Error::config(key, value, msg));
-    if c.layers.len() != c.num_hidden_layers {
-        return bad("layers", c.layers.len(), &format!("one kind per layer expected ({})", c.num_hidden_layers));
-    }
-    if c.num_key_value_heads == 0 || c.num_attention_heads % c.num_key_value_heads != 0 {
-        return bad("num_key_value_heads", c.num_key_value_heads, "must divide num_attention_heads");
-    }
-    if c.head_dim == 0 || c.head_dim % 2 != 0 {
-        return bad("head_dim", c.head_dim, "must be even (RoPE rotates pairs)");
-    }
-    if c.attention_chunk_size == 0 {
-        return bad("attention_chunk_size", 0, "must be positive");
-    }
-    if c.layers.iter().any(|l| l.moe) && (c.num_experts_per_tok == 0 || c.num_experts_per_tok > c.num_local_experts) {
-        return bad("num_experts_per_tok", c.num_experts_per_tok, "must be in 1..=num_local_experts");
-    }
-    if c.attn_temperature_tuning && !(c.floor_scale > 0.0) {
-        return Err(Error::config("floor_scale", c.floor_scale, "must be positive"));
-    }
-    Ok(())
 }
 
 fn check_shape(name: &str, w: &Weight, n: usize, k: usize) -> Result<()> {

@@ -1,10 +1,10 @@
 //! The generation loop: one prefill of the prompt, then one decode step per new token, sampling each
 //! from the last position's logits, until a stop token or the token budget; timed for tokens/s.
 use super::backend::Backend;
+use super::config::GenerationConfig;
 use super::forward::{Logits, Model};
 use super::sampling::{Sampler, SamplingParams};
 use crate::error::{Error, Result};
-use std::path::Path;
 use std::time::Instant;
 
 /// What to generate.
@@ -105,33 +105,13 @@ pub fn generate<B: Backend>(
     Ok(out)
 }
 
-/// `eos_token_id` of a checkpoint's generation_config.json (an id or a list), if the file has one.
-pub fn generation_config_stop_tokens(dir: &Path) -> Result<Vec<u32>> {
-    let path = dir.join("generation_config.json");
-    if !path.is_file() {
-        return Ok(Vec::new());
-    }
-    let text = std::fs::read_to_string(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::checkpoint(&path, format!("not valid JSON: {e}")))?;
-    let bad = || Error::checkpoint(&path, "`eos_token_id` must be a token id or a list of them");
-    let id = |x: &serde_json::Value| x.as_u64().and_then(|i| u32::try_from(i).ok()).ok_or_else(bad);
-    match v.get("eos_token_id") {
-        None | Some(serde_json::Value::Null) => Ok(Vec::new()),
-        Some(serde_json::Value::Array(a)) => a.iter().map(id).collect(),
-        Some(x) => Ok(vec![id(x)?]),
-    }
-}
-
 /// The stop tokens of a model: the config's eos ids plus generation_config.json's, deduplicated.
-pub fn stop_tokens(config_eos: &[u32], dir: Option<&Path>) -> Result<Vec<u32>> {
+pub fn stop_tokens(config_eos: &[u32], generation: Option<&GenerationConfig>) -> Vec<u32> {
     let mut ids = config_eos.to_vec();
-    if let Some(dir) = dir {
-        ids.extend(generation_config_stop_tokens(dir)?);
-    }
+    ids.extend(generation.map_or(&[][..], |g| &g.eos_token_ids[..]));
     ids.sort_unstable();
     ids.dedup();
-    Ok(ids)
+    ids
 }
 
 #[cfg(test)]
@@ -139,16 +119,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn generation_config_eos_forms() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(generation_config_stop_tokens(dir.path()).unwrap().is_empty());
-        let f = dir.path().join("generation_config.json");
-        std::fs::write(&f, r#"{"eos_token_id": [200001, 200007, 200008], "temperature": 0.6}"#).unwrap();
-        assert_eq!(stop_tokens(&[200001, 5], Some(dir.path())).unwrap(), vec![5, 200001, 200007, 200008]);
-        std::fs::write(&f, r#"{"eos_token_id": 7}"#).unwrap();
-        assert_eq!(generation_config_stop_tokens(dir.path()).unwrap(), vec![7]);
-        std::fs::write(&f, r#"{"eos_token_id": "x"}"#).unwrap();
-        let e = generation_config_stop_tokens(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("eos_token_id"), "{e}");
+    fn stop_tokens_merge_config_and_generation_config() {
+        let g = GenerationConfig { eos_token_ids: vec![200008, 200001, 200007], ..Default::default() };
+        assert_eq!(stop_tokens(&[200001, 5], Some(&g)), vec![5, 200001, 200007, 200008]);
+        assert_eq!(stop_tokens(&[9], None), vec![9]);
     }
 }

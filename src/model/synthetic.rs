@@ -8,6 +8,7 @@ use super::forward::Model;
 use super::sampling::Rng;
 use super::weights::{Ffn, LayerWeights, Weights};
 use crate::error::Result;
+use super::quantize::{quantize_weight, QuantizeSpec};
 use crate::quant::{DenseWeight, Weight};
 use crate::reference::moe::SwiGlu;
 use crate::reference::rope::Llama3Scaling;
@@ -99,6 +100,44 @@ pub fn random_weights(c: &Config, seed: u64) -> Weights {
         .collect();
     let embed = DenseWeight { n: c.vocab_size, k: h, data: (0..c.vocab_size * h).map(|_| rng.uniform(1.0)).collect() };
     Weights { embed, layers, norm: norm(&mut rng, h), lm_head: Weight::Dense(dense(&mut rng, c.vocab_size, h)) }
+}
+
+/// Quantizes in-memory weights as `spec` selects (what quantize-on-load does to a checkpoint).
+pub fn quantize(mut w: Weights, spec: &QuantizeSpec) -> Result<Weights> {
+    let q = |x: &mut Weight| -> Result<()> {
+        if let Weight::Dense(d) = x {
+            *x = quantize_weight(&d.data, d.n, d.k, &spec.format)?;
+        }
+        Ok(())
+    };
+    let q_mlp = |m: &mut SwiGlu| -> Result<()> {
+        q(&mut m.gate)?;
+        q(&mut m.up)?;
+        q(&mut m.down)
+    };
+    for l in &mut w.layers {
+        if spec.attention {
+            for x in [&mut l.q, &mut l.k, &mut l.v, &mut l.o] {
+                q(x)?;
+            }
+        }
+        match &mut l.ffn {
+            Ffn::Dense(m) if spec.dense_mlp => q_mlp(m)?,
+            Ffn::Dense(_) => {}
+            Ffn::Moe { experts, shared, .. } => {
+                if spec.routed_experts {
+                    experts.iter_mut().try_for_each(q_mlp)?;
+                }
+                if spec.shared_expert {
+                    q_mlp(shared)?;
+                }
+            }
+        }
+    }
+    if spec.lm_head {
+        q(&mut w.lm_head)?;
+    }
+    Ok(w)
 }
 
 fn dense(rng: &mut Rng, n: usize, k: usize) -> DenseWeight {

@@ -74,47 +74,49 @@ pub fn parse_token_ids(s: &str) -> Result<Vec<u32>> {
     Ok(ids)
 }
 
+/// A minimal word-level tokenizer.json for toy checkpoints and tests: ids 0-3 are
+/// `<|begin_of_text|>`, `<|header_start|>`, `<|header_end|>`, `<|eot|>`, then `words` in order, then
+/// `[UNK]`. Text splits into `\w+` runs and blank lines ("\n\n"); anything else is dropped.
+pub fn word_level_tokenizer_json(words: &[&str]) -> String {
+    let specials = [BEGIN_OF_TEXT, "<|header_start|>", "<|header_end|>", "<|eot|>"];
+    let entry = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let vocab: Vec<String> = specials
+        .iter()
+        .chain(words)
+        .chain(&["[UNK]"])
+        .enumerate()
+        .map(|(i, w)| format!("{}: {i}", entry(w)))
+        .collect();
+    let added: Vec<String> = specials
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            format!(
+                r#"{{"id": {i}, "content": {}, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}}"#,
+                entry(s)
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [{}],
+          "normalizer": null,
+          "pre_tokenizer": {{"type": "Split", "pattern": {{"Regex": "\n\n|\\w+"}}, "behavior": "Removed", "invert": true}},
+          "post_processor": null, "decoder": null,
+          "model": {{"type": "WordLevel", "vocab": {{{}}}, "unk_token": "[UNK]"}}}}"#,
+        added.join(","),
+        vocab.join(",")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A word-level tokenizer.json with the Llama 4 specials as added tokens.
-    pub(crate) fn tiny_tokenizer_json() -> String {
-        let specials = [
-            ("<|begin_of_text|>", 0),
-            ("<|header_start|>", 1),
-            ("<|header_end|>", 2),
-            ("<|eot|>", 3),
-        ];
-        let words = ["hello", "world", "user", "assistant", "\n\n", "[UNK]"];
-        let vocab: Vec<String> = specials
-            .iter()
-            .map(|(s, i)| format!("{s:?}: {i}"))
-            .chain(words.iter().enumerate().map(|(i, w)| format!("{w:?}: {}", i + specials.len())))
-            .collect();
-        let added: Vec<String> = specials
-            .iter()
-            .map(|(s, i)| {
-                format!(
-                    r#"{{"id": {i}, "content": {s:?}, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}}"#
-                )
-            })
-            .collect();
-        format!(
-            r#"{{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [{}],
-              "normalizer": null,
-              "pre_tokenizer": {{"type": "Split", "pattern": {{"Regex": "\n\n|\\w+"}}, "behavior": "Isolated", "invert": false}},
-              "post_processor": null, "decoder": null,
-              "model": {{"type": "WordLevel", "vocab": {{{}}}, "unk_token": "[UNK]"}}}}"#,
-            added.join(","),
-            vocab.join(",")
-        )
-    }
-
     #[test]
     fn chat_template_encodes_specials_as_ids() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("tokenizer.json"), tiny_tokenizer_json()).unwrap();
+        let words = ["hello", "world", "user", "assistant", "\n\n"];
+        std::fs::write(dir.path().join("tokenizer.json"), word_level_tokenizer_json(&words)).unwrap();
         let t = Tokenizer::from_dir(dir.path()).unwrap().expect("tokenizer.json present");
         // bos, header_start, "user", header_end, "\n\n", "hello", "world", eot, header_start,
         // "assistant", header_end, "\n\n".

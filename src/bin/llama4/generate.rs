@@ -1,8 +1,11 @@
 //! `llama4 generate`: sample a continuation of a prompt (the embedded default model without --model).
+use llama4_cuda::model::checkpoint::{load_model, LoadOptions};
+use llama4_cuda::model::config::GenerationConfig;
 use llama4_cuda::model::generate::{generate, stop_tokens, GenerateOptions};
+use llama4_cuda::model::quantize::QuantizeSpec;
 use llama4_cuda::model::sampling::{SamplingParams, DEFAULT_SEED, DEFAULT_TEMPERATURE, DEFAULT_TOP_P};
 use llama4_cuda::model::tokenizer::{parse_token_ids, Tokenizer};
-use llama4_cuda::model::{synthetic, CpuBackend, Model};
+use llama4_cuda::model::{synthetic, Backend, CpuBackend, Model};
 use llama4_cuda::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -13,6 +16,16 @@ pub enum Quantize {
     Int4,
     /// Routed and shared experts fp8 e4m3, per output channel.
     Fp8,
+}
+
+impl Quantize {
+    /// Meta's recipe in this format.
+    pub fn spec(self) -> QuantizeSpec {
+        match self {
+            Quantize::Int4 => QuantizeSpec::int4(),
+            Quantize::Fp8 => QuantizeSpec::fp8(),
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -61,32 +74,20 @@ pub fn load(dir: Option<&Path>, quantize: Option<Quantize>) -> Result<Loaded> {
         );
         let mut weights = synthetic::random_weights(&synthetic::config(), synthetic::SEED);
         if let Some(q) = quantize {
-            quantize_weights(&mut weights, q)?;
+            weights = synthetic::quantize(weights, &q.spec())?;
         }
         let model = Model::new(synthetic::config(), weights, CpuBackend)?;
-        let stop_tokens = stop_tokens(&model.config().eos_token_ids, None)?;
+        let stop_tokens = stop_tokens(&model.config().eos_token_ids, None);
         return Ok(Loaded { model, tokenizer: None, stop_tokens });
     };
     if !dir.is_dir() {
         return Err(Error::invalid("--model", format!("{}: no such directory", dir.display())));
     }
-    let (config, weights) = load_checkpoint(dir, quantize)?;
+    let opts = LoadOptions { quantize: quantize.map(Quantize::spec), progress: false };
+    let (config, weights) = load_model(dir, &opts)?;
     let model = Model::new(config, weights, CpuBackend)?;
-    let stop_tokens = stop_tokens(&model.config().eos_token_ids, Some(dir))?;
+    let stop_tokens = stop_tokens(&model.config().eos_token_ids, GenerationConfig::load(dir)?.as_ref());
     Ok(Loaded { model, tokenizer: Tokenizer::from_dir(dir)?, stop_tokens })
-}
-
-fn load_checkpoint(
-    dir: &Path,
-    quantize: Option<Quantize>,
-) -> Result<(llama4_cuda::model::Config, llama4_cuda::model::Weights)> {
-    let _ = (dir, quantize);
-    todo!("ckpt loader")
-}
-
-fn quantize_weights(weights: &mut llama4_cuda::model::Weights, q: Quantize) -> Result<()> {
-    let _ = (weights, q);
-    todo!("ckpt quantizer")
 }
 
 /// The prompt's token ids: --tokens, --prompt through the tokenizer, or the embedded model's default.

@@ -27,11 +27,6 @@ pub fn run(args: Args) -> Result<()> {
     let tokens = parse_token_ids(&args.tokens)?;
     let loaded = load(Some(&args.model), args.quantize)?;
     let model = &loaded.model;
-    model.check_tokens(&tokens)?;
-    let limit = model.config().max_position_embeddings;
-    if tokens.len() > limit {
-        return Err(Error::ContextTooLong { needed: tokens.len(), limit });
-    }
     let logits = model.logits(&tokens, args.prefill)?;
     let vocab = model.config().vocab_size;
     let bytes: &[u8] = bytemuck::cast_slice(&logits);
