@@ -9,7 +9,9 @@ const PROMPT: usize = 64;
 fn bench_model(c: &mut Criterion) {
     let model = synthetic::default_model().expect("embedded model");
     let vocab = model.config().vocab_size as u64;
-    let tokens: Vec<u32> = (0..PROMPT as u64).map(|i| ((i * 7919 + 13) % vocab) as u32).collect();
+    let tokens: Vec<u32> = (0..PROMPT as u64)
+        .map(|i| ((i * 7919 + 13) % vocab) as u32)
+        .collect();
 
     let mut g = c.benchmark_group("model_cpu_embedded");
     g.sample_size(10);
@@ -17,7 +19,11 @@ fn bench_model(c: &mut Criterion) {
     g.bench_function("prefill_64", |b| {
         b.iter(|| {
             let mut cache = model.new_cache(PROMPT).unwrap();
-            black_box(model.forward(&mut cache, black_box(&tokens), Logits::Last).unwrap())
+            black_box(
+                model
+                    .forward(&mut cache, black_box(&tokens), Logits::Last)
+                    .unwrap(),
+            )
         })
     });
 

@@ -22,7 +22,11 @@ fn fixtures() -> Vec<PathBuf> {
         .filter(|p| p.join("config.json").is_file())
         .collect();
     dirs.sort();
-    assert!(dirs.len() >= 3, "expected the three fixtures in {}", root.display());
+    assert!(
+        dirs.len() >= 3,
+        "expected the three fixtures in {}",
+        root.display()
+    );
     dirs
 }
 
@@ -41,12 +45,18 @@ fn reference_logits(dir: &Path) -> Vec<f32> {
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let t = st.tensor("logits").unwrap();
     assert_eq!(t.dtype(), safetensors::Dtype::F32);
-    t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    t.data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -57,15 +67,25 @@ fn logits_match_transformers_for_every_fixture_and_split() {
         let model = load(&dir);
         let tokens = tokens(&dir);
         let theirs = reference_logits(&dir);
-        assert_eq!(theirs.len(), tokens.len() * model.config().vocab_size, "{name}: logits shape");
-        let (lo, hi) = theirs.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &x| (l.min(x), h.max(x)));
+        assert_eq!(
+            theirs.len(),
+            tokens.len() * model.config().vocab_size,
+            "{name}: logits shape"
+        );
+        let (lo, hi) = theirs
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &x| {
+                (l.min(x), h.max(x))
+            });
         let range = hi - lo;
         for prefill in std::iter::once(tokens.len()).chain(SPLITS) {
             let ours = model.logits(&tokens, Some(prefill)).unwrap();
             let err = max_abs_diff(&ours, &theirs);
             println!("{name:>14} prefill {prefill:>2}: max |ours - theirs| = {err:.3e}, range {range:.2}, ratio {:.2e}", err / range);
             if err > REL_TOL * range {
-                failures.push(format!("{name} prefill {prefill}: {err:.3e} > {REL_TOL} x {range:.2}"));
+                failures.push(format!(
+                    "{name} prefill {prefill}: {err:.3e} > {REL_TOL} x {range:.2}"
+                ));
             }
         }
     }

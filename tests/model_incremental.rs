@@ -55,7 +55,9 @@ fn model(c: Config, seed: u64) -> Model {
 
 fn random_tokens(seed: u64, n: usize, vocab: usize) -> Vec<u32> {
     let mut rng = Rng::new(seed);
-    (0..n).map(|_| (rng.next_u64() % vocab as u64) as u32).collect()
+    (0..n)
+        .map(|_| (rng.next_u64() % vocab as u64) as u32)
+        .collect()
 }
 
 /// Logits of `tokens` fed in segments of the given sizes (the remainder as one last segment).
@@ -66,7 +68,10 @@ fn segmented(m: &Model, tokens: &[u32], sizes: &[usize]) -> Vec<f32> {
     for &s in sizes.iter().chain(std::iter::once(&usize::MAX)) {
         let end = (at + s).min(tokens.len());
         if end > at {
-            out.extend(m.forward(&mut cache, &tokens[at..end], Logits::All).unwrap());
+            out.extend(
+                m.forward(&mut cache, &tokens[at..end], Logits::All)
+                    .unwrap(),
+            );
         }
         at = end;
     }
@@ -77,9 +82,14 @@ fn segmented(m: &Model, tokens: &[u32], sizes: &[usize]) -> Vec<f32> {
 /// max |a - b| / (max b - min b).
 fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    let range = b.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) - b.iter().fold(f32::INFINITY, |m, &x| m.min(x));
+    let range = b.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x))
+        - b.iter().fold(f32::INFINITY, |m, &x| m.min(x));
     assert!(range > 0.0, "degenerate logits");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max) / range
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+        / range
 }
 
 // Tolerance 1e-5 of the logit range: both sides run the same f32 ops on the same rows; only the
@@ -88,7 +98,10 @@ const TOL: f32 = 1e-5;
 
 #[test]
 fn every_prefill_split_matches_one_forward() {
-    for (name, c, seed) in [("scout", tiny_scout(), 11), ("maverick", tiny_maverick(), 12)] {
+    for (name, c, seed) in [
+        ("scout", tiny_scout(), 11),
+        ("maverick", tiny_maverick(), 12),
+    ] {
         let m = model(c, seed);
         let tokens = random_tokens(seed + 100, 23, 97);
         let whole = m.logits(&tokens, None).unwrap();
@@ -122,11 +135,18 @@ fn chunks_are_aligned_to_absolute_positions() {
     let mut b = a.clone();
     b[2] = (a[2] + 1) % 97;
     for prefill in [13, 3, 6] {
-        let (la, lb) = (m.logits(&a, Some(prefill)).unwrap(), m.logits(&b, Some(prefill)).unwrap());
+        let (la, lb) = (
+            m.logits(&a, Some(prefill)).unwrap(),
+            m.logits(&b, Some(prefill)).unwrap(),
+        );
         let row = |l: &[f32], p: usize| l[p * 97..(p + 1) * 97].to_vec();
         for p in 0..13 {
             let same = row(&la, p) == row(&lb, p);
-            assert_eq!(same, !(2..4).contains(&p), "prefill {prefill}, position {p}");
+            assert_eq!(
+                same,
+                !(2..4).contains(&p),
+                "prefill {prefill}, position {p}"
+            );
         }
     }
 }
@@ -151,7 +171,11 @@ proptest! {
 fn greedy_generation_follows_the_argmax_of_a_full_forward() {
     let m = model(tiny_scout(), 21);
     let prompt = random_tokens(22, 5, 97);
-    let opts = GenerateOptions { max_new_tokens: 12, sampling: SamplingParams::greedy(), stop_tokens: vec![] };
+    let opts = GenerateOptions {
+        max_new_tokens: 12,
+        sampling: SamplingParams::greedy(),
+        stop_tokens: vec![],
+    };
     let mut streamed = Vec::new();
     let g = generate(&m, &prompt, &opts, |t| streamed.push(t)).unwrap();
     assert_eq!(g.tokens.len(), 12);
@@ -165,7 +189,10 @@ fn greedy_generation_follows_the_argmax_of_a_full_forward() {
         assert_eq!(argmax(row), t, "token {i}");
     }
     // A stop token ends generation right after it is produced.
-    let opts = GenerateOptions { stop_tokens: vec![g.tokens[3]], ..opts };
+    let opts = GenerateOptions {
+        stop_tokens: vec![g.tokens[3]],
+        ..opts
+    };
     let first = g.tokens.iter().position(|&t| t == g.tokens[3]).unwrap();
     let h = generate(&m, &prompt, &opts, |_| {}).unwrap();
     assert_eq!(h.tokens, g.tokens[..=first]);
@@ -177,8 +204,16 @@ fn sampled_generation_repeats_with_its_seed() {
     let m = model(tiny_maverick(), 31);
     let prompt = random_tokens(32, 4, 97);
     let run = |seed| {
-        let sampling = SamplingParams { temperature: 1.0, top_p: 0.95, seed };
-        let opts = GenerateOptions { max_new_tokens: 16, sampling, stop_tokens: vec![] };
+        let sampling = SamplingParams {
+            temperature: 1.0,
+            top_p: 0.95,
+            seed,
+        };
+        let opts = GenerateOptions {
+            max_new_tokens: 16,
+            sampling,
+            stop_tokens: vec![],
+        };
         generate(&m, &prompt, &opts, |_| {}).unwrap().tokens
     };
     assert_eq!(run(1), run(1));
@@ -194,12 +229,43 @@ fn user_errors_are_typed() {
     // The rejected call left the cache usable.
     m.forward(&mut cache, &[3, 96], Logits::All).unwrap();
     let e = m.forward(&mut cache, &[1; 7], Logits::All).unwrap_err();
-    assert!(matches!(e, Error::ContextTooLong { needed: 9, limit: 8 }), "{e}");
+    assert!(
+        matches!(
+            e,
+            Error::ContextTooLong {
+                needed: 9,
+                limit: 8
+            }
+        ),
+        "{e}"
+    );
     let e = m.new_cache(65).err().unwrap();
-    assert!(matches!(e, Error::ContextTooLong { needed: 65, limit: 64 }), "{e}");
-    let opts = GenerateOptions { max_new_tokens: 60, sampling: SamplingParams::greedy(), stop_tokens: vec![] };
+    assert!(
+        matches!(
+            e,
+            Error::ContextTooLong {
+                needed: 65,
+                limit: 64
+            }
+        ),
+        "{e}"
+    );
+    let opts = GenerateOptions {
+        max_new_tokens: 60,
+        sampling: SamplingParams::greedy(),
+        stop_tokens: vec![],
+    };
     let e = generate(&m, &[1; 5], &opts, |_| {}).unwrap_err();
-    assert!(matches!(e, Error::ContextTooLong { needed: 65, limit: 64 }), "{e}");
+    assert!(
+        matches!(
+            e,
+            Error::ContextTooLong {
+                needed: 65,
+                limit: 64
+            }
+        ),
+        "{e}"
+    );
     // A weight of the wrong shape is named.
     let c = tiny_scout();
     let mut w = random_weights(&c, 1);

@@ -44,10 +44,16 @@ pub trait Backend {
     fn prepare_vector(&self, v: Vec<f32>) -> Result<Self::Vector>;
     fn prepare_table(&self, t: DenseWeight) -> Result<Self::Table>;
     fn prepare_mlp(&self, mlp: SwiGlu) -> Result<Self::Mlp>;
-    fn prepare_moe(&self, router: DenseWeight, experts: Vec<SwiGlu>, shared: SwiGlu) -> Result<Self::Moe>;
+    fn prepare_moe(
+        &self,
+        router: DenseWeight,
+        experts: Vec<SwiGlu>,
+        shared: SwiGlu,
+    ) -> Result<Self::Moe>;
 
     /// An empty cache for one layer of one sequence, able to take positions `0 .. max_tokens`.
-    fn new_kv(&self, layout: KvLayout, retention: Retention, max_tokens: usize) -> Result<Self::Kv>;
+    fn new_kv(&self, layout: KvLayout, retention: Retention, max_tokens: usize)
+        -> Result<Self::Kv>;
     /// Tokens appended so far (= the next absolute position).
     fn kv_len(&self, kv: &Self::Kv) -> usize;
 
@@ -116,7 +122,10 @@ impl CpuTensor {
     /// Wraps an op's output of `rows` rows, checking that it divides evenly.
     fn from_rows(op: &'static str, rows: usize, data: Vec<f32>) -> Result<Self> {
         if rows == 0 || data.len() % rows != 0 {
-            return Err(Error::shape(op, format!("{} elements do not form {rows} rows", data.len())));
+            return Err(Error::shape(
+                op,
+                format!("{} elements do not form {rows} rows", data.len()),
+            ));
         }
         let cols = data.len() / rows;
         Ok(CpuTensor { rows, cols, data })
@@ -163,8 +172,17 @@ impl Backend for CpuBackend {
     fn prepare_mlp(&self, mlp: SwiGlu) -> Result<SwiGlu> {
         Ok(mlp)
     }
-    fn prepare_moe(&self, router: DenseWeight, experts: Vec<SwiGlu>, shared: SwiGlu) -> Result<CpuMoe> {
-        Ok(CpuMoe { router: Weight::Dense(router), experts, shared })
+    fn prepare_moe(
+        &self,
+        router: DenseWeight,
+        experts: Vec<SwiGlu>,
+        shared: SwiGlu,
+    ) -> Result<CpuMoe> {
+        Ok(CpuMoe {
+            router: Weight::Dense(router),
+            experts,
+            shared,
+        })
     }
 
     fn new_kv(&self, layout: KvLayout, retention: Retention, max_tokens: usize) -> Result<CpuKv> {
@@ -182,7 +200,11 @@ impl Backend for CpuBackend {
             return Err(Error::shape("last_row", "tensor has no rows"));
         }
         let s = (x.rows - 1) * x.cols;
-        Ok(CpuTensor { rows: 1, cols: x.cols, data: x.data[s..].to_vec() })
+        Ok(CpuTensor {
+            rows: 1,
+            cols: x.cols,
+            data: x.data[s..].to_vec(),
+        })
     }
     fn to_host(&self, x: &CpuTensor) -> Result<Vec<f32>> {
         Ok(x.data.clone())
@@ -198,7 +220,10 @@ impl Backend for CpuBackend {
     }
     fn linear(&self, x: &CpuTensor, w: &Weight) -> Result<CpuTensor> {
         if x.cols != w.k() {
-            return Err(Error::shape("linear", format!("input has {} features, weight takes {}", x.cols, w.k())));
+            return Err(Error::shape(
+                "linear",
+                format!("input has {} features, weight takes {}", x.cols, w.k()),
+            ));
         }
         let data = crate::reference::gemm::gemm(&x.data, x.rows, w)?;
         CpuTensor::new(x.rows, w.n(), data)
@@ -213,11 +238,20 @@ impl Backend for CpuBackend {
         qk_norm_eps: Option<f32>,
     ) -> Result<()> {
         if q.rows != k.rows {
-            return Err(Error::shape("rope", format!("q has {} rows, k has {}", q.rows, k.rows)));
+            return Err(Error::shape(
+                "rope",
+                format!("q has {} rows, k has {}", q.rows, k.rows),
+            ));
         }
         let positions: Vec<usize> = (start..start + q.rows).collect();
         crate::reference::rope::apply_rope(&mut q.data, s.heads, s.head_dim, &positions, inv_freq)?;
-        crate::reference::rope::apply_rope(&mut k.data, s.kv_heads, s.head_dim, &positions, inv_freq)?;
+        crate::reference::rope::apply_rope(
+            &mut k.data,
+            s.kv_heads,
+            s.head_dim,
+            &positions,
+            inv_freq,
+        )?;
         if let Some(eps) = qk_norm_eps {
             q.data = crate::reference::norm::rms_norm(&q.data, s.head_dim, None, eps)?;
             k.data = crate::reference::norm::rms_norm(&k.data, s.head_dim, None, eps)?;
@@ -241,8 +275,14 @@ impl Backend for CpuBackend {
         CpuTensor::from_rows("swiglu", x.rows, data)
     }
     fn moe(&self, x: &CpuTensor, moe: &CpuMoe, top_k: usize) -> Result<CpuTensor> {
-        let data =
-            crate::reference::moe::moe_block(&x.data, x.rows, &moe.router, &moe.experts, Some(&moe.shared), top_k)?;
+        let data = crate::reference::moe::moe_block(
+            &x.data,
+            x.rows,
+            &moe.router,
+            &moe.experts,
+            Some(&moe.shared),
+            top_k,
+        )?;
         CpuTensor::new(x.rows, x.cols, data)
     }
     fn residual_add(&self, x: &mut CpuTensor, y: &CpuTensor) -> Result<()> {

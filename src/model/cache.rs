@@ -11,7 +11,9 @@ pub const PAGE_TOKENS: usize = 256;
 /// What a layer of this kind must keep: chunked-local layers never look back past their chunk.
 pub fn retention(config: &Config, kind: LayerKind) -> Retention {
     if kind.rope {
-        Retention::CurrentAttentionChunk { chunk: config.attention_chunk_size }
+        Retention::CurrentAttentionChunk {
+            chunk: config.attention_chunk_size,
+        }
     } else {
         Retention::All
     }
@@ -21,8 +23,17 @@ pub fn retention(config: &Config, kind: LayerKind) -> Retention {
 /// [`PAGE_TOKENS`] tokens that tile the attention chunk.
 pub fn layout(config: &Config) -> KvLayout {
     let chunk = config.attention_chunk_size;
-    let page = if chunk % PAGE_TOKENS == 0 { PAGE_TOKENS } else { chunk.min(PAGE_TOKENS) };
-    KvLayout { kv_heads: config.num_key_value_heads, head_dim: config.head_dim, chunk_tokens: page, dtype: KvDType::F32 }
+    let page = if chunk % PAGE_TOKENS == 0 {
+        PAGE_TOKENS
+    } else {
+        chunk.min(PAGE_TOKENS)
+    };
+    KvLayout {
+        kv_heads: config.num_key_value_heads,
+        head_dim: config.head_dim,
+        chunk_tokens: page,
+        dtype: KvDType::F32,
+    }
 }
 
 /// One sequence's KV caches, one per layer, and its length.
@@ -37,7 +48,10 @@ impl<B: Backend> Cache<B> {
     /// Room for positions `0 .. max_tokens`; `max_tokens` may not exceed max_position_embeddings.
     pub fn new(backend: &B, config: &Config, max_tokens: usize) -> Result<Self> {
         if max_tokens > config.max_position_embeddings {
-            return Err(Error::ContextTooLong { needed: max_tokens, limit: config.max_position_embeddings });
+            return Err(Error::ContextTooLong {
+                needed: max_tokens,
+                limit: config.max_position_embeddings,
+            });
         }
         let layout = layout(config);
         let layers = config
@@ -45,7 +59,12 @@ impl<B: Backend> Cache<B> {
             .iter()
             .map(|&kind| backend.new_kv(layout, retention(config, kind), max_tokens))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Cache { layers, len: 0, capacity: max_tokens, poisoned: false })
+        Ok(Cache {
+            layers,
+            len: 0,
+            capacity: max_tokens,
+            poisoned: false,
+        })
     }
 
     /// Tokens seen so far (= the absolute position of the next token).
@@ -66,7 +85,9 @@ impl<B: Backend> Cache<B> {
 
     pub(crate) fn layer_mut(&mut self, i: usize) -> Result<&mut B::Kv> {
         let n = self.layers.len();
-        self.layers.get_mut(i).ok_or_else(|| Error::invalid("cache", format!("layer {i} of a {n}-layer cache")))
+        self.layers
+            .get_mut(i)
+            .ok_or_else(|| Error::invalid("cache", format!("layer {i} of a {n}-layer cache")))
     }
     pub(crate) fn advance(&mut self, tokens: usize) {
         self.len += tokens;
@@ -77,7 +98,10 @@ impl<B: Backend> Cache<B> {
     }
     pub(crate) fn check_usable(&self) -> Result<()> {
         if self.poisoned {
-            return Err(Error::invalid("cache", "a forward on this cache failed part-way; start a new cache"));
+            return Err(Error::invalid(
+                "cache",
+                "a forward on this cache failed part-way; start a new cache",
+            ));
         }
         Ok(())
     }

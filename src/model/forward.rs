@@ -51,13 +51,22 @@ impl<B: Backend> Model<B> {
     pub fn new(config: Config, weights: Weights, backend: B) -> Result<Self> {
         config.validate()?;
         check_weights(&config, &weights)?;
-        let Weights { embed, layers, norm, lm_head } = weights;
+        let Weights {
+            embed,
+            layers,
+            norm,
+            lm_head,
+        } = weights;
         let layers = layers
             .into_iter()
             .zip(&config.layers)
             .map(|(l, &kind)| prepare_layer(&backend, kind, l))
             .collect::<Result<Vec<_>>>()?;
-        let freqs = inv_freq(config.head_dim, config.rope_theta, config.rope_scaling.as_ref());
+        let freqs = inv_freq(
+            config.head_dim,
+            config.rope_theta,
+            config.rope_scaling.as_ref(),
+        );
         Ok(Model {
             embed: backend.prepare_table(embed)?,
             norm: backend.prepare_vector(norm)?,
@@ -91,7 +100,10 @@ impl<B: Backend> Model<B> {
         }
         let end = start + tokens.len();
         if end > cache.capacity() {
-            return Err(Error::ContextTooLong { needed: end, limit: cache.capacity() });
+            return Err(Error::ContextTooLong {
+                needed: end,
+                limit: cache.capacity(),
+            });
         }
         self.check_tokens(tokens)?;
         cache.set_poisoned(true);
@@ -108,7 +120,10 @@ impl<B: Backend> Model<B> {
         if n == 0 || n > tokens.len() {
             return Err(Error::invalid(
                 "logits",
-                format!("prefill {n} must be in 1..={} (the token count)", tokens.len()),
+                format!(
+                    "prefill {n} must be in 1..={} (the token count)",
+                    tokens.len()
+                ),
             ));
         }
         let mut cache = self.new_cache(tokens.len())?;
@@ -125,16 +140,29 @@ impl<B: Backend> Model<B> {
         match tokens.iter().position(|&t| t as usize >= vocab) {
             Some(i) => Err(Error::invalid(
                 "tokens",
-                format!("token id {} (at index {i}) is outside the vocabulary of {vocab}", tokens[i]),
+                format!(
+                    "token id {} (at index {i}) is outside the vocabulary of {vocab}",
+                    tokens[i]
+                ),
             )),
             None => Ok(()),
         }
     }
 
-    fn forward_layers(&self, cache: &mut Cache<B>, tokens: &[u32], start: usize, which: Logits) -> Result<Vec<f32>> {
+    fn forward_layers(
+        &self,
+        cache: &mut Cache<B>,
+        tokens: &[u32],
+        start: usize,
+        which: Logits,
+    ) -> Result<Vec<f32>> {
         let (b, c) = (&self.backend, &self.config);
         let eps = c.rms_norm_eps;
-        let shape = HeadShape { heads: c.num_attention_heads, kv_heads: c.num_key_value_heads, head_dim: c.head_dim };
+        let shape = HeadShape {
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+        };
         let mut x = b.embedding(&self.embed, tokens)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let h = b.rms_norm(&x, &layer.input_norm, eps)?;
@@ -145,7 +173,14 @@ impl<B: Backend> Model<B> {
                 let qk_norm = c.use_qk_norm.then_some(eps);
                 b.rope_qk_norm(&mut q, &mut k, shape, start, &self.inv_freq, qk_norm)?;
             }
-            let a = b.attention(&q, &k, &v, cache.layer_mut(i)?, start, &self.attn_params(layer.kind))?;
+            let a = b.attention(
+                &q,
+                &k,
+                &v,
+                cache.layer_mut(i)?,
+                start,
+                &self.attn_params(layer.kind),
+            )?;
             b.residual_add(&mut x, &b.linear(&a, &layer.o)?)?;
             let h = b.rms_norm(&x, &layer.post_attention_norm, eps)?;
             let f = match &layer.ffn {
@@ -166,9 +201,17 @@ impl<B: Backend> Model<B> {
     fn attn_params(&self, kind: LayerKind) -> AttnParams {
         let c = &self.config;
         let (mask, temp) = if kind.rope {
-            (MaskKind::ChunkedLocal { chunk: c.attention_chunk_size }, None)
+            (
+                MaskKind::ChunkedLocal {
+                    chunk: c.attention_chunk_size,
+                },
+                None,
+            )
         } else {
-            let t = TempTuning { floor_scale: c.floor_scale, attn_scale: c.attn_scale };
+            let t = TempTuning {
+                floor_scale: c.floor_scale,
+                attn_scale: c.attn_scale,
+            };
             (MaskKind::Causal, c.attn_temperature_tuning.then_some(t))
         };
         AttnParams {
@@ -185,7 +228,11 @@ impl<B: Backend> Model<B> {
 fn prepare_layer<B: Backend>(b: &B, kind: LayerKind, l: LayerWeights) -> Result<Layer<B>> {
     let ffn = match l.ffn {
         Ffn::Dense(mlp) => LayerFfn::Dense(b.prepare_mlp(mlp)?),
-        Ffn::Moe { router, experts, shared } => LayerFfn::Moe(b.prepare_moe(router, experts, shared)?),
+        Ffn::Moe {
+            router,
+            experts,
+            shared,
+        } => LayerFfn::Moe(b.prepare_moe(router, experts, shared)?),
     };
     Ok(Layer {
         kind,
@@ -201,7 +248,10 @@ fn prepare_layer<B: Backend>(b: &B, kind: LayerKind, l: LayerWeights) -> Result<
 
 fn check_shape(name: &str, w: &Weight, n: usize, k: usize) -> Result<()> {
     if (w.n(), w.k()) != (n, k) {
-        return Err(Error::shape("model", format!("{name} is [{}, {}], expected [{n}, {k}]", w.n(), w.k())));
+        return Err(Error::shape(
+            "model",
+            format!("{name} is [{}, {}], expected [{n}, {k}]", w.n(), w.k()),
+        ));
     }
     Ok(())
 }
@@ -219,22 +269,39 @@ fn check_vec(name: &str, v: &[f32], len: usize) -> Result<()> {
 /// Every tensor's shape against the config, named as in the checkpoint.
 fn check_weights(c: &Config, w: &Weights) -> Result<()> {
     let (hidden, vocab) = (c.hidden_size, c.vocab_size);
-    let (qd, kvd) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
+    let (qd, kvd) = (
+        c.num_attention_heads * c.head_dim,
+        c.num_key_value_heads * c.head_dim,
+    );
     if (w.embed.n, w.embed.k) != (vocab, hidden) || w.embed.data.len() != vocab * hidden {
         return Err(Error::shape(
             "model",
-            format!("embed_tokens is [{}, {}], expected [{vocab}, {hidden}]", w.embed.n, w.embed.k),
+            format!(
+                "embed_tokens is [{}, {}], expected [{vocab}, {hidden}]",
+                w.embed.n, w.embed.k
+            ),
         ));
     }
     check_shape("lm_head", &w.lm_head, vocab, hidden)?;
     check_vec("norm", &w.norm, hidden)?;
     if w.layers.len() != c.num_hidden_layers {
-        return Err(Error::shape("model", format!("{} layers, config has {}", w.layers.len(), c.num_hidden_layers)));
+        return Err(Error::shape(
+            "model",
+            format!(
+                "{} layers, config has {}",
+                w.layers.len(),
+                c.num_hidden_layers
+            ),
+        ));
     }
     for (i, (l, kind)) in w.layers.iter().zip(&c.layers).enumerate() {
         let p = format!("layers.{i}");
         check_vec(&format!("{p}.input_layernorm"), &l.input_norm, hidden)?;
-        check_vec(&format!("{p}.post_attention_layernorm"), &l.post_attention_norm, hidden)?;
+        check_vec(
+            &format!("{p}.post_attention_layernorm"),
+            &l.post_attention_norm,
+            hidden,
+        )?;
         check_shape(&format!("{p}.self_attn.q_proj"), &l.q, qd, hidden)?;
         check_shape(&format!("{p}.self_attn.k_proj"), &l.k, kvd, hidden)?;
         check_shape(&format!("{p}.self_attn.v_proj"), &l.v, kvd, hidden)?;
@@ -242,25 +309,46 @@ fn check_weights(c: &Config, w: &Weights) -> Result<()> {
         let f = format!("{p}.feed_forward");
         match (&l.ffn, kind.moe) {
             (Ffn::Dense(m), false) => check_mlp(&f, m, hidden, c.intermediate_size_mlp)?,
-            (Ffn::Moe { router, experts, shared }, true) => {
+            (
+                Ffn::Moe {
+                    router,
+                    experts,
+                    shared,
+                },
+                true,
+            ) => {
                 let e = c.num_local_experts;
                 if (router.n, router.k) != (e, hidden) || router.data.len() != e * hidden {
                     return Err(Error::shape(
                         "model",
-                        format!("{f}.router is [{}, {}], expected [{e}, {hidden}]", router.n, router.k),
+                        format!(
+                            "{f}.router is [{}, {}], expected [{e}, {hidden}]",
+                            router.n, router.k
+                        ),
                     ));
                 }
                 if experts.len() != e {
-                    return Err(Error::shape("model", format!("{f}.experts has {} experts, expected {e}", experts.len())));
+                    return Err(Error::shape(
+                        "model",
+                        format!("{f}.experts has {} experts, expected {e}", experts.len()),
+                    ));
                 }
                 for (j, x) in experts.iter().enumerate() {
                     check_mlp(&format!("{f}.experts.{j}"), x, hidden, c.intermediate_size)?;
                 }
-                check_mlp(&format!("{f}.shared_expert"), shared, hidden, c.intermediate_size)?;
+                check_mlp(
+                    &format!("{f}.shared_expert"),
+                    shared,
+                    hidden,
+                    c.intermediate_size,
+                )?;
             }
             (_, moe) => {
                 let want = if moe { "MoE" } else { "dense" };
-                return Err(Error::shape("model", format!("{f}: the config makes layer {i} {want}, the weights do not")));
+                return Err(Error::shape(
+                    "model",
+                    format!("{f}: the config makes layer {i} {want}, the weights do not"),
+                ));
             }
         }
     }

@@ -120,8 +120,14 @@ mod tests {
 
     #[test]
     fn stop_tokens_merge_config_and_generation_config() {
-        let g = GenerationConfig { eos_token_ids: vec![200008, 200001, 200007], ..Default::default() };
-        assert_eq!(stop_tokens(&[200001, 5], Some(&g)), vec![5, 200001, 200007, 200008]);
+        let g = GenerationConfig {
+            eos_token_ids: vec![200008, 200001, 200007],
+            ..Default::default()
+        };
+        assert_eq!(
+            stop_tokens(&[200001, 5], Some(&g)),
+            vec![5, 200001, 200007, 200008]
+        );
         assert_eq!(stop_tokens(&[9], None), vec![9]);
     }
 }

@@ -46,14 +46,21 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: DEFAULT_TEMPERATURE, top_p: DEFAULT_TOP_P, seed: DEFAULT_SEED }
+        SamplingParams {
+            temperature: DEFAULT_TEMPERATURE,
+            top_p: DEFAULT_TOP_P,
+            seed: DEFAULT_SEED,
+        }
     }
 }
 
 impl SamplingParams {
     /// Greedy decoding.
     pub fn greedy() -> Self {
-        SamplingParams { temperature: 0.0, ..Default::default() }
+        SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        }
     }
 }
 
@@ -68,12 +75,21 @@ impl Sampler {
     /// Fails on a negative or non-finite temperature, or top_p outside (0, 1].
     pub fn new(params: SamplingParams) -> Result<Self> {
         if !(params.temperature.is_finite() && params.temperature >= 0.0) {
-            return Err(Error::invalid("sampling", format!("temperature must be >= 0, got {}", params.temperature)));
+            return Err(Error::invalid(
+                "sampling",
+                format!("temperature must be >= 0, got {}", params.temperature),
+            ));
         }
         if !(params.top_p > 0.0 && params.top_p <= 1.0) {
-            return Err(Error::invalid("sampling", format!("top_p must be in (0, 1], got {}", params.top_p)));
+            return Err(Error::invalid(
+                "sampling",
+                format!("top_p must be in (0, 1], got {}", params.top_p),
+            ));
         }
-        Ok(Sampler { params, rng: Rng::new(params.seed) })
+        Ok(Sampler {
+            params,
+            rng: Rng::new(params.seed),
+        })
     }
 
     pub fn params(&self) -> &SamplingParams {
@@ -85,8 +101,14 @@ impl Sampler {
         if logits.is_empty() {
             return Err(Error::invalid("sampling", "empty logits"));
         }
-        if let Some(i) = logits.iter().position(|x| x.is_nan() || *x == f32::INFINITY) {
-            return Err(Error::invalid("sampling", format!("logit {i} is {}", logits[i])));
+        if let Some(i) = logits
+            .iter()
+            .position(|x| x.is_nan() || *x == f32::INFINITY)
+        {
+            return Err(Error::invalid(
+                "sampling",
+                format!("logit {i} is {}", logits[i]),
+            ));
         }
         if self.params.temperature == 0.0 {
             return Ok(argmax(logits));
@@ -124,7 +146,16 @@ pub fn nucleus(logits: &[f32], temperature: f32, top_p: f32) -> Vec<(u32, f64)> 
     let mut p: Vec<(u32, f64)> = logits
         .iter()
         .enumerate()
-        .map(|(i, &l)| (i as u32, if max.is_finite() { ((l as f64 - max) / t).exp() } else { 1.0 }))
+        .map(|(i, &l)| {
+            (
+                i as u32,
+                if max.is_finite() {
+                    ((l as f64 - max) / t).exp()
+                } else {
+                    1.0
+                },
+            )
+        })
         .collect();
     p.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     let total: f64 = p.iter().map(|x| x.1).sum();
@@ -157,7 +188,12 @@ mod tests {
         let mut rng = Rng::new(7);
         for n in [1, 2, 17, 1000] {
             let l = random_logits(&mut rng, n);
-            let best = l.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+            let best = l
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .unwrap()
+                .0;
             assert_eq!(s.sample(&l).unwrap() as usize, best);
         }
     }
@@ -167,8 +203,15 @@ mod tests {
         let mut rng = Rng::new(3);
         let rows: Vec<Vec<f32>> = (0..64).map(|_| random_logits(&mut rng, 50)).collect();
         let run = |seed| {
-            let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_p: 1.0, seed }).unwrap();
-            rows.iter().map(|r| s.sample(r).unwrap()).collect::<Vec<_>>()
+            let mut s = Sampler::new(SamplingParams {
+                temperature: 1.0,
+                top_p: 1.0,
+                seed,
+            })
+            .unwrap();
+            rows.iter()
+                .map(|r| s.sample(r).unwrap())
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(1), run(1));
         assert_ne!(run(1), run(2));
@@ -183,7 +226,12 @@ mod tests {
         assert_eq!(ids(0.7), vec![1, 2]);
         assert_eq!(ids(0.81), vec![1, 2, 0]);
         // Sampling never leaves the nucleus.
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_p: 0.7, seed: 5 }).unwrap();
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            top_p: 0.7,
+            seed: 5,
+        })
+        .unwrap();
         let mut seen = [0usize; 3];
         for _ in 0..2000 {
             seen[s.sample(&l).unwrap() as usize] += 1;
@@ -207,9 +255,21 @@ mod tests {
 
     #[test]
     fn bad_params_and_nan_are_errors() {
-        assert!(Sampler::new(SamplingParams { temperature: -1.0, ..Default::default() }).is_err());
-        assert!(Sampler::new(SamplingParams { top_p: 0.0, ..Default::default() }).is_err());
-        assert!(Sampler::new(SamplingParams { top_p: 1.5, ..Default::default() }).is_err());
+        assert!(Sampler::new(SamplingParams {
+            temperature: -1.0,
+            ..Default::default()
+        })
+        .is_err());
+        assert!(Sampler::new(SamplingParams {
+            top_p: 0.0,
+            ..Default::default()
+        })
+        .is_err());
+        assert!(Sampler::new(SamplingParams {
+            top_p: 1.5,
+            ..Default::default()
+        })
+        .is_err());
         let mut s = Sampler::new(SamplingParams::default()).unwrap();
         let e = s.sample(&[0.0, f32::NAN]).unwrap_err().to_string();
         assert!(e.contains("NaN"), "{e}");

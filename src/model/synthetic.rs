@@ -5,10 +5,10 @@
 use super::backend::CpuBackend;
 use super::config::{Config, LayerKind};
 use super::forward::Model;
+use super::quantize::{quantize_weight, QuantizeSpec};
 use super::sampling::Rng;
 use super::weights::{Ffn, LayerWeights, Weights};
 use crate::error::Result;
-use super::quantize::{quantize_weight, QuantizeSpec};
 use crate::quant::{DenseWeight, Weight};
 use crate::reference::moe::SwiGlu;
 use crate::reference::rope::Llama3Scaling;
@@ -22,7 +22,12 @@ pub const DEFAULT_PROMPT: [u32; 8] = [1, 1543, 311, 1024, 97, 1999, 42, 650];
 /// Scout's layer pattern for `layers` layers: NoPE on every 4th layer, every layer MoE when
 /// `moe_step == 1` (Maverick: `moe_step == 2`, MoE on odd layers).
 pub fn layer_kinds(layers: usize, moe_step: usize) -> Vec<LayerKind> {
-    (0..layers).map(|i| LayerKind { rope: (i + 1) % 4 != 0, moe: (i + 1) % moe_step == 0 }).collect()
+    (0..layers)
+        .map(|i| LayerKind {
+            rope: (i + 1) % 4 != 0,
+            moe: (i + 1) % moe_step == 0,
+        })
+        .collect()
 }
 
 /// The embedded model's configuration: Scout's structure at 8 layers and 256 hidden. The attention
@@ -73,7 +78,10 @@ pub fn default_model() -> Result<Model<CpuBackend>> {
 pub fn random_weights(c: &Config, seed: u64) -> Weights {
     let mut rng = Rng::new(seed);
     let h = c.hidden_size;
-    let (qd, kvd) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
+    let (qd, kvd) = (
+        c.num_attention_heads * c.head_dim,
+        c.num_key_value_heads * c.head_dim,
+    );
     let layers = c
         .layers
         .iter()
@@ -81,7 +89,9 @@ pub fn random_weights(c: &Config, seed: u64) -> Weights {
             let ffn = if kind.moe {
                 Ffn::Moe {
                     router: dense(&mut rng, c.num_local_experts, h),
-                    experts: (0..c.num_local_experts).map(|_| mlp(&mut rng, h, c.intermediate_size)).collect(),
+                    experts: (0..c.num_local_experts)
+                        .map(|_| mlp(&mut rng, h, c.intermediate_size))
+                        .collect(),
                     shared: mlp(&mut rng, h, c.intermediate_size),
                 }
             } else {
@@ -98,8 +108,17 @@ pub fn random_weights(c: &Config, seed: u64) -> Weights {
             }
         })
         .collect();
-    let embed = DenseWeight { n: c.vocab_size, k: h, data: (0..c.vocab_size * h).map(|_| rng.uniform(1.0)).collect() };
-    Weights { embed, layers, norm: norm(&mut rng, h), lm_head: Weight::Dense(dense(&mut rng, c.vocab_size, h)) }
+    let embed = DenseWeight {
+        n: c.vocab_size,
+        k: h,
+        data: (0..c.vocab_size * h).map(|_| rng.uniform(1.0)).collect(),
+    };
+    Weights {
+        embed,
+        layers,
+        norm: norm(&mut rng, h),
+        lm_head: Weight::Dense(dense(&mut rng, c.vocab_size, h)),
+    }
 }
 
 /// Quantizes in-memory weights as `spec` selects (what quantize-on-load does to a checkpoint).
@@ -124,7 +143,9 @@ pub fn quantize(mut w: Weights, spec: &QuantizeSpec) -> Result<Weights> {
         match &mut l.ffn {
             Ffn::Dense(m) if spec.dense_mlp => q_mlp(m)?,
             Ffn::Dense(_) => {}
-            Ffn::Moe { experts, shared, .. } => {
+            Ffn::Moe {
+                experts, shared, ..
+            } => {
                 if spec.routed_experts {
                     experts.iter_mut().try_for_each(q_mlp)?;
                 }
@@ -142,7 +163,11 @@ pub fn quantize(mut w: Weights, spec: &QuantizeSpec) -> Result<Weights> {
 
 fn dense(rng: &mut Rng, n: usize, k: usize) -> DenseWeight {
     let a = (3.0 / k as f32).sqrt();
-    DenseWeight { n, k, data: (0..n * k).map(|_| rng.uniform(a)).collect() }
+    DenseWeight {
+        n,
+        k,
+        data: (0..n * k).map(|_| rng.uniform(a)).collect(),
+    }
 }
 
 fn mlp(rng: &mut Rng, hidden: usize, inter: usize) -> SwiGlu {

@@ -35,7 +35,10 @@ impl Tokenizer {
     /// Encodes text as is; special tokens written in the text (`<|eot|>`) become their ids.
     /// `add_special` lets the tokenizer's post-processor add its own (the begin-of-text token).
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, add_special).map_err(|e| Error::Tokenizer(format!("encode: {e}")))?;
+        let enc = self
+            .inner
+            .encode(text, add_special)
+            .map_err(|e| Error::Tokenizer(format!("encode: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -46,7 +49,9 @@ impl Tokenizer {
 
     /// Ids to text, special tokens left out.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, true).map_err(|e| Error::Tokenizer(format!("decode: {e}")))
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| Error::Tokenizer(format!("decode: {e}")))
     }
 
     /// The id of a token string (a special token, say), if the vocabulary has it.
@@ -66,7 +71,14 @@ pub fn parse_token_ids(s: &str) -> Result<Vec<u32>> {
         .split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())
-        .map(|p| p.parse::<u32>().map_err(|_| Error::invalid("tokens", format!("`{p}` is not a token id (expected e.g. 1,2,3)"))))
+        .map(|p| {
+            p.parse::<u32>().map_err(|_| {
+                Error::invalid(
+                    "tokens",
+                    format!("`{p}` is not a token id (expected e.g. 1,2,3)"),
+                )
+            })
+        })
         .collect::<Result<Vec<_>>>()?;
     if ids.is_empty() {
         return Err(Error::invalid("tokens", "no token ids given"));
@@ -78,7 +90,12 @@ pub fn parse_token_ids(s: &str) -> Result<Vec<u32>> {
 /// `<|begin_of_text|>`, `<|header_start|>`, `<|header_end|>`, `<|eot|>`, then `words` in order, then
 /// `[UNK]`. Text splits into `\w+` runs and blank lines ("\n\n"); anything else is dropped.
 pub fn word_level_tokenizer_json(words: &[&str]) -> String {
-    let specials = [BEGIN_OF_TEXT, "<|header_start|>", "<|header_end|>", "<|eot|>"];
+    let specials = [
+        BEGIN_OF_TEXT,
+        "<|header_start|>",
+        "<|header_end|>",
+        "<|eot|>",
+    ];
     let entry = |s: &str| serde_json::to_string(s).unwrap_or_default();
     let vocab: Vec<String> = specials
         .iter()
@@ -116,11 +133,20 @@ mod tests {
     fn chat_template_encodes_specials_as_ids() {
         let dir = tempfile::tempdir().unwrap();
         let words = ["hello", "world", "user", "assistant", "\n\n"];
-        std::fs::write(dir.path().join("tokenizer.json"), word_level_tokenizer_json(&words)).unwrap();
-        let t = Tokenizer::from_dir(dir.path()).unwrap().expect("tokenizer.json present");
+        std::fs::write(
+            dir.path().join("tokenizer.json"),
+            word_level_tokenizer_json(&words),
+        )
+        .unwrap();
+        let t = Tokenizer::from_dir(dir.path())
+            .unwrap()
+            .expect("tokenizer.json present");
         // bos, header_start, "user", header_end, "\n\n", "hello", "world", eot, header_start,
         // "assistant", header_end, "\n\n".
-        assert_eq!(t.encode_chat("hello world").unwrap(), vec![0, 1, 6, 2, 8, 4, 5, 3, 1, 7, 2, 8]);
+        assert_eq!(
+            t.encode_chat("hello world").unwrap(),
+            vec![0, 1, 6, 2, 8, 4, 5, 3, 1, 7, 2, 8]
+        );
         assert_eq!(t.token_id("<|eot|>"), Some(3));
         assert_eq!(t.decode(&[0, 4, 5, 3]).unwrap(), "hello world");
     }
@@ -138,7 +164,10 @@ mod tests {
     fn token_id_lists() {
         assert_eq!(parse_token_ids("1,2, 3").unwrap(), vec![1, 2, 3]);
         assert_eq!(parse_token_ids("7").unwrap(), vec![7]);
-        assert!(parse_token_ids("1,x").unwrap_err().to_string().contains("`x`"));
+        assert!(parse_token_ids("1,x")
+            .unwrap_err()
+            .to_string()
+            .contains("`x`"));
         assert!(parse_token_ids("-1").is_err());
         assert!(parse_token_ids(" , ").is_err());
     }

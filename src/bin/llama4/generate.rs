@@ -3,7 +3,9 @@ use llama4_cuda::model::checkpoint::{load_model, LoadOptions};
 use llama4_cuda::model::config::GenerationConfig;
 use llama4_cuda::model::generate::{generate, stop_tokens, GenerateOptions};
 use llama4_cuda::model::quantize::QuantizeSpec;
-use llama4_cuda::model::sampling::{SamplingParams, DEFAULT_SEED, DEFAULT_TEMPERATURE, DEFAULT_TOP_P};
+use llama4_cuda::model::sampling::{
+    SamplingParams, DEFAULT_SEED, DEFAULT_TEMPERATURE, DEFAULT_TOP_P,
+};
 use llama4_cuda::model::tokenizer::{parse_token_ids, Tokenizer};
 use llama4_cuda::model::{synthetic, Backend, CpuBackend, Model};
 use llama4_cuda::{Error, Result};
@@ -78,16 +80,33 @@ pub fn load(dir: Option<&Path>, quantize: Option<Quantize>) -> Result<Loaded> {
         }
         let model = Model::new(synthetic::config(), weights, CpuBackend)?;
         let stop_tokens = stop_tokens(&model.config().eos_token_ids, None);
-        return Ok(Loaded { model, tokenizer: None, stop_tokens });
+        return Ok(Loaded {
+            model,
+            tokenizer: None,
+            stop_tokens,
+        });
     };
     if !dir.is_dir() {
-        return Err(Error::invalid("--model", format!("{}: no such directory", dir.display())));
+        return Err(Error::invalid(
+            "--model",
+            format!("{}: no such directory", dir.display()),
+        ));
     }
-    let opts = LoadOptions { quantize: quantize.map(Quantize::spec), progress: false };
+    let opts = LoadOptions {
+        quantize: quantize.map(Quantize::spec),
+        progress: false,
+    };
     let (config, weights) = load_model(dir, &opts)?;
     let model = Model::new(config, weights, CpuBackend)?;
-    let stop_tokens = stop_tokens(&model.config().eos_token_ids, GenerationConfig::load(dir)?.as_ref());
-    Ok(Loaded { model, tokenizer: Tokenizer::from_dir(dir)?, stop_tokens })
+    let stop_tokens = stop_tokens(
+        &model.config().eos_token_ids,
+        GenerationConfig::load(dir)?.as_ref(),
+    );
+    Ok(Loaded {
+        model,
+        tokenizer: Tokenizer::from_dir(dir)?,
+        stop_tokens,
+    })
 }
 
 /// The prompt's token ids: --tokens, --prompt through the tokenizer, or the embedded model's default.
@@ -97,18 +116,31 @@ fn prompt_ids(args: &Args, loaded: &Loaded) -> Result<Vec<u32>> {
     }
     if let Some(text) = &args.prompt {
         let tok = loaded.tokenizer.as_ref().ok_or_else(|| {
-            Error::invalid("--prompt", "this model has no tokenizer.json: give token ids with --tokens instead")
+            Error::invalid(
+                "--prompt",
+                "this model has no tokenizer.json: give token ids with --tokens instead",
+            )
         })?;
-        let ids = if args.raw { tok.encode(text, true)? } else { tok.encode_chat(text)? };
+        let ids = if args.raw {
+            tok.encode(text, true)?
+        } else {
+            tok.encode_chat(text)?
+        };
         if ids.is_empty() {
-            return Err(Error::invalid("--prompt", "the prompt encodes to no tokens"));
+            return Err(Error::invalid(
+                "--prompt",
+                "the prompt encodes to no tokens",
+            ));
         }
         return Ok(ids);
     }
     if args.model.is_none() {
         return Ok(synthetic::DEFAULT_PROMPT.to_vec());
     }
-    Err(Error::invalid("generate", "give a prompt with --prompt TEXT or --tokens IDS"))
+    Err(Error::invalid(
+        "generate",
+        "give a prompt with --prompt TEXT or --tokens IDS",
+    ))
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -116,7 +148,11 @@ pub fn run(args: Args) -> Result<()> {
     let prompt = prompt_ids(&args, &loaded)?;
     let opts = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
-        sampling: SamplingParams { temperature: args.temperature, top_p: args.top_p, seed: args.seed },
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_p: args.top_p,
+            seed: args.seed,
+        },
         stop_tokens: loaded.stop_tokens.clone(),
     };
     let g = generate(&loaded.model, &prompt, &opts, |_| {})?;

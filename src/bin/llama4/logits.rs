@@ -30,10 +30,18 @@ pub fn run(args: Args) -> Result<()> {
     let logits = model.logits(&tokens, args.prefill)?;
     let vocab = model.config().vocab_size;
     let bytes: &[u8] = bytemuck::cast_slice(&logits);
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![tokens.len(), vocab], bytes)
-        .map_err(|e| Error::invalid("logits", format!("tensor view: {e}")))?;
+    let view = safetensors::tensor::TensorView::new(
+        safetensors::Dtype::F32,
+        vec![tokens.len(), vocab],
+        bytes,
+    )
+    .map_err(|e| Error::invalid("logits", format!("tensor view: {e}")))?;
     safetensors::serialize_to_file([("logits", view)], None, &args.out)
         .map_err(|e| Error::invalid("logits", format!("writing {}: {e}", args.out.display())))?;
-    eprintln!("wrote logits [{}, {vocab}] to {}", tokens.len(), args.out.display());
+    eprintln!(
+        "wrote logits [{}, {vocab}] to {}",
+        tokens.len(),
+        args.out.display()
+    );
     Ok(())
 }
