@@ -64,9 +64,9 @@ fn random_tokens(seed: u64, n: usize, vocab: usize) -> Vec<u32> {
 fn segmented(m: &Model, tokens: &[u32], sizes: &[usize]) -> Vec<f32> {
     let mut cache = m.new_cache(tokens.len()).unwrap();
     let mut out = Vec::new();
-    let mut at = 0;
+    let mut at = 0usize;
     for &s in sizes.iter().chain(std::iter::once(&usize::MAX)) {
-        let end = (at + s).min(tokens.len());
+        let end = at.saturating_add(s).min(tokens.len());
         if end > at {
             out.extend(
                 m.forward(&mut cache, &tokens[at..end], Logits::All)

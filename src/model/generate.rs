@@ -68,10 +68,13 @@ pub fn generate<B: Backend>(
     }
     model.check_tokens(prompt)?;
     let limit = model.config().max_position_embeddings;
-    let needed = prompt.len() + opts.max_new_tokens;
-    if needed > limit {
-        return Err(Error::ContextTooLong { needed, limit });
+    // The prompt alone first, so that the message names its length.
+    for needed in [prompt.len(), prompt.len() + opts.max_new_tokens] {
+        if needed > limit {
+            return Err(Error::ContextTooLong { needed, limit });
+        }
     }
+    let needed = prompt.len() + opts.max_new_tokens;
     let mut sampler = Sampler::new(opts.sampling)?;
     let mut out = Generation {
         prompt_tokens: prompt.len(),
