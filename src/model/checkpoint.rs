@@ -49,7 +49,10 @@ pub struct WriteOptions {
 
 impl Default for WriteOptions {
     fn default() -> Self {
-        WriteOptions { shard_bytes: 4 << 30, progress: false }
+        WriteOptions {
+            shard_bytes: 4 << 30,
+            progress: false,
+        }
     }
 }
 
@@ -75,7 +78,13 @@ impl Checkpoint {
         let generation = GenerationConfig::load(dir)?;
         let files = Files::open(dir)?;
         let src = source::resolve(&files, &config, &stored)?;
-        Ok(Checkpoint { dir: dir.to_path_buf(), config, generation, files, src })
+        Ok(Checkpoint {
+            dir: dir.to_path_buf(),
+            config,
+            generation,
+            files,
+            src,
+        })
     }
     /// The directory it was opened from.
     pub fn dir(&self) -> &Path {
@@ -104,14 +113,25 @@ impl Checkpoint {
     /// One decoder layer, quantized as `spec` says.
     pub fn load_layer(&self, layer: usize, spec: Option<&QuantizeSpec>) -> Result<LayerWeights> {
         let l = self.src.layers.get(layer).ok_or_else(|| {
-            Error::invalid("load checkpoint", format!("layer {layer} of {}", self.src.layers.len()))
+            Error::invalid(
+                "load checkpoint",
+                format!("layer {layer} of {}", self.src.layers.len()),
+            )
         })?;
         let [q, k, v, o] = [0, 1, 2, 3].map(|i| self.load_lin(&l.attn[i], spec));
         let ffn = match &l.ffn {
             FfnSrc::Dense(m) => Ffn::Dense(self.load_mlp(m, spec)?),
-            FfnSrc::Moe { router, experts, shared, .. } => Ffn::Moe {
+            FfnSrc::Moe {
+                router,
+                experts,
+                shared,
+                ..
+            } => Ffn::Moe {
                 router: to_dense(read_linear(&self.files, router)?),
-                experts: experts.par_iter().map(|m| self.load_mlp(m, spec)).collect::<Result<_>>()?,
+                experts: experts
+                    .par_iter()
+                    .map(|m| self.load_mlp(m, spec))
+                    .collect::<Result<_>>()?,
                 shared: self.load_mlp(shared, spec)?,
             },
         };
@@ -136,7 +156,12 @@ impl Checkpoint {
             layers.push(self.load_layer(i, spec)?);
             bar.inc(1);
         }
-        let weights = Weights { embed, layers, norm: self.load_final_norm()?, lm_head: self.load_lm_head(spec)? };
+        let weights = Weights {
+            embed,
+            layers,
+            norm: self.load_final_norm()?,
+            lm_head: self.load_lm_head(spec)?,
+        };
         bar.inc(1);
         bar.finish_and_clear();
         Ok(weights)
@@ -176,7 +201,11 @@ pub(crate) fn finish(w: Weight, role: Role, spec: Option<&QuantizeSpec>) -> Resu
 fn to_dense(w: Weight) -> DenseWeight {
     match w {
         Weight::Dense(d) => d,
-        other => DenseWeight { n: other.n(), k: other.k(), data: other.dequantize() },
+        other => DenseWeight {
+            n: other.n(),
+            k: other.k(),
+            data: other.dequantize(),
+        },
     }
 }
 
@@ -186,7 +215,9 @@ pub(crate) fn progress_bar(show: bool, len: u64, what: &'static str) -> Progress
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(len);
-    if let Ok(style) = ProgressStyle::with_template("{msg} [{elapsed_precise}] {wide_bar} {pos}/{len} (eta {eta})") {
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg} [{elapsed_precise}] {wide_bar} {pos}/{len} (eta {eta})")
+    {
         bar.set_style(style);
     }
     bar.set_message(what);
@@ -237,7 +268,10 @@ impl<'a> WritePlan<'a> {
                 if self.int4.is_some_and(|c| c != q.config) {
                     return Err(Error::invalid(
                         "write checkpoint",
-                        format!("`{base}`: int4 config {:?} differs from another weight's {:?}", q.config, self.int4),
+                        format!(
+                            "`{base}`: int4 config {:?} differs from another weight's {:?}",
+                            q.config, self.int4
+                        ),
                     ));
                 }
                 self.int4 = Some(q.config);
@@ -248,7 +282,9 @@ impl<'a> WritePlan<'a> {
                 Dtype::F32
             }
         };
-        self.units.push(Unit { tensors: Stored::of(w, dense).plan(base, w.n(), w.k()) });
+        self.units.push(Unit {
+            tensors: Stored::of(w, dense).plan(base, w.n(), w.k()),
+        });
         self.jobs.push(Job::Weight(w, dense));
         Ok(())
     }
@@ -256,7 +292,9 @@ impl<'a> WritePlan<'a> {
     /// A dense tensor of any shape (norms, the router, the embeddings).
     fn dense(&mut self, name: &str, v: &'a [f32], shape: Vec<usize>) {
         let dt = writer::exact_dtype(std::iter::once(v));
-        self.units.push(Unit { tensors: vec![Planned::new(name, dt, shape)] });
+        self.units.push(Unit {
+            tensors: vec![Planned::new(name, dt, shape)],
+        });
         self.jobs.push(Job::Vector(v, dt));
     }
 
@@ -268,8 +306,18 @@ impl<'a> WritePlan<'a> {
     }
 
     /// Routed experts: fused Hugging Face tensors when all are dense, else one set per expert.
-    fn experts(&mut self, l: usize, experts: &'a [SwiGlu], hidden: usize, inter: usize) -> Result<()> {
-        let all_dense = experts.iter().all(|m| [&m.gate, &m.up, &m.down].iter().all(|w| matches!(w, Weight::Dense(_))));
+    fn experts(
+        &mut self,
+        l: usize,
+        experts: &'a [SwiGlu],
+        hidden: usize,
+        inter: usize,
+    ) -> Result<()> {
+        let all_dense = experts.iter().all(|m| {
+            [&m.gate, &m.up, &m.down]
+                .iter()
+                .all(|w| matches!(w, Weight::Dense(_)))
+        });
         if !all_dense {
             for (e, m) in experts.iter().enumerate() {
                 self.mlp(&names::layer(l, &format!("feed_forward.experts.{e}")), m)?;
@@ -284,17 +332,26 @@ impl<'a> WritePlan<'a> {
         let gu = writer::exact_dtype(experts.iter().flat_map(|m| [data(&m.gate), data(&m.up)]));
         let dn = writer::exact_dtype(experts.iter().map(|m| data(&m.down)));
         let name = names::layer(l, "feed_forward.experts.gate_up_proj");
-        self.units.push(Unit { tensors: vec![Planned::new(name, gu, vec![e, hidden, 2 * inter])] });
+        self.units.push(Unit {
+            tensors: vec![Planned::new(name, gu, vec![e, hidden, 2 * inter])],
+        });
         self.jobs.push(Job::FusedGateUp(experts, gu));
         let name = names::layer(l, "feed_forward.experts.down_proj");
-        self.units.push(Unit { tensors: vec![Planned::new(name, dn, vec![e, inter, hidden])] });
+        self.units.push(Unit {
+            tensors: vec![Planned::new(name, dn, vec![e, inter, hidden])],
+        });
         self.jobs.push(Job::FusedDown(experts, dn));
         Ok(())
     }
 }
 
 /// [`write_checkpoint`] with explicit options (sharding).
-pub fn write_checkpoint_with(dir: &Path, config: &Config, weights: &Weights, opts: &WriteOptions) -> Result<()> {
+pub fn write_checkpoint_with(
+    dir: &Path,
+    config: &Config,
+    weights: &Weights,
+    opts: &WriteOptions,
+) -> Result<()> {
     config.validate()?;
     check_weights(config, weights)?;
     let (h, inter) = (config.hidden_size, config.intermediate_size);
@@ -302,15 +359,31 @@ pub fn write_checkpoint_with(dir: &Path, config: &Config, weights: &Weights, opt
     let e = &weights.embed;
     plan.dense(&format!("{}.weight", names::EMBED), &e.data, vec![e.n, e.k]);
     for (l, lw) in weights.layers.iter().enumerate() {
-        plan.dense(&names::layer(l, "input_layernorm.weight"), &lw.input_norm, vec![h]);
-        plan.dense(&names::layer(l, "post_attention_layernorm.weight"), &lw.post_attention_norm, vec![h]);
+        plan.dense(
+            &names::layer(l, "input_layernorm.weight"),
+            &lw.input_norm,
+            vec![h],
+        );
+        plan.dense(
+            &names::layer(l, "post_attention_layernorm.weight"),
+            &lw.post_attention_norm,
+            vec![h],
+        );
         for (part, w) in names::ATTN_PARTS.iter().zip([&lw.q, &lw.k, &lw.v, &lw.o]) {
             plan.weight(&names::layer(l, &format!("self_attn.{part}")), w)?;
         }
         match &lw.ffn {
             Ffn::Dense(m) => plan.mlp(&names::layer(l, "feed_forward"), m)?,
-            Ffn::Moe { router, experts, shared } => {
-                plan.dense(&names::layer(l, "feed_forward.router.weight"), &router.data, vec![router.n, router.k]);
+            Ffn::Moe {
+                router,
+                experts,
+                shared,
+            } => {
+                plan.dense(
+                    &names::layer(l, "feed_forward.router.weight"),
+                    &router.data,
+                    vec![router.n, router.k],
+                );
                 plan.experts(l, experts, h, inter)?;
                 plan.mlp(&names::layer(l, "feed_forward.shared_expert"), shared)?;
             }
@@ -325,9 +398,15 @@ pub fn write_checkpoint_with(dir: &Path, config: &Config, weights: &Weights, opt
     if plan.int4.is_some() || plan.fp8 {
         json["quantization_config"] = our_config(plan.int4, plan.fp8, None);
     }
-    std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     write_json(&dir.join("config.json"), &json)?;
-    let metadata = BTreeMap::from([("format".to_string(), "pt".to_string()), ("producer".into(), "llama4-cuda".into())]);
+    let metadata = BTreeMap::from([
+        ("format".to_string(), "pt".to_string()),
+        ("producer".into(), "llama4-cuda".into()),
+    ]);
     let bar = progress_bar(opts.progress, plan.units.len() as u64, "writing");
     let produce = |u: usize| -> Result<Vec<Cow<'static, [u8]>>> {
         let bytes = match &plan.jobs[u] {
@@ -351,10 +430,20 @@ fn fuse(experts: &[SwiGlu], hidden: usize, inter: usize, gate_up: bool) -> Vec<f
     for m in experts {
         if gate_up {
             let (g, u) = (m.gate.dequantize(), m.up.dequantize());
-            out.extend(source::transpose_cols(&g, inter, hidden, 0, hidden).chunks(inter).zip(
-                source::transpose_cols(&u, inter, hidden, 0, hidden).chunks(inter)).flat_map(|(a, b)| a.iter().chain(b).copied()));
+            out.extend(
+                source::transpose_cols(&g, inter, hidden, 0, hidden)
+                    .chunks(inter)
+                    .zip(source::transpose_cols(&u, inter, hidden, 0, hidden).chunks(inter))
+                    .flat_map(|(a, b)| a.iter().chain(b).copied()),
+            );
         } else {
-            out.extend(source::transpose_cols(&m.down.dequantize(), hidden, inter, 0, inter));
+            out.extend(source::transpose_cols(
+                &m.down.dequantize(),
+                hidden,
+                inter,
+                0,
+                inter,
+            ));
         }
     }
     out
@@ -364,12 +453,21 @@ fn fuse(experts: &[SwiGlu], hidden: usize, inter: usize, gate_up: bool) -> Vec<f
 fn check_weights(config: &Config, weights: &Weights) -> Result<()> {
     const OP: &str = "write checkpoint";
     let (h, hd) = (config.hidden_size, config.head_dim);
-    let (qd, kvd) = (config.num_attention_heads * hd, config.num_key_value_heads * hd);
+    let (qd, kvd) = (
+        config.num_attention_heads * hd,
+        config.num_key_value_heads * hd,
+    );
     let lin = |name: &str, n: usize, k: usize, want: (usize, usize)| -> Result<()> {
         if (n, k) == want {
             Ok(())
         } else {
-            Err(Error::shape(OP, format!("`{name}`: [{n}, {k}], config implies [{}, {}]", want.0, want.1)))
+            Err(Error::shape(
+                OP,
+                format!(
+                    "`{name}`: [{n}, {k}], config implies [{}, {}]",
+                    want.0, want.1
+                ),
+            ))
         }
     };
     let w = |name: &str, w: &Weight, want| lin(name, w.n(), w.k(), want);
@@ -383,7 +481,14 @@ fn check_weights(config: &Config, weights: &Weights) -> Result<()> {
     lin(names::EMBED, e.n, e.k, (config.vocab_size, h))?;
     lin("model.embed_tokens data", e.data.len(), 1, (e.n * e.k, 1))?;
     if weights.layers.len() != config.num_hidden_layers {
-        return Err(Error::shape(OP, format!("{} layers, config has {}", weights.layers.len(), config.num_hidden_layers)));
+        return Err(Error::shape(
+            OP,
+            format!(
+                "{} layers, config has {}",
+                weights.layers.len(),
+                config.num_hidden_layers
+            ),
+        ));
     }
     for (l, (lw, kind)) in weights.layers.iter().zip(&config.layers).enumerate() {
         let p = |s: &str| names::layer(l, s);
@@ -395,17 +500,50 @@ fn check_weights(config: &Config, weights: &Weights) -> Result<()> {
         w(&p("self_attn.o_proj"), &lw.o, (h, qd))?;
         match (&lw.ffn, kind.moe) {
             (Ffn::Dense(m), false) => mlp(&p("feed_forward"), m, config.intermediate_size_mlp)?,
-            (Ffn::Moe { router, experts, shared }, true) => {
-                lin(&p("feed_forward.router"), router.n, router.k, (config.num_local_experts, h))?;
-                lin(&p("feed_forward.router data"), router.data.len(), 1, (router.n * router.k, 1))?;
-                lin(&p("feed_forward.experts (count)"), experts.len(), 1, (config.num_local_experts, 1))?;
+            (
+                Ffn::Moe {
+                    router,
+                    experts,
+                    shared,
+                },
+                true,
+            ) => {
+                lin(
+                    &p("feed_forward.router"),
+                    router.n,
+                    router.k,
+                    (config.num_local_experts, h),
+                )?;
+                lin(
+                    &p("feed_forward.router data"),
+                    router.data.len(),
+                    1,
+                    (router.n * router.k, 1),
+                )?;
+                lin(
+                    &p("feed_forward.experts (count)"),
+                    experts.len(),
+                    1,
+                    (config.num_local_experts, 1),
+                )?;
                 for (ex, m) in experts.iter().enumerate() {
-                    mlp(&p(&format!("feed_forward.experts.{ex}")), m, config.intermediate_size)?;
+                    mlp(
+                        &p(&format!("feed_forward.experts.{ex}")),
+                        m,
+                        config.intermediate_size,
+                    )?;
                 }
-                mlp(&p("feed_forward.shared_expert"), shared, config.intermediate_size)?;
+                mlp(
+                    &p("feed_forward.shared_expert"),
+                    shared,
+                    config.intermediate_size,
+                )?;
             }
             (_, moe) => {
-                return Err(Error::shape(OP, format!("layer {l}: config says moe = {moe}, the weights disagree")));
+                return Err(Error::shape(
+                    OP,
+                    format!("layer {l}: config says moe = {moe}, the weights disagree"),
+                ));
             }
         }
     }

@@ -416,9 +416,26 @@ fn read_rope(tc: &Obj) -> Result<(f32, Option<Llama3Scaling>)> {
         Some(m) => (Some(m), tc.name("rope_parameters")),
         None => (tc.obj_opt("rope_scaling")?, tc.name("rope_scaling")),
     };
-    let Some(params) = params else {
+    let Some(mut params) = params else {
         return Ok((top_theta, None));
     };
+    let mut path = path;
+    // Per-layer-type parameters ({"full_attention": {...}, "chunked_attention": {...}}): one set of
+    // frequencies serves both layer kinds here, so they must agree.
+    let nested: Vec<(&String, &Value)> = params.iter().filter(|(_, v)| v.is_object()).collect();
+    if let Some(&(first_key, first)) = nested.first() {
+        if let Some((k, v)) = nested.iter().find(|(_, v)| *v != first) {
+            return Err(Error::config(
+                format!("{path}.{k}"),
+                v,
+                format!("differs from {path}.{first_key}: per-layer-type RoPE parameters are not supported"),
+            ));
+        }
+        path = format!("{path}.{first_key}");
+        params = first
+            .as_object()
+            .ok_or_else(|| Error::config(&path, first, "expected an object"))?;
+    }
     let p = Obj {
         map: params,
         path: &path,

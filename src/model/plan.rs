@@ -28,9 +28,19 @@ pub struct ParamCounts {
 /// Every linear weight of the model as `(role, n, k, how many)`.
 fn linears(c: &Config) -> Vec<(Role, u64, u64, u64)> {
     let (h, hd) = (c.hidden_size as u64, c.head_dim as u64);
-    let (qd, kvd) = (c.num_attention_heads as u64 * hd, c.num_key_value_heads as u64 * hd);
-    let (moe, dense) = (c.num_moe_layers() as u64, (c.layers.len() - c.num_moe_layers()) as u64);
-    let (i, imlp, e) = (c.intermediate_size as u64, c.intermediate_size_mlp as u64, c.num_local_experts as u64);
+    let (qd, kvd) = (
+        c.num_attention_heads as u64 * hd,
+        c.num_key_value_heads as u64 * hd,
+    );
+    let (moe, dense) = (
+        c.num_moe_layers() as u64,
+        (c.layers.len() - c.num_moe_layers()) as u64,
+    );
+    let (i, imlp, e) = (
+        c.intermediate_size as u64,
+        c.intermediate_size_mlp as u64,
+        c.num_local_experts as u64,
+    );
     let layers = c.layers.len() as u64;
     let vocab = c.vocab_size as u64;
     let mut v = vec![
@@ -141,8 +151,16 @@ pub fn headroom_bytes(config: &Config, context: u64) -> u64 {
     let c = config;
     let tokens = context.min(c.attention_chunk_size as u64).max(1);
     let qkv = ((c.num_attention_heads + 2 * c.num_key_value_heads) * c.head_dim) as u64;
-    let inter = (c.intermediate_size.max(c.intermediate_size_mlp)) as u64;
-    let per_token = 4 * (4 * c.hidden_size as u64 + qkv + 3 * inter * (1 + c.num_experts_per_tok as u64));
+    let moe = c.num_moe_layers();
+    let inter_moe = if moe > 0 { c.intermediate_size } else { 0 };
+    let inter_mlp = if moe < c.layers.len() {
+        c.intermediate_size_mlp
+    } else {
+        0
+    };
+    let inter = inter_moe.max(inter_mlp) as u64;
+    let per_token =
+        4 * (4 * c.hidden_size as u64 + qkv + 3 * inter * (1 + c.num_experts_per_tok as u64));
     RESERVE_BYTES + tokens * per_token + 4 * c.vocab_size as u64
 }
 

@@ -8,8 +8,8 @@ use safetensors::tensor::Dtype;
 
 use crate::error::{Error, Result};
 use crate::model::checkpoint::{
-    encode_weight, finish, our_config, progress_bar, read_linear, write_json, write_units, Checkpoint, FfnSrc, Files,
-    Lin, MlpSrc, Naming, Planned, Role, Src, Stored, Unit,
+    encode_weight, finish, our_config, progress_bar, read_linear, write_json, write_units,
+    Checkpoint, FfnSrc, Files, Lin, MlpSrc, Naming, Planned, Role, Src, Stored, Unit,
 };
 use crate::quant::{Fp8Scaling, Fp8Weight, Int4Config, Int4Weight, Weight};
 
@@ -145,14 +145,21 @@ impl QuantizeOptions {
 /// weight at a time per worker thread is held in memory. `dst` must be empty or absent.
 /// Returns the bytes of tensor data written.
 pub fn quantize_checkpoint(src: &Path, dst: &Path, opts: &QuantizeOptions) -> Result<u64> {
-    check_output_dir(src, dst)?;
     let ck = Checkpoint::open(src)?;
+    check_output_dir(src, dst)?;
     let (files, ms, spec) = (ck.files(), ck.sources(), &opts.spec);
     let target = match spec.format {
         QuantFormat::Int4(c) => Stored::Int4(c),
         QuantFormat::Fp8 => Stored::Fp8(Fp8Scaling::PerChannel),
     };
-    let mut plan = Plan { files, naming: ms.naming, units: Vec::new(), jobs: Vec::new(), int4: None, fp8: false };
+    let mut plan = Plan {
+        files,
+        naming: ms.naming,
+        units: Vec::new(),
+        jobs: Vec::new(),
+        int4: None,
+        fp8: false,
+    };
     plan.lin(&ms.embed, spec, target)?;
     for layer in &ms.layers {
         plan.copy(vec![&layer.input_norm])?;
@@ -162,7 +169,12 @@ pub fn quantize_checkpoint(src: &Path, dst: &Path, opts: &QuantizeOptions) -> Re
         }
         match &layer.ffn {
             FfnSrc::Dense(m) => plan.mlp(m, spec, target)?,
-            FfnSrc::Moe { router, experts, shared, fused } => {
+            FfnSrc::Moe {
+                router,
+                experts,
+                shared,
+                fused,
+            } => {
                 plan.lin(router, spec, target)?;
                 match fused {
                     Some((gu, dn)) if !spec.selects(Role::RoutedExpert) => {
@@ -190,7 +202,10 @@ pub fn quantize_checkpoint(src: &Path, dst: &Path, opts: &QuantizeOptions) -> Re
     for aux in AUX_FILES {
         let from = src.join(aux);
         if from.is_file() {
-            std::fs::copy(&from, dst.join(aux)).map_err(|source| Error::Io { path: from.clone(), source })?;
+            std::fs::copy(&from, dst.join(aux)).map_err(|source| Error::Io {
+                path: from.clone(),
+                source,
+            })?;
         }
     }
     let metadata = BTreeMap::from([
@@ -201,15 +216,22 @@ pub fn quantize_checkpoint(src: &Path, dst: &Path, opts: &QuantizeOptions) -> Re
     let bar = progress_bar(opts.progress, plan.units.len() as u64, "quantizing");
     let produce = |u: usize| -> Result<Vec<Cow<'_, [u8]>>> {
         match &plan.jobs[u] {
-            Job::Copy(names) => {
-                names.iter().map(|n| plan.loc(n).map(|l| Cow::Borrowed(files.data(l)))).collect()
-            }
+            Job::Copy(names) => names
+                .iter()
+                .map(|n| plan.loc(n).map(|l| Cow::Borrowed(files.data(l))))
+                .collect(),
             Job::Encode(lin) => {
                 let w = finish(read_linear(files, lin)?, lin.role, Some(spec))?;
                 if Stored::of(&w, Dtype::F32) != target {
-                    return Err(Error::invalid("quantize", format!("`{}` did not quantize to {target:?}", lin.canon)));
+                    return Err(Error::invalid(
+                        "quantize",
+                        format!("`{}` did not quantize to {target:?}", lin.canon),
+                    ));
                 }
-                Ok(encode_weight(&w, Dtype::F32).into_iter().map(Cow::Owned).collect())
+                Ok(encode_weight(&w, Dtype::F32)
+                    .into_iter()
+                    .map(Cow::Owned)
+                    .collect())
             }
         }
     };
@@ -237,14 +259,26 @@ fn check_output_dir(src: &Path, dst: &Path) -> Result<()> {
             _ => false,
         };
         if same {
-            return Err(Error::invalid("quantize", format!("--out {} is the source checkpoint", dst.display())));
+            return Err(Error::invalid(
+                "quantize",
+                format!("--out {} is the source checkpoint", dst.display()),
+            ));
         }
-        let mut entries = std::fs::read_dir(dst).map_err(|source| Error::Io { path: dst.to_path_buf(), source })?;
+        let mut entries = std::fs::read_dir(dst).map_err(|source| Error::Io {
+            path: dst.to_path_buf(),
+            source,
+        })?;
         if entries.next().is_some() {
-            return Err(Error::invalid("quantize", format!("--out {} exists and is not empty", dst.display())));
+            return Err(Error::invalid(
+                "quantize",
+                format!("--out {} exists and is not empty", dst.display()),
+            ));
         }
     }
-    std::fs::create_dir_all(dst).map_err(|source| Error::Io { path: dst.to_path_buf(), source })
+    std::fs::create_dir_all(dst).map_err(|source| Error::Io {
+        path: dst.to_path_buf(),
+        source,
+    })
 }
 
 /// One unit of the output: tensors copied verbatim, or one weight read, quantized and encoded.
@@ -265,7 +299,9 @@ struct Plan<'a> {
 
 impl<'a> Plan<'a> {
     fn loc(&self, full: &str) -> Result<&'a crate::model::checkpoint::TensorLoc> {
-        self.files.get(full).ok_or_else(|| Error::checkpoint(self.files.listing(), format!("missing tensor `{full}`")))
+        self.files.get(full).ok_or_else(|| {
+            Error::checkpoint(self.files.listing(), format!("missing tensor `{full}`"))
+        })
     }
 
     fn note_int4(&mut self, c: Int4Config, what: &str) -> Result<()> {
@@ -299,7 +335,9 @@ impl<'a> Plan<'a> {
                 self.note_int4(c, &lin.canon)?;
             }
             self.fp8 |= matches!(target, Stored::Fp8(_));
-            self.units.push(Unit { tensors: target.plan(&lin.canon, lin.n, lin.k) });
+            self.units.push(Unit {
+                tensors: target.plan(&lin.canon, lin.n, lin.k),
+            });
             self.jobs.push(Job::Encode(lin));
             return Ok(());
         }

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-use safetensors::tensor::{Dtype, Metadata};
+use safetensors::tensor::Dtype;
 use safetensors::{SafeTensorError, SafeTensors};
 
 use crate::error::{Error, Result};
@@ -48,11 +48,18 @@ impl Files {
         if index.exists() {
             Self::open_index(dir, &index)
         } else if single.exists() {
-            let mut files = Files { shards: Vec::new(), tensors: HashMap::new(), listing: single.clone() };
+            let mut files = Files {
+                shards: Vec::new(),
+                tensors: HashMap::new(),
+                listing: single.clone(),
+            };
             files.add_shard(&single)?;
             Ok(files)
         } else {
-            Err(Error::checkpoint(dir, format!("no {SINGLE_FILE} or {INDEX_FILE} in the directory")))
+            Err(Error::checkpoint(
+                dir,
+                format!("no {SINGLE_FILE} or {INDEX_FILE} in the directory"),
+            ))
         }
     }
 
@@ -65,28 +72,47 @@ impl Files {
         // Shard file -> one tensor the index puts there (for messages), in a stable order.
         let mut by_shard: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for (name, file) in map {
-            let file = file
-                .as_str()
-                .ok_or_else(|| Error::checkpoint(index, format!("weight_map entry for `{name}` is not a file name")))?;
+            let file = file.as_str().ok_or_else(|| {
+                Error::checkpoint(
+                    index,
+                    format!("weight_map entry for `{name}` is not a file name"),
+                )
+            })?;
             if file.contains('/') || file.contains('\\') || file == ".." {
-                return Err(Error::checkpoint(index, format!("weight_map entry for `{name}` names `{file}` outside the directory")));
+                return Err(Error::checkpoint(
+                    index,
+                    format!("weight_map entry for `{name}` names `{file}` outside the directory"),
+                ));
             }
             by_shard.entry(file).or_default().push(name);
         }
-        let mut files = Files { shards: Vec::new(), tensors: HashMap::new(), listing: index.to_path_buf() };
+        let mut files = Files {
+            shards: Vec::new(),
+            tensors: HashMap::new(),
+            listing: index.to_path_buf(),
+        };
         for (file, names) in by_shard {
             let path = dir.join(file);
             if !path.exists() {
                 return Err(Error::checkpoint(
                     &path,
-                    format!("shard missing: {INDEX_FILE} puts {} tensor(s) there, e.g. `{}`", names.len(), names[0]),
+                    format!(
+                        "shard missing: {INDEX_FILE} puts {} tensor(s) there, e.g. `{}`",
+                        names.len(),
+                        names[0]
+                    ),
                 ));
             }
             files.add_shard(&path)?;
             let shard = files.shards.len() - 1;
             for name in names {
                 if files.tensors.get(name).map(|t| t.file) != Some(shard) {
-                    return Err(Error::checkpoint(&path, format!("tensor `{name}` is not in this shard, though {INDEX_FILE} says it is")));
+                    return Err(Error::checkpoint(
+                        &path,
+                        format!(
+                            "tensor `{name}` is not in this shard, though {INDEX_FILE} says it is"
+                        ),
+                    ));
                 }
             }
         }
@@ -94,33 +120,56 @@ impl Files {
     }
 
     fn add_shard(&mut self, path: &Path) -> Result<()> {
-        let file = File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-        let len = file.metadata().map_err(|source| Error::Io { path: path.to_path_buf(), source })?.len();
+        let file = File::open(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let len = file
+            .metadata()
+            .map_err(|source| Error::Io {
+                path: path.to_path_buf(),
+                source,
+            })?
+            .len();
         if len < 8 {
-            return Err(Error::checkpoint(path, format!("truncated: {len} bytes, shorter than the 8-byte header length")));
+            return Err(Error::checkpoint(
+                path,
+                format!("truncated: {len} bytes, shorter than the 8-byte header length"),
+            ));
         }
         // SAFETY: the mapping is read-only and private to this process; safetensors checks every
         // offset against the mapping's length. Like every mmap reader, we rely on no other process
         // truncating the file while it is mapped.
-        let map = unsafe { Mmap::map(&file) }.map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-        let (header_len, meta) = SafeTensors::read_metadata(&map).map_err(|e| header_error(path, len, e))?;
+        let map = unsafe { Mmap::map(&file) }.map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let (header_len, meta) =
+            SafeTensors::read_metadata(&map).map_err(|e| header_error(path, len, e))?;
         let data_start = 8 + header_len;
         let file_idx = self.shards.len();
-        for (name, info) in meta_tensors(&meta) {
+        for (name, info) in meta.tensors() {
             if let Some(prev) = self.tensors.get(&name) {
                 let other = &self.shards[prev.file].path;
-                return Err(Error::checkpoint(path, format!("tensor `{name}` is also in {}", other.display())));
+                return Err(Error::checkpoint(
+                    path,
+                    format!("tensor `{name}` is also in {}", other.display()),
+                ));
             }
+            let (start, end) = info.data_offsets;
             let loc = TensorLoc {
                 file: file_idx,
-                dtype: info.0,
-                shape: info.1,
-                start: data_start + info.2 .0,
-                end: data_start + info.2 .1,
+                dtype: info.dtype,
+                shape: info.shape.clone(),
+                start: data_start + start,
+                end: data_start + end,
             };
             self.tensors.insert(name, loc);
         }
-        self.shards.push(Shard { path: path.to_path_buf(), map });
+        self.shards.push(Shard {
+            path: path.to_path_buf(),
+            map,
+        });
         Ok(())
     }
 
@@ -150,10 +199,6 @@ impl Files {
     }
 }
 
-fn meta_tensors(meta: &Metadata) -> Vec<(String, (Dtype, Vec<usize>, (usize, usize)))> {
-    meta.tensors().into_iter().map(|(n, i)| (n, (i.dtype, i.shape.clone(), i.data_offsets))).collect()
-}
-
 /// A safetensors parse failure as a checkpoint error naming the file.
 fn header_error(path: &Path, len: u64, e: SafeTensorError) -> Error {
     use SafeTensorError as E;
@@ -161,7 +206,10 @@ fn header_error(path: &Path, len: u64, e: SafeTensorError) -> Error {
         E::InvalidHeaderLength | E::MetadataIncompleteBuffer => {
             format!("truncated or malformed: the header's sizes disagree with the file's {len} bytes ({e})")
         }
-        E::InvalidHeader(_) | E::InvalidHeaderStart | E::InvalidHeaderDeserialization(_) | E::JsonError(_) => {
+        E::InvalidHeader(_)
+        | E::InvalidHeaderStart
+        | E::InvalidHeaderDeserialization(_)
+        | E::JsonError(_) => {
             format!("bad header: {e}")
         }
         other => format!("bad safetensors file: {other}"),
@@ -196,7 +244,9 @@ pub(crate) fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
         _ => return None,
     };
     let mut out = vec![0f32; bytes.len() / width];
-    out.par_chunks_mut(CHUNK).zip(bytes.par_chunks(CHUNK * width)).for_each(|(o, s)| conv(o, s));
+    out.par_chunks_mut(CHUNK)
+        .zip(bytes.par_chunks(CHUNK * width))
+        .for_each(|(o, s)| conv(o, s));
     Some(out)
 }
 

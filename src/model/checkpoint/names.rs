@@ -42,7 +42,10 @@ impl Naming {
     pub fn canon(self, full: &str) -> String {
         match self {
             Naming::Plain => full.to_string(),
-            Naming::LanguageModel => full.strip_prefix("language_model.").unwrap_or(full).to_string(),
+            Naming::LanguageModel => full
+                .strip_prefix("language_model.")
+                .unwrap_or(full)
+                .to_string(),
             Naming::ModelLanguageModel => match full.strip_prefix("model.language_model.") {
                 Some(rest) => format!("model.{rest}"),
                 None => full.to_string(),

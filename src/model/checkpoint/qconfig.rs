@@ -47,7 +47,10 @@ pub(crate) enum StoredQuant {
     /// still read, by its dtype and companions).
     None,
     /// compressed-tensors `float-quantized`: linear modules matching `targets` and not `ignore` are fp8.
-    CompressedTensors { targets: Vec<Matcher>, ignore: Vec<Matcher> },
+    CompressedTensors {
+        targets: Vec<Matcher>,
+        ignore: Vec<Matcher>,
+    },
     /// fbgemm_fp8: linear modules whose name contains none of `modules_to_not_convert` are fp8.
     Fbgemm { not_convert: Vec<String> },
     /// This library's format (docs/FORMATS.md): each tensor's dtype says what it is; int4 parameters here.
@@ -59,11 +62,22 @@ impl StoredQuant {
     pub fn parse(config: &Value) -> Result<StoredQuant> {
         let qc = config
             .get("quantization_config")
-            .or_else(|| config.get("text_config").and_then(|t| t.get("quantization_config")))
+            .or_else(|| {
+                config
+                    .get("text_config")
+                    .and_then(|t| t.get("quantization_config"))
+            })
             .filter(|v| !v.is_null());
-        let Some(qc) = qc else { return Ok(StoredQuant::None) };
-        let map = qc.as_object().ok_or_else(|| Error::config("quantization_config", qc, "expected an object"))?;
-        let o = Obj { map, path: "quantization_config" };
+        let Some(qc) = qc else {
+            return Ok(StoredQuant::None);
+        };
+        let map = qc
+            .as_object()
+            .ok_or_else(|| Error::config("quantization_config", qc, "expected an object"))?;
+        let o = Obj {
+            map,
+            path: "quantization_config",
+        };
         let method = o.str_opt("quant_method")?.unwrap_or("");
         match method {
             "compressed-tensors" => parse_compressed_tensors(&o),
@@ -75,17 +89,34 @@ impl StoredQuant {
                 let int4 = match o.obj_opt("int4")? {
                     None => None,
                     Some(m) => {
-                        let p = Obj { map: m, path: "quantization_config.int4" };
+                        let p = Obj {
+                            map: m,
+                            path: "quantization_config.int4",
+                        };
                         let group_size = p.usize_or("group_size", 0)?;
                         if group_size == 0 {
-                            return Err(Error::config(p.name("group_size"), "missing or 0", "a positive group size is required"));
+                            return Err(Error::config(
+                                p.name("group_size"),
+                                "missing or 0",
+                                "a positive group size is required",
+                            ));
                         }
                         let scale_dtype = match p.str_opt("scale_dtype")?.unwrap_or("bf16") {
                             "bf16" => ScaleDType::BF16,
                             "f32" => ScaleDType::F32,
-                            other => return Err(Error::config(p.name("scale_dtype"), other, "expected bf16 or f32")),
+                            other => {
+                                return Err(Error::config(
+                                    p.name("scale_dtype"),
+                                    other,
+                                    "expected bf16 or f32",
+                                ))
+                            }
                         };
-                        Some(Int4Config { group_size, symmetric: p.bool_or("symmetric", true)?, scale_dtype })
+                        Some(Int4Config {
+                            group_size,
+                            symmetric: p.bool_or("symmetric", true)?,
+                            scale_dtype,
+                        })
                     }
                 };
                 Ok(StoredQuant::Ours { int4 })
@@ -102,10 +133,13 @@ impl StoredQuant {
     /// `None` when the config says nothing about it.
     pub fn expects_fp8(&self, module: &str) -> Option<bool> {
         match self {
-            StoredQuant::CompressedTensors { targets, ignore } => {
-                Some(targets.iter().any(|m| m.matches(module)) && !ignore.iter().any(|m| m.matches(module)))
+            StoredQuant::CompressedTensors { targets, ignore } => Some(
+                targets.iter().any(|m| m.matches(module))
+                    && !ignore.iter().any(|m| m.matches(module)),
+            ),
+            StoredQuant::Fbgemm { not_convert } => {
+                Some(!not_convert.iter().any(|m| module.contains(m.as_str())))
             }
-            StoredQuant::Fbgemm { not_convert } => Some(!not_convert.iter().any(|m| module.contains(m.as_str()))),
             StoredQuant::None | StoredQuant::Ours { .. } => None,
         }
     }
@@ -120,9 +154,15 @@ impl StoredQuant {
 }
 
 fn string_list(o: &Obj, key: &str) -> Result<Vec<String>> {
-    let Some(list) = o.list_opt(key)? else { return Ok(Vec::new()) };
+    let Some(list) = o.list_opt(key)? else {
+        return Ok(Vec::new());
+    };
     list.iter()
-        .map(|v| v.as_str().map(str::to_string).ok_or_else(|| Error::config(o.name(key), v, "expected a list of strings")))
+        .map(|v| {
+            v.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| Error::config(o.name(key), v, "expected a list of strings"))
+        })
         .collect()
 }
 
@@ -130,49 +170,89 @@ fn parse_compressed_tensors(o: &Obj) -> Result<StoredQuant> {
     let float_formats = ["float-quantized"];
     if let Some(fmt) = o.str_opt("format")? {
         if !float_formats.contains(&fmt) {
-            return Err(Error::config(o.name("format"), fmt, "only float-quantized (fp8) compressed-tensors is supported"));
+            return Err(Error::config(
+                o.name("format"),
+                fmt,
+                "only float-quantized (fp8) compressed-tensors is supported",
+            ));
         }
     }
-    let groups = o
-        .obj_opt("config_groups")?
-        .ok_or_else(|| Error::config(o.name("config_groups"), "missing", "compressed-tensors needs config_groups"))?;
+    let groups = o.obj_opt("config_groups")?.ok_or_else(|| {
+        Error::config(
+            o.name("config_groups"),
+            "missing",
+            "compressed-tensors needs config_groups",
+        )
+    })?;
     let mut targets = Vec::new();
     for (gname, g) in groups {
         let gpath = format!("{}.{gname}", o.name("config_groups"));
-        let gmap = g.as_object().ok_or_else(|| Error::config(&gpath, g, "expected an object"))?;
-        let go = Obj { map: gmap, path: &gpath };
+        let gmap = g
+            .as_object()
+            .ok_or_else(|| Error::config(&gpath, g, "expected an object"))?;
+        let go = Obj {
+            map: gmap,
+            path: &gpath,
+        };
         if let Some(fmt) = go.str_opt("format")? {
             if !float_formats.contains(&fmt) {
-                return Err(Error::config(go.name("format"), fmt, "only float-quantized (fp8) is supported"));
+                return Err(Error::config(
+                    go.name("format"),
+                    fmt,
+                    "only float-quantized (fp8) is supported",
+                ));
             }
         }
-        let wmap = go.obj_opt("weights")?.ok_or_else(|| Error::config(go.name("weights"), "missing", "required"))?;
+        let wmap = go
+            .obj_opt("weights")?
+            .ok_or_else(|| Error::config(go.name("weights"), "missing", "required"))?;
         let wpath = go.name("weights");
-        let w = Obj { map: wmap, path: &wpath };
+        let w = Obj {
+            map: wmap,
+            path: &wpath,
+        };
         let bits = w.usize_or("num_bits", 0)?;
         let ty = w.str_opt("type")?.unwrap_or("");
         if bits != 8 || ty != "float" {
-            return Err(Error::config(w.name("type"), format!("{ty} {bits}-bit"), "only 8-bit float weights are supported"));
+            return Err(Error::config(
+                w.name("type"),
+                format!("{ty} {bits}-bit"),
+                "only 8-bit float weights are supported",
+            ));
         }
         let strategy = w.str_opt("strategy")?.unwrap_or("");
         if !matches!(strategy, "channel" | "tensor") {
-            return Err(Error::config(w.name("strategy"), strategy, "only channel or tensor fp8 scales are supported"));
+            return Err(Error::config(
+                w.name("strategy"),
+                strategy,
+                "only channel or tensor fp8 scales are supported",
+            ));
         }
         if !w.bool_or("symmetric", true)? {
-            return Err(Error::config(w.name("symmetric"), false, "only symmetric fp8 is supported"));
+            return Err(Error::config(
+                w.name("symmetric"),
+                false,
+                "only symmetric fp8 is supported",
+            ));
         }
         for t in string_list(&go, "targets")? {
             targets.push(Matcher::parse(&go.name("targets"), &t)?);
         }
     }
-    let ignore =
-        string_list(o, "ignore")?.iter().map(|s| Matcher::parse(&o.name("ignore"), s)).collect::<Result<_>>()?;
+    let ignore = string_list(o, "ignore")?
+        .iter()
+        .map(|s| Matcher::parse(&o.name("ignore"), s))
+        .collect::<Result<_>>()?;
     Ok(StoredQuant::CompressedTensors { targets, ignore })
 }
 
 /// This library's `quantization_config` for config.json (docs/FORMATS.md): the int4 parameters when
 /// int4 tensors are present, `fp8` when fp8 tensors are, and what `llama4 quantize` was asked for.
-pub(crate) fn our_config(int4: Option<Int4Config>, fp8: bool, spec: Option<&crate::model::quantize::QuantizeSpec>) -> Value {
+pub(crate) fn our_config(
+    int4: Option<Int4Config>,
+    fp8: bool,
+    spec: Option<&crate::model::quantize::QuantizeSpec>,
+) -> Value {
     use crate::model::quantize::QuantFormat;
     let mut m = serde_json::Map::new();
     m.insert("quant_method".into(), OUR_METHOD.into());

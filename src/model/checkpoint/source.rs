@@ -9,7 +9,9 @@ use super::names::{self, Naming, ATTN_PARTS, MLP_PARTS};
 use super::qconfig::StoredQuant;
 use crate::error::{Error, Result};
 use crate::model::config::Config;
-use crate::quant::{DenseWeight, Fp8Scaling, Fp8Weight, Int4Config, Int4Weight, ScaleDType, Weight};
+use crate::quant::{
+    DenseWeight, Fp8Scaling, Fp8Weight, Int4Config, Int4Weight, ScaleDType, Weight,
+};
 
 const OP: &str = "load checkpoint";
 
@@ -39,12 +41,25 @@ pub(crate) enum Src {
     /// A bf16 / f16 / f32 `[n, k]` tensor.
     Float { t: String },
     /// fp8 e4m3 codes `[n, k]` and their scale (`[n, 1]` / `[n]` per channel, `[1]` / `[]` per tensor).
-    Fp8 { w: String, scale: String, scaling: Fp8Scaling },
+    Fp8 {
+        w: String,
+        scale: String,
+        scaling: Fp8Scaling,
+    },
     /// This library's int4: `.qweight` u8 `[n, ceil(k/2)]`, `.scales` `[n, groups]`, `.zeros` (asymmetric).
-    Int4 { q: String, scales: String, zeros: Option<String>, config: Int4Config },
+    Int4 {
+        q: String,
+        scales: String,
+        zeros: Option<String>,
+        config: Int4Config,
+    },
     /// Expert `expert` of a fused `experts.gate_up_proj` `[E, hidden, 2*inter]` or
     /// `experts.down_proj` `[E, inter, hidden]` (x @ W layout).
-    Fused { t: String, expert: usize, part: Part },
+    Fused {
+        t: String,
+        expert: usize,
+        part: Part,
+    },
 }
 
 impl Src {
@@ -53,7 +68,9 @@ impl Src {
         match self {
             Src::Float { t } | Src::Fused { t, .. } => vec![t],
             Src::Fp8 { w, scale, .. } => vec![w, scale],
-            Src::Int4 { q, scales, zeros, .. } => {
+            Src::Int4 {
+                q, scales, zeros, ..
+            } => {
                 let mut v = vec![q.as_str(), scales.as_str()];
                 v.extend(zeros.as_deref());
                 v
@@ -81,9 +98,14 @@ pub(crate) struct MlpSrc {
 
 #[derive(Clone, Debug)]
 pub(crate) enum FfnSrc {
-    Dense(MlpSrc),
+    Dense(Box<MlpSrc>),
     /// `fused`: the layer's `(gate_up_proj, down_proj)` full names when the experts are fused.
-    Moe { router: Lin, experts: Vec<MlpSrc>, shared: MlpSrc, fused: Option<(String, String)> },
+    Moe {
+        router: Box<Lin>,
+        experts: Vec<MlpSrc>,
+        shared: Box<MlpSrc>,
+        fused: Option<(String, String)>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -110,16 +132,37 @@ pub(crate) struct ModelSrc {
 /// that the config does not account for.
 pub(crate) fn resolve(files: &Files, cfg: &Config, stored: &StoredQuant) -> Result<ModelSrc> {
     let naming = Naming::detect(files.names());
-    let r = Resolver { files, naming, stored, used: std::cell::RefCell::new(HashSet::new()) };
+    let r = Resolver {
+        files,
+        naming,
+        stored,
+        used: std::cell::RefCell::new(HashSet::new()),
+    };
     let (h, hd) = (cfg.hidden_size, cfg.head_dim);
-    let embed = r.linear(names::EMBED, Role::Embed, cfg.vocab_size, h, "[vocab_size, hidden_size]")?;
+    let embed = r.linear(
+        names::EMBED,
+        Role::Embed,
+        cfg.vocab_size,
+        h,
+        "[vocab_size, hidden_size]",
+    )?;
     let norm = r.vector(names::FINAL_NORM, h)?;
     let lm_head = if cfg.tie_word_embeddings {
         // Tied: transformers ignores a stored lm_head.
         r.mark(&naming.full(&format!("{}.weight", names::LM_HEAD)));
-        Lin { canon: names::LM_HEAD.into(), role: Role::LmHead, ..embed.clone() }
+        Lin {
+            canon: names::LM_HEAD.into(),
+            role: Role::LmHead,
+            ..embed.clone()
+        }
     } else {
-        r.linear(names::LM_HEAD, Role::LmHead, cfg.vocab_size, h, "[vocab_size, hidden_size]")?
+        r.linear(
+            names::LM_HEAD,
+            Role::LmHead,
+            cfg.vocab_size,
+            h,
+            "[vocab_size, hidden_size]",
+        )?
     };
     let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
     for (l, kind) in cfg.layers.iter().enumerate() {
@@ -133,19 +176,27 @@ pub(crate) fn resolve(files: &Files, cfg: &Config, stored: &StoredQuant) -> Resu
         ];
         let mut attn = Vec::with_capacity(4);
         for (part, (n, k, hint)) in ATTN_PARTS.iter().zip(shapes) {
-            attn.push(r.linear(&names::layer(l, &format!("self_attn.{part}")), Role::Attention, n, k, hint)?);
+            attn.push(r.linear(
+                &names::layer(l, &format!("self_attn.{part}")),
+                Role::Attention,
+                n,
+                k,
+                hint,
+            )?);
         }
-        let attn: [Lin; 4] = attn.try_into().map_err(|_| Error::invalid(OP, "four attention projections"))?;
+        let attn: [Lin; 4] = attn
+            .try_into()
+            .map_err(|_| Error::invalid(OP, "four attention projections"))?;
         let ffn = if kind.moe {
             r.moe(cfg, l)?
         } else {
-            FfnSrc::Dense(r.mlp(
+            FfnSrc::Dense(Box::new(r.mlp(
                 &names::layer(l, "feed_forward"),
                 Role::DenseMlp,
                 cfg.intermediate_size_mlp,
                 h,
                 "intermediate_size_mlp",
-            )?)
+            )?))
         };
         layers.push(LayerSrc {
             input_norm: r.vector(&names::layer(l, "input_layernorm.weight"), h)?,
@@ -155,10 +206,15 @@ pub(crate) fn resolve(files: &Files, cfg: &Config, stored: &StoredQuant) -> Resu
         });
     }
     let used = r.used.borrow();
-    let mut left: Vec<&str> = files.names().filter(|n| !used.contains(*n) && !names::is_vision(n)).collect();
+    let mut left: Vec<&str> = files
+        .names()
+        .filter(|n| !used.contains(*n) && !names::is_vision(n))
+        .collect();
     left.sort_unstable();
     if let Some(first) = left.first() {
-        let loc = files.get(first).ok_or_else(|| Error::invalid(OP, "tensor listed but not found"))?;
+        let loc = files
+            .get(first)
+            .ok_or_else(|| Error::invalid(OP, "tensor listed but not found"))?;
         return Err(Error::checkpoint(
             files.path_of(loc),
             format!(
@@ -166,11 +222,19 @@ pub(crate) fn resolve(files: &Files, cfg: &Config, stored: &StoredQuant) -> Resu
                  ({} layers, MoE layers {:?}): the config disagrees with the checkpoint",
                 left.len() - 1,
                 cfg.num_hidden_layers,
-                (0..cfg.layers.len()).filter(|&i| cfg.layers[i].moe).collect::<Vec<_>>(),
+                (0..cfg.layers.len())
+                    .filter(|&i| cfg.layers[i].moe)
+                    .collect::<Vec<_>>(),
             ),
         ));
     }
-    Ok(ModelSrc { naming, embed, norm, lm_head, layers })
+    Ok(ModelSrc {
+        naming,
+        embed,
+        norm,
+        lm_head,
+        layers,
+    })
 }
 
 struct Resolver<'a> {
@@ -249,9 +313,21 @@ impl Resolver<'_> {
                     Src::Float { t: wname.clone() }
                 }
                 Dtype::F8_E4M3 => self.fp8(&base, w, n, k, hint)?,
-                _ => return Err(self.dtype_error(&wname, w, "bf16, f16, f32 or f8_e4m3 with a weight_scale")),
+                _ => {
+                    return Err(self.dtype_error(
+                        &wname,
+                        w,
+                        "bf16, f16, f32 or f8_e4m3 with a weight_scale",
+                    ))
+                }
             };
-            if let Some(want_fp8) = self.stored.expects_fp8(&base) {
+            // The embedding table is an nn.Embedding, never a quantization target.
+            let expected = if role == Role::Embed {
+                None
+            } else {
+                self.stored.expects_fp8(&base)
+            };
+            if let Some(want_fp8) = expected {
                 let is_fp8 = matches!(src, Src::Fp8 { .. });
                 if want_fp8 != is_fp8 {
                     return Err(Error::config(
@@ -268,7 +344,13 @@ impl Resolver<'_> {
             }
             src
         };
-        Ok(Lin { canon: canon.to_string(), role, n, k, src })
+        Ok(Lin {
+            canon: canon.to_string(),
+            role,
+            n,
+            k,
+            src,
+        })
     }
 
     fn fp8(&self, base: &str, w: &TensorLoc, n: usize, k: usize, hint: &str) -> Result<Src> {
@@ -293,7 +375,11 @@ impl Resolver<'_> {
                 ))
             }
         };
-        Ok(Src::Fp8 { w: wname, scale: sname, scaling })
+        Ok(Src::Fp8 {
+            w: wname,
+            scale: sname,
+            scaling,
+        })
     }
 
     fn int4(&self, base: &str, q: &TensorLoc, n: usize, k: usize) -> Result<Src> {
@@ -345,11 +431,23 @@ impl Resolver<'_> {
             }
         };
         config.scale_dtype = scale_dtype;
-        Ok(Src::Int4 { q: qname, scales: sname, zeros, config })
+        Ok(Src::Int4 {
+            q: qname,
+            scales: sname,
+            zeros,
+            config,
+        })
     }
 
     /// A SwiGLU MLP under `prefix` (`...feed_forward`, `...shared_expert`, `...experts.{e}`).
-    fn mlp(&self, prefix: &str, role: Role, inter: usize, h: usize, inter_key: &str) -> Result<MlpSrc> {
+    fn mlp(
+        &self,
+        prefix: &str,
+        role: Role,
+        inter: usize,
+        h: usize,
+        inter_key: &str,
+    ) -> Result<MlpSrc> {
         let in_hint = format!("[{inter_key}, hidden_size]");
         let out_hint = format!("[hidden_size, {inter_key}]");
         let [g, u, d] = MLP_PARTS.map(|p| format!("{prefix}.{p}"));
@@ -361,7 +459,11 @@ impl Resolver<'_> {
     }
 
     fn moe(&self, cfg: &Config, l: usize) -> Result<FfnSrc> {
-        let (h, i, e) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_local_experts);
+        let (h, i, e) = (
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.num_local_experts,
+        );
         let router = self.linear(
             &names::layer(l, "feed_forward.router"),
             Role::Router,
@@ -369,14 +471,29 @@ impl Resolver<'_> {
             h,
             "[num_local_experts, hidden_size]",
         )?;
-        let shared =
-            self.mlp(&names::layer(l, "feed_forward.shared_expert"), Role::SharedExpert, i, h, "intermediate_size")?;
+        let shared = self.mlp(
+            &names::layer(l, "feed_forward.shared_expert"),
+            Role::SharedExpert,
+            i,
+            h,
+            "intermediate_size",
+        )?;
         let gu_canon = names::layer(l, "feed_forward.experts.gate_up_proj");
         let gu = self.naming.full(&gu_canon);
         let (experts, fused) = if self.files.get(&gu).is_some() {
-            let dn = self.naming.full(&names::layer(l, "feed_forward.experts.down_proj"));
-            self.float(&gu, &[e, h, 2 * i], "[num_local_experts, hidden_size, 2 * intermediate_size]")?;
-            self.float(&dn, &[e, i, h], "[num_local_experts, intermediate_size, hidden_size]")?;
+            let dn = self
+                .naming
+                .full(&names::layer(l, "feed_forward.experts.down_proj"));
+            self.float(
+                &gu,
+                &[e, h, 2 * i],
+                "[num_local_experts, hidden_size, 2 * intermediate_size]",
+            )?;
+            self.float(
+                &dn,
+                &[e, i, h],
+                "[num_local_experts, intermediate_size, hidden_size]",
+            )?;
             let lin = |ex: usize, part: Part, t: &str, n: usize, k: usize| {
                 let p = match part {
                     Part::Gate => "gate_proj",
@@ -388,7 +505,11 @@ impl Resolver<'_> {
                     role: Role::RoutedExpert,
                     n,
                     k,
-                    src: Src::Fused { t: t.to_string(), expert: ex, part },
+                    src: Src::Fused {
+                        t: t.to_string(),
+                        expert: ex,
+                        part,
+                    },
                 }
             };
             let experts = (0..e)
@@ -415,7 +536,12 @@ impl Resolver<'_> {
                 })?;
             (experts, None)
         };
-        Ok(FfnSrc::Moe { router, experts, shared, fused })
+        Ok(FfnSrc::Moe {
+            router: Box::new(router),
+            experts,
+            shared: Box::new(shared),
+            fused,
+        })
     }
 
     /// Whether any per-expert tensor of layer `l` exists.
@@ -428,64 +554,125 @@ impl Resolver<'_> {
 /// Reads a weight exactly as stored, in the library's `[out, in]` layout.
 pub(crate) fn read_linear(files: &Files, lin: &Lin) -> Result<Weight> {
     let (n, k) = (lin.n, lin.k);
-    let loc = |name: &str| files.get(name).ok_or_else(|| Error::checkpoint(files.listing(), format!("missing tensor `{name}`")));
+    let loc = |name: &str| {
+        files
+            .get(name)
+            .ok_or_else(|| Error::checkpoint(files.listing(), format!("missing tensor `{name}`")))
+    };
     let floats = |name: &str| -> Result<Vec<f32>> {
         let l = loc(name)?;
-        to_f32(l.dtype, files.data(l)).ok_or_else(|| Error::DType { op: OP, msg: format!("tensor `{name}`: {}", l.dtype) })
+        to_f32(l.dtype, files.data(l)).ok_or_else(|| Error::DType {
+            op: OP,
+            msg: format!("tensor `{name}`: {}", l.dtype),
+        })
     };
     Ok(match &lin.src {
-        Src::Float { t } => Weight::Dense(DenseWeight { n, k, data: floats(t)? }),
-        Src::Fp8 { w, scale, scaling } => {
-            Weight::Fp8(Fp8Weight { n, k, codes: files.data(loc(w)?).to_vec(), scaling: *scaling, scales: floats(scale)? })
-        }
-        Src::Int4 { q, scales, zeros, config } => Weight::Int4(Int4Weight {
+        Src::Float { t } => Weight::Dense(DenseWeight {
+            n,
+            k,
+            data: floats(t)?,
+        }),
+        Src::Fp8 { w, scale, scaling } => Weight::Fp8(Fp8Weight {
+            n,
+            k,
+            codes: files.data(loc(w)?).to_vec(),
+            scaling: *scaling,
+            scales: floats(scale)?,
+        }),
+        Src::Int4 {
+            q,
+            scales,
+            zeros,
+            config,
+        } => Weight::Int4(Int4Weight {
             n,
             k,
             config: *config,
             packed: files.data(loc(q)?).to_vec(),
             scales: floats(scales)?,
-            zeros: zeros.as_deref().map(|z| loc(z).map(|l| files.data(l).to_vec())).transpose()?,
+            zeros: zeros
+                .as_deref()
+                .map(|z| loc(z).map(|l| files.data(l).to_vec()))
+                .transpose()?,
         }),
         Src::Fused { t, expert, part } => {
             let (x, rows, cols) = fused_slab(files, t, *expert)?;
             let col0 = if *part == Part::Up { n } else { 0 };
-            Weight::Dense(DenseWeight { n, k, data: transpose_cols(&x, rows, cols, col0, n) })
+            Weight::Dense(DenseWeight {
+                n,
+                k,
+                data: transpose_cols(&x, rows, cols, col0, n),
+            })
         }
     })
 }
 
 /// Expert `expert`'s `[rows, cols]` slab of a fused `[E, rows, cols]` tensor, as f32.
 fn fused_slab(files: &Files, t: &str, expert: usize) -> Result<(Vec<f32>, usize, usize)> {
-    let l = files.get(t).ok_or_else(|| Error::checkpoint(files.listing(), format!("missing tensor `{t}`")))?;
+    let l = files
+        .get(t)
+        .ok_or_else(|| Error::checkpoint(files.listing(), format!("missing tensor `{t}`")))?;
     let (rows, cols) = (l.shape[1], l.shape[2]);
     let slab = rows * cols * (l.dtype.bitsize() / 8);
     let bytes = &files.data(l)[expert * slab..(expert + 1) * slab];
-    let x = to_f32(l.dtype, bytes).ok_or_else(|| Error::DType { op: OP, msg: format!("tensor `{t}`: {}", l.dtype) })?;
+    let x = to_f32(l.dtype, bytes).ok_or_else(|| Error::DType {
+        op: OP,
+        msg: format!("tensor `{t}`: {}", l.dtype),
+    })?;
     Ok((x, rows, cols))
 }
 
 /// Reads the three weights of an MLP, converting a fused gate_up slab once for both gate and up.
 pub(crate) fn read_mlp(files: &Files, m: &MlpSrc) -> Result<[Weight; 3]> {
-    if let (Src::Fused { t, expert, .. }, Src::Fused { t: t2, expert: e2, .. }) = (&m.gate.src, &m.up.src) {
+    if let (
+        Src::Fused { t, expert, .. },
+        Src::Fused {
+            t: t2, expert: e2, ..
+        },
+    ) = (&m.gate.src, &m.up.src)
+    {
         if t == t2 && expert == e2 {
             let (x, rows, cols) = fused_slab(files, t, *expert)?;
             let (n, k) = (m.gate.n, m.gate.k);
-            let gate = Weight::Dense(DenseWeight { n, k, data: transpose_cols(&x, rows, cols, 0, n) });
-            let up = Weight::Dense(DenseWeight { n, k, data: transpose_cols(&x, rows, cols, n, n) });
+            let gate = Weight::Dense(DenseWeight {
+                n,
+                k,
+                data: transpose_cols(&x, rows, cols, 0, n),
+            });
+            let up = Weight::Dense(DenseWeight {
+                n,
+                k,
+                data: transpose_cols(&x, rows, cols, n, n),
+            });
             return Ok([gate, up, read_linear(files, &m.down)?]);
         }
     }
-    Ok([read_linear(files, &m.gate)?, read_linear(files, &m.up)?, read_linear(files, &m.down)?])
+    Ok([
+        read_linear(files, &m.gate)?,
+        read_linear(files, &m.up)?,
+        read_linear(files, &m.down)?,
+    ])
 }
 
 /// Reads a norm vector.
 pub(crate) fn read_vector(files: &Files, full: &str) -> Result<Vec<f32>> {
-    let l = files.get(full).ok_or_else(|| Error::checkpoint(files.listing(), format!("missing tensor `{full}`")))?;
-    to_f32(l.dtype, files.data(l)).ok_or_else(|| Error::DType { op: OP, msg: format!("tensor `{full}`: {}", l.dtype) })
+    let l = files
+        .get(full)
+        .ok_or_else(|| Error::checkpoint(files.listing(), format!("missing tensor `{full}`")))?;
+    to_f32(l.dtype, files.data(l)).ok_or_else(|| Error::DType {
+        op: OP,
+        msg: format!("tensor `{full}`: {}", l.dtype),
+    })
 }
 
 /// Columns `col0..col0 + ncols` of a row-major `[rows, stride]` matrix, transposed to `[ncols, rows]`.
-pub(crate) fn transpose_cols(x: &[f32], rows: usize, stride: usize, col0: usize, ncols: usize) -> Vec<f32> {
+pub(crate) fn transpose_cols(
+    x: &[f32],
+    rows: usize,
+    stride: usize,
+    col0: usize,
+    ncols: usize,
+) -> Vec<f32> {
     const T: usize = 32;
     let mut out = vec![0f32; ncols * rows];
     for r0 in (0..rows).step_by(T) {

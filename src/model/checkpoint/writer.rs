@@ -27,7 +27,11 @@ pub(crate) struct Planned {
 
 impl Planned {
     pub fn new(name: impl Into<String>, dtype: Dtype, shape: Vec<usize>) -> Self {
-        Planned { name: name.into(), dtype, shape }
+        Planned {
+            name: name.into(),
+            dtype,
+            shape,
+        }
     }
     pub fn nbytes(&self) -> u64 {
         self.shape.iter().product::<usize>() as u64 * (self.dtype.bitsize() / 8) as u64
@@ -70,7 +74,11 @@ impl Stored {
                     Planned::new(format!("{base}.scales"), sdt, vec![n, groups]),
                 ];
                 if !c.symmetric {
-                    v.push(Planned::new(format!("{base}.zeros"), Dtype::U8, vec![n, groups]));
+                    v.push(Planned::new(
+                        format!("{base}.zeros"),
+                        Dtype::U8,
+                        vec![n, groups],
+                    ));
                 }
                 v
             }
@@ -108,15 +116,24 @@ pub(crate) fn encode_weight(w: &Weight, dense: Dtype) -> Vec<Vec<u8>> {
 /// f32 values as little-endian bf16 / f16 / f32 bytes (round to nearest even).
 pub(crate) fn encode_f32(x: &[f32], dtype: Dtype) -> Vec<u8> {
     match dtype {
-        Dtype::BF16 => x.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
-        Dtype::F16 => x.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+        Dtype::BF16 => x
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect(),
+        Dtype::F16 => x
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect(),
         _ => x.iter().flat_map(|v| v.to_le_bytes()).collect(),
     }
 }
 
 /// bf16 when every value is exactly a bf16 (so nothing is lost), else f32.
 pub(crate) fn exact_dtype<'a>(mut values: impl Iterator<Item = &'a [f32]>) -> Dtype {
-    let exact = values.all(|x| x.iter().all(|v| half::bf16::from_f32(*v).to_f32().to_bits() == v.to_bits()));
+    let exact = values.all(|x| {
+        x.iter()
+            .all(|v| half::bf16::from_f32(*v).to_f32().to_bits() == v.to_bits())
+    });
     if exact {
         Dtype::BF16
     } else {
@@ -146,7 +163,10 @@ where
     F: Fn(usize) -> Result<Vec<Cow<'a, [u8]>>> + Sync,
 {
     remove_stale(dir)?;
-    let unit_bytes: Vec<u64> = units.iter().map(|u| u.tensors.iter().map(Planned::nbytes).sum()).collect();
+    let unit_bytes: Vec<u64> = units
+        .iter()
+        .map(|u| u.tensors.iter().map(Planned::nbytes).sum())
+        .collect();
     let mut shards: Vec<Vec<usize>> = Vec::new();
     let mut size = 0u64;
     for (u, &b) in unit_bytes.iter().enumerate() {
@@ -179,24 +199,46 @@ where
         let mut out = BufWriter::with_capacity(8 << 20, create(&path)?);
         write_header(&mut out, &path, &planned, metadata)?;
         for chunk in shard.chunks(window) {
-            let produced: Vec<Result<Vec<Cow<[u8]>>>> = chunk.par_iter().map(|&u| produce(u)).collect();
+            let produced: Vec<Result<Vec<Cow<[u8]>>>> =
+                chunk.par_iter().map(|&u| produce(u)).collect();
             for (&u, data) in chunk.iter().zip(produced) {
                 let data = data?;
                 if data.len() != units[u].tensors.len() {
-                    return Err(Error::invalid(OP, format!("unit {u}: {} tensors produced, {} planned", data.len(), units[u].tensors.len())));
+                    return Err(Error::invalid(
+                        OP,
+                        format!(
+                            "unit {u}: {} tensors produced, {} planned",
+                            data.len(),
+                            units[u].tensors.len()
+                        ),
+                    ));
                 }
                 for (t, bytes) in units[u].tensors.iter().zip(&data) {
                     if bytes.len() as u64 != t.nbytes() {
-                        return Err(Error::invalid(OP, format!("tensor `{}`: {} bytes produced, {} planned", t.name, bytes.len(), t.nbytes())));
+                        return Err(Error::invalid(
+                            OP,
+                            format!(
+                                "tensor `{}`: {} bytes produced, {} planned",
+                                t.name,
+                                bytes.len(),
+                                t.nbytes()
+                            ),
+                        ));
                     }
-                    out.write_all(bytes).map_err(|source| Error::Io { path: path.clone(), source })?;
+                    out.write_all(bytes).map_err(|source| Error::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
                     total += t.nbytes();
                     weight_map.insert(t.name.clone(), Value::from(file_name(i)));
                 }
                 progress.inc(1);
             }
         }
-        out.flush().map_err(|source| Error::Io { path: path.clone(), source })?;
+        out.flush().map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
     }
     if count > 1 {
         let index = json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
@@ -206,43 +248,73 @@ where
 }
 
 fn create(path: &Path) -> Result<File> {
-    File::create(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })
+    File::create(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Writes a JSON file, pretty-printed.
 pub(crate) fn write_json(path: &Path, v: &Value) -> Result<()> {
     let text = serde_json::to_string_pretty(v).map_err(|e| Error::invalid(OP, e.to_string()))?;
-    std::fs::write(path, text + "\n").map_err(|source| Error::Io { path: path.to_path_buf(), source })
+    std::fs::write(path, text + "\n").map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// The safetensors header: u64 length, then JSON padded with spaces to a multiple of 8.
-fn write_header(out: &mut impl Write, path: &Path, planned: &[&Planned], metadata: &BTreeMap<String, String>) -> Result<()> {
+fn write_header(
+    out: &mut impl Write,
+    path: &Path,
+    planned: &[&Planned],
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
     let mut header = Map::new();
     header.insert("__metadata__".into(), json!(metadata));
     let mut offset = 0u64;
     for t in planned {
         let end = offset + t.nbytes();
-        header.insert(t.name.clone(), json!({ "dtype": t.dtype, "shape": t.shape, "data_offsets": [offset, end] }));
+        header.insert(
+            t.name.clone(),
+            json!({ "dtype": t.dtype, "shape": t.shape, "data_offsets": [offset, end] }),
+        );
         offset = end;
     }
-    let mut bytes = serde_json::to_vec(&Value::Object(header)).map_err(|e| Error::invalid(OP, e.to_string()))?;
+    let mut bytes = serde_json::to_vec(&Value::Object(header))
+        .map_err(|e| Error::invalid(OP, e.to_string()))?;
     bytes.resize(bytes.len().next_multiple_of(8), b' ');
-    let io = |source| Error::Io { path: path.to_path_buf(), source };
-    out.write_all(&(bytes.len() as u64).to_le_bytes()).map_err(io)?;
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    out.write_all(&(bytes.len() as u64).to_le_bytes())
+        .map_err(io)?;
     out.write_all(&bytes).map_err(io)
 }
 
 /// Removes checkpoint files a previous write may have left (`model.safetensors`, the index, shards).
 fn remove_stale(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
-    let entries = std::fs::read_dir(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let entries = std::fs::read_dir(dir).map_err(|source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let stale = name == SINGLE_FILE
             || name == INDEX_FILE
-            || (name.starts_with("model-") && name.contains("-of-") && name.ends_with(".safetensors"));
+            || (name.starts_with("model-")
+                && name.contains("-of-")
+                && name.ends_with(".safetensors"));
         if stale {
-            std::fs::remove_file(entry.path()).map_err(|source| Error::Io { path: entry.path(), source })?;
+            std::fs::remove_file(entry.path()).map_err(|source| Error::Io {
+                path: entry.path(),
+                source,
+            })?;
         }
     }
     Ok(())
