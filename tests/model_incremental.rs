@@ -2,6 +2,8 @@
 //! into segments gives the logits of a single prefill, across attention-chunk boundaries (chunks of
 //! 3 and 4 tokens) and NoPE temperature steps (floor_scale 2 and 3), on tiny Scout- and
 //! Maverick-shaped models with random weights.
+use llama4_cuda::kv_cache::KvDType;
+use llama4_cuda::model::cache::CacheOptions;
 use llama4_cuda::model::generate::{generate, GenerateOptions, StopReason};
 use llama4_cuda::model::sampling::{argmax, Rng, SamplingParams};
 use llama4_cuda::model::synthetic::{layer_kinds, random_weights};
@@ -149,6 +151,73 @@ fn chunks_are_aligned_to_absolute_positions() {
             );
         }
     }
+}
+
+/// Pages smaller than the attention chunk (several pages per chunk, partly filled at the end of a
+/// segment) and pages equal to it give the same logits.
+#[test]
+fn page_sizes_do_not_change_logits() {
+    let mut six = tiny_scout();
+    six.attention_chunk_size = 6;
+    for (name, c, pages) in [
+        ("maverick", tiny_maverick(), [1, 2, 4]),
+        ("scout", six, [2, 3, 6]),
+    ] {
+        let m = model(c, 51);
+        let tokens = random_tokens(52, 21, 97);
+        let whole = m.logits(&tokens, None).unwrap();
+        for page in pages {
+            let opts = CacheOptions {
+                page_tokens: Some(page),
+                ..Default::default()
+            };
+            let mut cache = m.new_cache_with(tokens.len(), &opts).unwrap();
+            let mut got = Vec::new();
+            for seg in [
+                &tokens[..5],
+                &tokens[5..6],
+                &tokens[6..13],
+                &tokens[13..14],
+                &tokens[14..],
+            ] {
+                got.extend(m.forward(&mut cache, seg, Logits::All).unwrap());
+            }
+            let e = rel_err(&got, &whole);
+            assert!(e <= TOL, "{name} page {page}: error {e}");
+        }
+        let opts = CacheOptions {
+            page_tokens: Some(5),
+            ..Default::default()
+        };
+        let e = m
+            .new_cache_with(8, &opts)
+            .err()
+            .expect("a page that does not divide the chunk");
+        assert!(e.to_string().contains("page_tokens"), "{e}");
+    }
+}
+
+/// A bf16 KV cache stays close to the f32 one: keys and values rounded to 8 bits of mantissa
+/// (relative error 2^-9 each) move logits by well under 2% of their range on these unit-scale models.
+#[test]
+fn bf16_cache_is_close_to_f32() {
+    let m = model(tiny_scout(), 61);
+    let tokens = random_tokens(62, 17, 97);
+    let whole = m.logits(&tokens, None).unwrap();
+    let opts = CacheOptions {
+        dtype: KvDType::BF16,
+        ..Default::default()
+    };
+    let mut cache = m.new_cache_with(tokens.len(), &opts).unwrap();
+    let mut got = m.forward(&mut cache, &tokens[..9], Logits::All).unwrap();
+    for t in &tokens[9..] {
+        got.extend(
+            m.forward(&mut cache, std::slice::from_ref(t), Logits::All)
+                .unwrap(),
+        );
+    }
+    let e = rel_err(&got, &whole);
+    assert!(e <= 2e-2 && e > 0.0, "bf16 cache: error {e} of the range");
 }
 
 proptest! {

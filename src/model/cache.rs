@@ -3,10 +3,30 @@
 use super::backend::Backend;
 use super::config::{Config, LayerKind};
 use crate::error::{Error, Result};
-use crate::kv_cache::{KvDType, KvLayout, Retention};
+use crate::kv_cache::{ChunkPool, KvDType, KvLayout, Retention, SeqId};
+use crate::reference::attention::{attention, AttnParams};
 
-/// Tokens per cache page when the attention chunk is larger (a divisor of every power-of-two chunk).
+/// Largest default page: 256 tokens.
 pub const PAGE_TOKENS: usize = 256;
+
+/// How a sequence's caches store K/V.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheOptions {
+    /// Tokens per page; must divide attention_chunk_size. `None`: the chunk itself when it is at most
+    /// [`PAGE_TOKENS`], else the largest power of two up to [`PAGE_TOKENS`] that divides it.
+    pub page_tokens: Option<usize>,
+    /// Stored element type (f32 by default: exact against the reference).
+    pub dtype: KvDType,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        CacheOptions {
+            page_tokens: None,
+            dtype: KvDType::F32,
+        }
+    }
+}
 
 /// What a layer of this kind must keep: chunked-local layers never look back past their chunk.
 pub fn retention(config: &Config, kind: LayerKind) -> Retention {
@@ -19,21 +39,27 @@ pub fn retention(config: &Config, kind: LayerKind) -> Retention {
     }
 }
 
-/// The page layout of every layer: f32 K/V (exact against the reference), pages of at most
-/// [`PAGE_TOKENS`] tokens that tile the attention chunk.
-pub fn layout(config: &Config) -> KvLayout {
+/// The page layout of every layer.
+pub fn layout(config: &Config, opts: &CacheOptions) -> Result<KvLayout> {
     let chunk = config.attention_chunk_size;
-    let page = if chunk % PAGE_TOKENS == 0 {
-        PAGE_TOKENS
-    } else {
-        chunk.min(PAGE_TOKENS)
+    let page = match opts.page_tokens {
+        Some(p) if p == 0 || chunk % p != 0 => {
+            return Err(Error::config(
+                "page_tokens",
+                p,
+                format!("must divide attention_chunk_size = {chunk}"),
+            ))
+        }
+        Some(p) => p,
+        None if chunk <= PAGE_TOKENS => chunk,
+        None => 1 << chunk.trailing_zeros().min(PAGE_TOKENS.trailing_zeros()),
     };
-    KvLayout {
+    Ok(KvLayout {
         kv_heads: config.num_key_value_heads,
         head_dim: config.head_dim,
         chunk_tokens: page,
-        dtype: KvDType::F32,
-    }
+        dtype: opts.dtype,
+    })
 }
 
 /// One sequence's KV caches, one per layer, and its length.
@@ -46,14 +72,19 @@ pub struct Cache<B: Backend> {
 
 impl<B: Backend> Cache<B> {
     /// Room for positions `0 .. max_tokens`; `max_tokens` may not exceed max_position_embeddings.
-    pub fn new(backend: &B, config: &Config, max_tokens: usize) -> Result<Self> {
+    pub fn new(
+        backend: &B,
+        config: &Config,
+        max_tokens: usize,
+        opts: &CacheOptions,
+    ) -> Result<Self> {
         if max_tokens > config.max_position_embeddings {
             return Err(Error::ContextTooLong {
                 needed: max_tokens,
                 limit: config.max_position_embeddings,
             });
         }
-        let layout = layout(config);
+        let layout = layout(config, opts)?;
         let layers = config
             .layers
             .iter()
@@ -107,23 +138,42 @@ impl<B: Backend> Cache<B> {
     }
 }
 
-/// One layer's K/V on the CPU: a chunk pool of its own holding one sequence.
+/// One layer's K/V on the CPU: a chunk pool of its own holding one sequence, sized for the most
+/// pages the layer's retention can hold at once.
 pub struct CpuKv {
-    _todo: (),
+    pool: ChunkPool,
+    seq: SeqId,
+    retention: Retention,
 }
 
 impl CpuKv {
+    /// Room for positions `0 .. max_tokens`: every page for [`Retention::All`], one attention chunk's
+    /// pages for [`Retention::CurrentAttentionChunk`] (appends are split at chunk boundaries).
     pub fn new(layout: KvLayout, retention: Retention, max_tokens: usize) -> Result<Self> {
-        let _ = (layout, retention, max_tokens);
-        todo!("wire to crate::kv_cache")
+        let held = match retention {
+            Retention::All => max_tokens,
+            Retention::CurrentAttentionChunk { chunk } => max_tokens.min(chunk),
+        };
+        let mut pool = ChunkPool::new(layout, held.div_ceil(layout.chunk_tokens).max(1))?;
+        let seq = pool.create_seq(retention)?;
+        Ok(CpuKv {
+            pool,
+            seq,
+            retention,
+        })
     }
+
+    /// Tokens appended so far.
     pub fn len(&self) -> usize {
-        todo!()
+        self.pool.view(self.seq).map_or(0, |v| v.len())
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Appends `tokens` rows of k/v at `start` (== len) and attends q at those positions.
+
+    /// Appends `tokens` rows of k/v (`[tokens, kv_heads * head_dim]`) at `start` (== len) and
+    /// attends q (`[tokens, heads * head_dim]`) at those positions. A chunked layer works one
+    /// attention chunk at a time, so it never holds more than one chunk of pages.
     pub fn append_and_attend(
         &mut self,
         q: &[f32],
@@ -131,9 +181,35 @@ impl CpuKv {
         v: &[f32],
         tokens: usize,
         start: usize,
-        p: &crate::reference::attention::AttnParams,
+        p: &AttnParams,
     ) -> Result<Vec<f32>> {
-        let _ = (q, k, v, tokens, start, p);
-        todo!()
+        if start != self.len() {
+            return Err(Error::invalid(
+                "attention",
+                format!(
+                    "queries start at {start}, the cache holds {} tokens",
+                    self.len()
+                ),
+            ));
+        }
+        let (qw, kw) = (p.heads * p.head_dim, p.kv_heads * p.head_dim);
+        crate::error::check_len("attention", "q", q.len(), tokens * qw)?;
+        crate::error::check_len("attention", "k", k.len(), tokens * kw)?;
+        crate::error::check_len("attention", "v", v.len(), tokens * kw)?;
+        let chunk = match self.retention {
+            Retention::All => usize::MAX,
+            Retention::CurrentAttentionChunk { chunk } => chunk,
+        };
+        let mut out = Vec::with_capacity(q.len());
+        let mut t = 0;
+        while t < tokens {
+            let pos = start + t;
+            let n = (tokens - t).min(chunk - pos % chunk);
+            let (kr, qr) = (t * kw..(t + n) * kw, t * qw..(t + n) * qw);
+            self.pool.append(self.seq, &k[kr.clone()], &v[kr])?;
+            out.extend(attention(&q[qr], pos, &self.pool.view(self.seq)?, p)?);
+            t += n;
+        }
+        Ok(out)
     }
 }

@@ -1,7 +1,7 @@
 //! The Llama 4 text decoder (LLAMA4.md "Forward pass"), generic over the [`Backend`] that runs its ops.
 //! Scout and Maverick are the same code with different [`Config`]s.
 use super::backend::{Backend, CpuBackend, HeadShape};
-use super::cache::Cache;
+use super::cache::{Cache, CacheOptions};
 use super::config::{Config, LayerKind};
 use super::weights::{Ffn, LayerWeights, Weights};
 use crate::error::{Error, Result};
@@ -85,9 +85,14 @@ impl<B: Backend> Model<B> {
         &self.backend
     }
 
-    /// A fresh cache for one sequence of at most `max_tokens` tokens.
+    /// A fresh cache for one sequence of at most `max_tokens` tokens (f32, default pages).
     pub fn new_cache(&self, max_tokens: usize) -> Result<Cache<B>> {
-        Cache::new(&self.backend, &self.config, max_tokens)
+        self.new_cache_with(max_tokens, &CacheOptions::default())
+    }
+
+    /// A fresh cache with explicit page size and dtype.
+    pub fn new_cache_with(&self, max_tokens: usize, opts: &CacheOptions) -> Result<Cache<B>> {
+        Cache::new(&self.backend, &self.config, max_tokens, opts)
     }
 
     /// Runs `tokens` at the next positions of `cache` (a prefill when several, a decode step when one)
