@@ -30,7 +30,10 @@ fn ok(args: &[&str]) -> (String, String) {
 /// Runs, expects a failure whose stderr is one `error:` line naming each of `words`, and no panic.
 fn fails(args: &[&str], words: &[&str]) {
     let o = llama4(args);
-    let args: Vec<&str> = args.iter().map(|a| if a.len() > 40 { &a[..40] } else { a }).collect();
+    let args: Vec<&str> = args
+        .iter()
+        .map(|a| if a.len() > 40 { &a[..40] } else { a })
+        .collect();
     let err = text(&o.stderr);
     assert!(!o.status.success(), "llama4 {args:?} succeeded");
     assert!(
