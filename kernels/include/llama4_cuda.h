@@ -152,6 +152,71 @@ typedef struct l4c_embedding_params {
 
 l4c_status l4c_embedding(const l4c_embedding_params *p, l4c_stream_t stream);
 
+/* ------------------------------------------------------------------------------------------------
+ * Norm / RoPE family (kernels/norm_rope.cu). Float dtypes: F32, F16, BF16.
+ * ---------------------------------------------------------------------------------------------- */
+
+/** RMSNorm over rows: out[r, c] = x[r, c] * rsqrt(mean_c(x[r, c]^2) + eps) * weight[c], for
+ *  r < rows, c < dim, in f32 (transformers' Llama4TextRMSNorm; weight = null is the weightless norm).
+ *  x_dtype and out_dtype: any float combination; weight_dtype: F32 or equal to x_dtype. Row strides
+ *  must be >= dim when rows > 1. In place is allowed: out may equal x exactly, with the same dtype
+ *  and row stride. dim must be > 0 when rows > 0; eps must be finite and >= 0. */
+typedef struct l4c_rmsnorm_params {
+    void *out;
+    const void *x;
+    /** [dim] or null (no weight). */
+    const void *weight;
+    int64_t rows;
+    int64_t dim;
+    int64_t out_row_stride;
+    int64_t x_row_stride;
+    float eps;
+    l4c_dtype out_dtype;
+    l4c_dtype x_dtype;
+    l4c_dtype weight_dtype;
+} l4c_rmsnorm_params;
+
+l4c_status l4c_rmsnorm(const l4c_rmsnorm_params *p, l4c_stream_t stream);
+
+/** In-place interleaved RoPE and / or weightless qk norm on q [tokens, q_heads, head_dim] and
+ *  k [tokens, k_heads, head_dim] in one launch. Heads are contiguous within a token; tokens are
+ *  `*_token_stride` elements apart (>= heads * head_dim when tokens > 1), so q and k may be views
+ *  of one fused qkv projection output. k_heads = 0 (k may be null then) processes q alone.
+ *
+ *  RoPE: pair (x[2i], x[2i+1]) of every head of token t is rotated by the angle
+ *  positions[t] * inv_freq[i], i < head_dim / 2 (a complex multiply). inv_freq is the f32 table the
+ *  host computes (llama3 scaling included; llama4-cuda's reference::rope::inv_freq). The angle and
+ *  its cosine and sine are evaluated in f64 and rounded to f32, so positions up to 2^53 in magnitude
+ *  (negative ones rotate backwards) lose no accuracy; the rotation is f32. head_dim must be even.
+ *  QK norm: each head row is then scaled by rsqrt(mean(x^2) + eps) (Llama4TextL2Norm), in f32,
+ *  rounded once to `dtype`. head_dim <= 4096. */
+typedef struct l4c_rope_params {
+    void *q;
+    /** May be null when k_heads == 0. */
+    void *k;
+    /** [tokens] absolute positions; read by the RoPE launchers only. */
+    const int64_t *positions;
+    /** [head_dim / 2]; read by the RoPE launchers only. */
+    const float *inv_freq;
+    int64_t tokens;
+    int64_t q_heads;
+    int64_t k_heads;
+    int64_t head_dim;
+    int64_t q_token_stride;
+    int64_t k_token_stride;
+    /** Read by the qk-norm launchers only; finite and >= 0. */
+    float eps;
+    /** The dtype of q and k. */
+    l4c_dtype dtype;
+} l4c_rope_params;
+
+/** RoPE on q and k, no norm. */
+l4c_status l4c_rope(const l4c_rope_params *p, l4c_stream_t stream);
+/** Weightless qk norm on q and k, no RoPE (head_dim may be odd). */
+l4c_status l4c_qk_norm(const l4c_rope_params *p, l4c_stream_t stream);
+/** RoPE then weightless qk norm on q and k (Llama 4 RoPE layers with use_qk_norm), one pass. */
+l4c_status l4c_rope_qk_norm(const l4c_rope_params *p, l4c_stream_t stream);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif
