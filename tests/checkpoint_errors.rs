@@ -320,3 +320,67 @@ fn int4_tensor_without_int4_parameters() {
         &["quantization_config.int4", &format!("{base}.qweight")],
     );
 }
+
+/// A tiny checkpoint quantized by `llama4 quantize`'s library entry.
+fn quantized(
+    spec: llama4_cuda::model::quantize::QuantizeSpec,
+) -> (tempfile::TempDir, tempfile::TempDir) {
+    use llama4_cuda::model::quantize::{quantize_checkpoint, QuantizeOptions};
+    let (src, _) = valid();
+    let dst = tempfile::tempdir().unwrap();
+    quantize_checkpoint(src.path(), dst.path(), &QuantizeOptions::new(spec)).unwrap();
+    load_model(dst.path(), &LoadOptions::default()).unwrap();
+    (src, dst)
+}
+
+#[test]
+fn fp8_nan_code_in_a_stored_weight() {
+    let (_src, dst) = quantized(llama4_cuda::model::quantize::QuantizeSpec::fp8());
+    let file = dst.path().join("model.safetensors");
+    let name = "model.layers.2.feed_forward.experts.1.up_proj.weight";
+    rewrite(&file, |ts| {
+        let t = ts.iter_mut().find(|t| t.name == name).unwrap();
+        assert_eq!(t.dtype, Dtype::F8_E4M3);
+        t.data[5] = 0xff;
+    });
+    let e = load_err(dst.path());
+    assert!(matches!(e, Error::Checkpoint { .. }), "{e:?}");
+    names(&e, &[name, "NaN", "model.safetensors"]);
+}
+
+#[test]
+fn int4_zero_point_out_of_range() {
+    use llama4_cuda::model::quantize::{QuantFormat, QuantizeSpec};
+    use llama4_cuda::quant::{Int4Config, ScaleDType};
+    let asym = Int4Config {
+        group_size: 32,
+        symmetric: false,
+        scale_dtype: ScaleDType::BF16,
+    };
+    let (_src, dst) = quantized(QuantizeSpec::meta(QuantFormat::Int4(asym)));
+    let file = dst.path().join("model.safetensors");
+    let name = "model.layers.0.feed_forward.shared_expert.down_proj.zeros";
+    rewrite(&file, |ts| {
+        ts.iter_mut().find(|t| t.name == name).unwrap().data[0] = 16
+    });
+    let e = load_err(dst.path());
+    assert!(matches!(e, Error::Checkpoint { .. }), "{e:?}");
+    names(
+        &e,
+        &[
+            "model.layers.0.feed_forward.shared_expert.down_proj.qweight",
+            "zero",
+        ],
+    );
+}
+
+#[test]
+fn int4_group_size_not_supported() {
+    let (_src, dst) = quantized(llama4_cuda::model::quantize::QuantizeSpec::int4());
+    edit_json(&dst.path().join("config.json"), |v| {
+        v["quantization_config"]["int4"]["group_size"] = json!(100)
+    });
+    let e = load_err(dst.path());
+    assert!(matches!(e, Error::Config { .. }), "{e:?}");
+    names(&e, &["quantization_config.int4.group_size", "100"]);
+}

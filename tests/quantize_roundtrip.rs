@@ -528,3 +528,52 @@ fn quantize_refuses_a_non_empty_output() {
         "{e}"
     );
 }
+
+/// `llama4 quantize` on the command line: the output loads as quantize-on-load; bad input is one
+/// error line and a non-zero exit.
+#[test]
+fn quantize_command() {
+    let cfg = small_config();
+    let src = tempfile::tempdir().unwrap();
+    write_checkpoint(src.path(), &cfg, &random_weights(&cfg, seed(), true)).unwrap();
+    std::fs::write(
+        src.path().join("generation_config.json"),
+        r#"{"eos_token_id": [2, 3], "temperature": 0.6}"#,
+    )
+    .unwrap();
+    let out_dir = tempfile::tempdir().unwrap();
+    let dst = out_dir.path().join("q");
+    let bin = env!("CARGO_BIN_EXE_llama4");
+    let run = |args: &[&str]| std::process::Command::new(bin).args(args).output().unwrap();
+    let (s, d) = (src.path().to_str().unwrap(), dst.to_str().unwrap());
+    let out = run(&["quantize", "--model", s, "--out", d, "--format", "int4"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, on_load) = load(src.path(), Some(QuantizeSpec::int4()));
+    let ck = llama4_cuda::model::checkpoint::Checkpoint::open(&dst).unwrap();
+    assert_eq!(ck.generation_config().unwrap().eos_token_ids, vec![2, 3]);
+    assert_same(
+        &ck.load(&LoadOptions::default()).unwrap(),
+        &on_load,
+        "llama4 quantize",
+    );
+    // A second run into the now non-empty directory, and a missing source, fail with one line.
+    for args in [
+        vec!["quantize", "--model", s, "--out", d, "--format", "fp8"],
+        vec![
+            "quantize", "--model", "/no/such", "--out", d, "--format", "fp8",
+        ],
+    ] {
+        let out = run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(
+            err.contains("not empty") || err.contains("/no/such"),
+            "{err}"
+        );
+    }
+}

@@ -285,6 +285,8 @@ pub fn assert_same(got: &Weights, want: &Weights, what: &str) {
     if let Some(diff) = first() {
         panic!("{what}: weights differ at {diff}");
     }
+    // Whatever the walk above may miss (a field added later).
+    assert!(got == want, "{what}: weights differ");
 }
 
 fn kind(a: &Weight, b: &Weight) -> String {

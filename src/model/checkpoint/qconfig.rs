@@ -112,11 +112,15 @@ impl StoredQuant {
                                 ))
                             }
                         };
-                        Some(Int4Config {
+                        let c = Int4Config {
                             group_size,
                             symmetric: p.bool_or("symmetric", true)?,
                             scale_dtype,
-                        })
+                        };
+                        c.validate().map_err(|e| {
+                            Error::config(p.name("group_size"), group_size, e.to_string())
+                        })?;
+                        Some(c)
                     }
                 };
                 Ok(StoredQuant::Ours { int4 })
