@@ -77,13 +77,21 @@ fn llama3_scale(f: f64, s: &Llama3Scaling) -> f64 {
     }
 }
 
-/// Checks RoPE arguments shared by the reference and the GPU entry points: `len` elements of
-/// `[positions, heads, head_dim]`, head_dim even and non-zero, `inv_freq_len == head_dim / 2`.
-pub fn check_rope_args(len: usize, heads: usize, head_dim: usize, positions: usize, inv_freq_len: usize) -> Result<()> {
+/// Checks RoPE arguments shared by the reference and the GPU entry points: `what` (a tensor name for
+/// the message) has `len` elements of `[tokens, heads, head_dim]`, head_dim even and non-zero,
+/// `inv_freq_len == head_dim / 2`.
+pub fn check_rope_args(
+    what: &str,
+    len: usize,
+    heads: usize,
+    head_dim: usize,
+    tokens: usize,
+    inv_freq_len: usize,
+) -> Result<()> {
     if heads == 0 || head_dim == 0 || head_dim % 2 != 0 {
         return Err(Error::invalid(
             OP,
-            format!("heads = {heads}, head_dim = {head_dim}: need heads > 0 and an even head_dim > 0"),
+            format!("{what}: heads = {heads}, head_dim = {head_dim}: need heads > 0 and an even head_dim > 0"),
         ));
     }
     if inv_freq_len != head_dim / 2 {
@@ -92,11 +100,11 @@ pub fn check_rope_args(len: usize, heads: usize, head_dim: usize, positions: usi
             format!("inv_freq has {inv_freq_len} elements, expected head_dim/2 = {}", head_dim / 2),
         ));
     }
-    let want = positions.checked_mul(heads).and_then(|n| n.checked_mul(head_dim));
+    let want = tokens.checked_mul(heads).and_then(|n| n.checked_mul(head_dim));
     if want != Some(len) {
         return Err(Error::shape(
             OP,
-            format!("x has {len} elements, expected tokens {positions} x heads {heads} x head_dim {head_dim}"),
+            format!("{what} has {len} elements, expected tokens {tokens} x heads {heads} x head_dim {head_dim}"),
         ));
     }
     Ok(())
@@ -111,7 +119,7 @@ pub fn rope_cos_sin(pos: usize, inv_freq: f32) -> (f32, f32) {
 /// Rotates interleaved pairs `(x[2i], x[2i+1])` of every head in place: x is `[tokens, heads, head_dim]`,
 /// token t at absolute position `positions[t]`.
 pub fn apply_rope(x: &mut [f32], heads: usize, head_dim: usize, positions: &[usize], inv_freq: &[f32]) -> Result<()> {
-    check_rope_args(x.len(), heads, head_dim, positions.len(), inv_freq.len())?;
+    check_rope_args("x", x.len(), heads, head_dim, positions.len(), inv_freq.len())?;
     let mut cs = vec![(0.0f32, 0.0f32); inv_freq.len()];
     for (tok, &pos) in x.chunks_exact_mut(heads * head_dim).zip(positions) {
         for (c, &f) in cs.iter_mut().zip(inv_freq) {
