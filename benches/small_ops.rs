@@ -63,7 +63,7 @@ fn gpu(c: &mut Criterion) {
     }
     let dev = match Device::first() {
         Ok(d) => d,
-        Err(e) => return println!("small_ops_gpu: skipped: no CUDA device ({e})"),
+        Err(e) => return println!("small_ops_gpu: skipped: {e}"),
     };
     let s = dev.stream().clone();
     let bf = |v: Vec<f32>| v.into_iter().map(bf16::from_f32).collect::<Vec<_>>();
