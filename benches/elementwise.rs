@@ -13,7 +13,9 @@ const TOKENS: [usize; 2] = [1, 512];
 
 /// Deterministic non-zero values in ±[0.5, 1.5].
 fn values(n: usize, salt: u32) -> Vec<f32> {
-    (0..n as u32).map(|i| 0.5 + ((i.wrapping_mul(2_654_435_761) ^ salt) % 1000) as f32 / 1000.0).collect()
+    (0..n as u32)
+        .map(|i| 0.5 + ((i.wrapping_mul(2_654_435_761) ^ salt) % 1000) as f32 / 1000.0)
+        .collect()
 }
 
 fn cpu(c: &mut Criterion) {
@@ -21,15 +23,23 @@ fn cpu(c: &mut Criterion) {
     for t in TOKENS {
         let (gate, up) = (values(t * INTER, 1), values(t * INTER, 2));
         g.throughput(Throughput::Bytes((3 * t * INTER * 4) as u64));
-        g.bench_with_input(BenchmarkId::new("silu_mul_f32", t), &t, |b, _| b.iter(|| reference::silu_mul(&gate, &up)));
+        g.bench_with_input(BenchmarkId::new("silu_mul_f32", t), &t, |b, _| {
+            b.iter(|| reference::silu_mul(&gate, &up))
+        });
         let (mut a, x) = (values(t * HIDDEN, 3), values(t * HIDDEN, 4));
         g.throughput(Throughput::Bytes((3 * t * HIDDEN * 4) as u64));
-        g.bench_with_input(BenchmarkId::new("residual_add_f32", t), &t, |b, _| b.iter(|| reference::residual_add(&mut a, &x)));
+        g.bench_with_input(BenchmarkId::new("residual_add_f32", t), &t, |b, _| {
+            b.iter(|| reference::residual_add(&mut a, &x))
+        });
         let vocab = 4096; // a slice of the 202048-token table: the cost is per gathered row
         let table = values(vocab * HIDDEN, 5);
-        let ids: Vec<u32> = (0..t as u32).map(|i| i.wrapping_mul(7919) % vocab as u32).collect();
+        let ids: Vec<u32> = (0..t as u32)
+            .map(|i| i.wrapping_mul(7919) % vocab as u32)
+            .collect();
         g.throughput(Throughput::Bytes((2 * t * HIDDEN * 4) as u64));
-        g.bench_with_input(BenchmarkId::new("embedding_f32", t), &t, |b, _| b.iter(|| reference::embedding(&table, HIDDEN, &ids)));
+        g.bench_with_input(BenchmarkId::new("embedding_f32", t), &t, |b, _| {
+            b.iter(|| reference::embedding(&table, HIDDEN, &ids))
+        });
     }
     g.finish();
 }
@@ -51,21 +61,42 @@ fn gpu(c: &mut Criterion) {
         let mut out = dev.zeros::<bf16>(t * INTER).expect("alloc");
         g.throughput(Throughput::Bytes((3 * t * INTER * 2) as u64));
         g.bench_with_input(BenchmarkId::new("silu_mul_fused_bf16", t), &t, |b, _| {
-            b.iter_custom(|iters| time_stream(&s, iters, || ops::silu_mul_fused(&s, &gate_up, t, INTER, &mut out)).expect("silu_mul"))
+            b.iter_custom(|iters| {
+                time_stream(&s, iters, || {
+                    ops::silu_mul_fused(&s, &gate_up, t, INTER, &mut out)
+                })
+                .expect("silu_mul")
+            })
         });
         let mut resid = dev.upload(&values(t * HIDDEN, 3)).expect("upload");
         let x = dev.upload(&bf(values(t * HIDDEN, 4))).expect("upload");
         g.throughput(Throughput::Bytes((t * HIDDEN * (4 + 4 + 2)) as u64));
         g.bench_with_input(BenchmarkId::new("residual_add_f32_bf16", t), &t, |b, _| {
-            b.iter_custom(|iters| time_stream(&s, iters, || ops::residual_add(&s, &mut resid, &x)).expect("residual_add"))
+            b.iter_custom(|iters| {
+                time_stream(&s, iters, || ops::residual_add(&s, &mut resid, &x))
+                    .expect("residual_add")
+            })
         });
         let vocab = 202_048;
-        let table = dev.zeros::<bf16>(vocab * HIDDEN).expect("alloc the 2 GB table");
-        let ids = dev.upload(&(0..t as u32).map(|i| i.wrapping_mul(7919) % vocab as u32).collect::<Vec<_>>()).expect("upload");
+        let table = dev
+            .zeros::<bf16>(vocab * HIDDEN)
+            .expect("alloc the 2 GB table");
+        let ids = dev
+            .upload(
+                &(0..t as u32)
+                    .map(|i| i.wrapping_mul(7919) % vocab as u32)
+                    .collect::<Vec<_>>(),
+            )
+            .expect("upload");
         let mut emb = dev.zeros::<f32>(t * HIDDEN).expect("alloc");
         g.throughput(Throughput::Bytes((t * HIDDEN * (2 + 4)) as u64));
         g.bench_with_input(BenchmarkId::new("embedding_bf16_to_f32", t), &t, |b, _| {
-            b.iter_custom(|iters| time_stream(&s, iters, || ops::embedding(&s, &table, HIDDEN, &ids, &mut emb, None)).expect("embedding"))
+            b.iter_custom(|iters| {
+                time_stream(&s, iters, || {
+                    ops::embedding(&s, &table, HIDDEN, &ids, &mut emb, None)
+                })
+                .expect("embedding")
+            })
         });
     }
     g.finish();

@@ -36,19 +36,35 @@ fn generate(repo: &Path) -> String {
 fn find_libclang(repo: &Path) -> Option<PathBuf> {
     let has_lib = |d: &Path| {
         std::fs::read_dir(d).is_ok_and(|rd| {
-            rd.flatten().any(|e| e.file_name().to_string_lossy().starts_with("libclang") && e.file_name().to_string_lossy().contains(".so"))
+            rd.flatten().any(|e| {
+                e.file_name().to_string_lossy().starts_with("libclang")
+                    && e.file_name().to_string_lossy().contains(".so")
+            })
         })
     };
     if let Some(p) = std::env::var_os("LIBCLANG_PATH").map(PathBuf::from) {
-        let dir = if p.is_file() { p.parent().map(Path::to_path_buf)? } else { p };
+        let dir = if p.is_file() {
+            p.parent().map(Path::to_path_buf)?
+        } else {
+            p
+        };
         return has_lib(&dir).then_some(dir);
     }
     let mut dirs = vec![repo.join(".cuda/py/clang/native")];
-    for root in ["/usr/lib", "/usr/lib64", "/usr/local/lib", "/usr/lib/x86_64-linux-gnu"] {
+    for root in [
+        "/usr/lib",
+        "/usr/lib64",
+        "/usr/local/lib",
+        "/usr/lib/x86_64-linux-gnu",
+    ] {
         dirs.push(PathBuf::from(root));
     }
     if let Ok(rd) = std::fs::read_dir("/usr/lib") {
-        dirs.extend(rd.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("llvm-")).map(|e| e.path().join("lib")));
+        dirs.extend(
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("llvm-"))
+                .map(|e| e.path().join("lib")),
+        );
     }
     dirs.into_iter().find(|d| has_lib(d))
 }
@@ -75,7 +91,11 @@ fn bindings_match_header() {
     }
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
     if committed != fresh {
-        let line = committed.lines().zip(fresh.lines()).position(|(a, b)| a != b).map_or(0, |i| i + 1);
+        let line = committed
+            .lines()
+            .zip(fresh.lines())
+            .position(|(a, b)| a != b)
+            .map_or(0, |i| i + 1);
         panic!(
             "{BINDINGS} is stale against {HEADER} (first difference near line {line}); regenerate with \
              `L4C_UPDATE_BINDINGS=1 cargo test --test bindings_fresh`"

@@ -7,7 +7,10 @@ use std::process::Command;
 
 #[test]
 fn c_program_links_and_validates() {
-    let (Some(lib_dir), Some(cuda_lib_dir)) = (option_env!("L4C_KERNEL_LIB_DIR"), option_env!("L4C_CUDA_LIB_DIR")) else {
+    let (Some(lib_dir), Some(cuda_lib_dir)) = (
+        option_env!("L4C_KERNEL_LIB_DIR"),
+        option_env!("L4C_CUDA_LIB_DIR"),
+    ) else {
         println!("skipped: CUDA kernels not built (run tools/cuda-toolchain.sh)");
         return;
     };
@@ -30,10 +33,20 @@ fn c_program_links_and_validates() {
             .args(["-lcudart_static", "-ldl", "-lrt", "-lpthread", "-lstdc++"])
             .output()
             .unwrap_or_else(|e| panic!("running {cc}: {e}"));
-        assert!(out.status.success(), "{cc} ({lang}) failed:\n{}", String::from_utf8_lossy(&out.stderr));
-        let run = Command::new(&exe).output().expect("run the C ABI test program");
+        assert!(
+            out.status.success(),
+            "{cc} ({lang}) failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let run = Command::new(&exe)
+            .output()
+            .expect("run the C ABI test program");
         let stdout = String::from_utf8_lossy(&run.stdout);
-        assert!(run.status.success() && stdout.contains("checks passed"), "{lang}: {stdout}{}", String::from_utf8_lossy(&run.stderr));
+        assert!(
+            run.status.success() && stdout.contains("checks passed"),
+            "{lang}: {stdout}{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
         println!("{lang}: {}", stdout.trim());
     }
 }

@@ -16,7 +16,10 @@ const SIZES: [usize; 4] = [1, 7, 4097, 1_000_003];
 struct Rng(u64);
 impl Rng {
     fn new() -> (Self, u64) {
-        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1;
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1;
         (Rng(seed), seed)
     }
     fn next(&mut self) -> u64 {
@@ -84,12 +87,19 @@ fn rel_err(out: &[f32], want: &[f32]) -> f32 {
     if out.iter().any(|x| x.is_nan()) {
         return f32::INFINITY;
     }
-    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(f32::MIN_POSITIVE);
-    out.iter().zip(want).fold(0f32, |m, (o, w)| m.max((o - w).abs())) / scale
+    let scale = want
+        .iter()
+        .fold(0f32, |m, x| m.max(x.abs()))
+        .max(f32::MIN_POSITIVE);
+    out.iter()
+        .zip(want)
+        .fold(0f32, |m, (o, w)| m.max((o - w).abs()))
+        / scale
 }
 
 fn poisoned<T: Elem>(dev: &Device, n: usize) -> CudaSlice<T> {
-    dev.filled(n, T::from_f32(f32::NAN)).expect("poisoned output buffer")
+    dev.filled(n, T::from_f32(f32::NAN))
+        .expect("poisoned output buffer")
 }
 
 fn stream(dev: &Device) -> &Arc<CudaStream> {
@@ -114,7 +124,12 @@ fn check_residual<A: Elem, B: Elem>(dev: &Device, rng: &mut Rng, seed: u64) {
             let got = f32s(&dev.download(&da).unwrap());
             // Tolerance 0: both sides compute fl32(a + b) and round once to A's dtype (RNE).
             let e = rel_err(&got[off..], &want);
-            assert!(e == 0.0, "residual_add {}+={} n={n} off={off}: rel err {e} (seed {seed})", A::DTYPE, B::DTYPE);
+            assert!(
+                e == 0.0,
+                "residual_add {}+={} n={n} off={off}: rel err {e} (seed {seed})",
+                A::DTYPE,
+                B::DTYPE
+            );
             // Elements before the view are untouched.
             assert_eq!(got[..off], f32s(&a[..off]), "seed {seed}");
         }
@@ -123,7 +138,9 @@ fn check_residual<A: Elem, B: Elem>(dev: &Device, rng: &mut Rng, seed: u64) {
 
 #[test]
 fn residual_add_matches_reference() {
-    let Some(dev) = device_for_test("residual_add_matches_reference") else { return };
+    let Some(dev) = device_for_test("residual_add_matches_reference") else {
+        return;
+    };
     let (mut rng, seed) = Rng::new();
     check_residual::<f32, f32>(&dev, &mut rng, seed);
     check_residual::<f32, bf16>(&dev, &mut rng, seed);
@@ -149,15 +166,25 @@ fn check_cast<D: Elem, S: Elem>(dev: &Device, rng: &mut Rng, seed: u64) {
             let got = f32s(&dev.download(&dst).unwrap());
             // Tolerance 0: S -> f32 is exact, f32 -> D rounds once (RNE) on both sides.
             let e = rel_err(&got[off..], &want);
-            assert!(e == 0.0, "cast {}->{} n={n} off={off}: rel err {e} (seed {seed})", S::DTYPE, D::DTYPE);
-            assert!(got[..off].iter().all(|x| x.is_nan()), "cast wrote before its view (seed {seed})");
+            assert!(
+                e == 0.0,
+                "cast {}->{} n={n} off={off}: rel err {e} (seed {seed})",
+                S::DTYPE,
+                D::DTYPE
+            );
+            assert!(
+                got[..off].iter().all(|x| x.is_nan()),
+                "cast wrote before its view (seed {seed})"
+            );
         }
     }
 }
 
 #[test]
 fn cast_matches_half_conversions() {
-    let Some(dev) = device_for_test("cast_matches_half_conversions") else { return };
+    let Some(dev) = device_for_test("cast_matches_half_conversions") else {
+        return;
+    };
     let (mut rng, seed) = Rng::new();
     check_cast::<bf16, f32>(&dev, &mut rng, seed);
     check_cast::<f16, f32>(&dev, &mut rng, seed);
@@ -185,24 +212,33 @@ fn check_silu<O: Elem, I: Elem>(dev: &Device, rng: &mut Rng, seed: u64) {
                 continue;
             }
             let (g, u): (Vec<I>, Vec<I>) = (rng.vec(n), rng.vec(n));
-            let want = reference::silu_mul(&f32s(&g[off..]), &f32s(&u[off..])).expect("reference silu_mul");
+            let want = reference::silu_mul(&f32s(&g[off..]), &f32s(&u[off..]))
+                .expect("reference silu_mul");
             let want = rounded::<O>(&want);
             let (dg, du) = (dev.upload(&g).unwrap(), dev.upload(&u).unwrap());
             let mut out = poisoned::<O>(dev, n);
             {
                 let mut vo = out.slice_mut(off..);
-                ops::silu_mul(stream(dev), &dg.slice(off..), &du.slice(off..), &mut vo).expect("silu_mul");
+                ops::silu_mul(stream(dev), &dg.slice(off..), &du.slice(off..), &mut vo)
+                    .expect("silu_mul");
             }
             let got = f32s(&dev.download(&out).unwrap());
             let e = rel_err(&got[off..], &want);
-            assert!(e <= silu_tol::<O>(), "silu_mul {}<-{} n={n} off={off}: rel err {e} (seed {seed})", O::DTYPE, I::DTYPE);
+            assert!(
+                e <= silu_tol::<O>(),
+                "silu_mul {}<-{} n={n} off={off}: rel err {e} (seed {seed})",
+                O::DTYPE,
+                I::DTYPE
+            );
         }
     }
 }
 
 #[test]
 fn silu_mul_matches_reference() {
-    let Some(dev) = device_for_test("silu_mul_matches_reference") else { return };
+    let Some(dev) = device_for_test("silu_mul_matches_reference") else {
+        return;
+    };
     let (mut rng, seed) = Rng::new();
     check_silu::<f32, f32>(&dev, &mut rng, seed);
     check_silu::<bf16, bf16>(&dev, &mut rng, seed);
@@ -224,13 +260,18 @@ fn check_silu_fused<O: Elem, I: Elem>(dev: &Device, rng: &mut Rng, seed: u64) {
         ops::silu_mul_fused(stream(dev), &dgu, rows, cols, &mut out).expect("silu_mul_fused");
         let got = f32s(&dev.download(&out).unwrap());
         let e = rel_err(&got, &want);
-        assert!(e <= silu_tol::<O>(), "silu_mul_fused {rows}x{cols}: rel err {e} (seed {seed})");
+        assert!(
+            e <= silu_tol::<O>(),
+            "silu_mul_fused {rows}x{cols}: rel err {e} (seed {seed})"
+        );
     }
 }
 
 #[test]
 fn silu_mul_fused_matches_reference() {
-    let Some(dev) = device_for_test("silu_mul_fused_matches_reference") else { return };
+    let Some(dev) = device_for_test("silu_mul_fused_matches_reference") else {
+        return;
+    };
     let (mut rng, seed) = Rng::new();
     check_silu_fused::<bf16, bf16>(&dev, &mut rng, seed);
     check_silu_fused::<f32, f32>(&dev, &mut rng, seed);
@@ -240,21 +281,32 @@ fn check_embedding<O: Elem, T: Elem>(dev: &Device, rng: &mut Rng, seed: u64) {
     let vocab = 1009;
     for (num_ids, dim) in [(1, 1), (7, 7), (4097, 64), (3, 4097), (1, 5120)] {
         let table: Vec<T> = rng.vec(vocab * dim);
-        let ids: Vec<u32> = (0..num_ids).map(|_| (rng.next() % vocab as u64) as u32).collect();
-        let want = rounded::<O>(&reference::embedding(&f32s(&table), dim, &ids).expect("reference embedding"));
+        let ids: Vec<u32> = (0..num_ids)
+            .map(|_| (rng.next() % vocab as u64) as u32)
+            .collect();
+        let want = rounded::<O>(
+            &reference::embedding(&f32s(&table), dim, &ids).expect("reference embedding"),
+        );
         let dtable = dev.upload(&table).unwrap();
         let mut out = poisoned::<O>(dev, num_ids * dim);
         ops::embedding_host_ids(stream(dev), &dtable, dim, &ids, &mut out).expect("embedding");
         let got = f32s(&dev.download(&out).unwrap());
         // Tolerance 0: a gather, converted once.
         let e = rel_err(&got, &want);
-        assert!(e == 0.0, "embedding {}<-{} {num_ids}x{dim}: rel err {e} (seed {seed})", O::DTYPE, T::DTYPE);
+        assert!(
+            e == 0.0,
+            "embedding {}<-{} {num_ids}x{dim}: rel err {e} (seed {seed})",
+            O::DTYPE,
+            T::DTYPE
+        );
     }
 }
 
 #[test]
 fn embedding_matches_reference() {
-    let Some(dev) = device_for_test("embedding_matches_reference") else { return };
+    let Some(dev) = device_for_test("embedding_matches_reference") else {
+        return;
+    };
     let (mut rng, seed) = Rng::new();
     check_embedding::<f32, bf16>(&dev, &mut rng, seed);
     check_embedding::<bf16, bf16>(&dev, &mut rng, seed);
@@ -264,7 +316,9 @@ fn embedding_matches_reference() {
 
 #[test]
 fn embedding_out_of_range_ids() {
-    let Some(dev) = device_for_test("embedding_out_of_range_ids") else { return };
+    let Some(dev) = device_for_test("embedding_out_of_range_ids") else {
+        return;
+    };
     let (mut rng, seed) = Rng::new();
     let (vocab, dim) = (50usize, 24usize);
     let table: Vec<f32> = rng.vec(vocab * dim);
@@ -274,37 +328,67 @@ fn embedding_out_of_range_ids() {
 
     // Host ids: rejected before anything runs, naming the first bad position.
     let err = ops::embedding_host_ids(stream(&dev), &dtable, dim, &ids, &mut out).unwrap_err();
-    assert!(matches!(err, Error::InvalidArgument { .. }) && err.to_string().contains("position 3"), "{err}");
+    assert!(
+        matches!(err, Error::InvalidArgument { .. }) && err.to_string().contains("position 3"),
+        "{err}"
+    );
 
     // Device ids: bad rows become NaN, good rows are gathered, and the flag is raised.
     let dids = dev.upload(&ids).unwrap();
     let mut flag = dev.zeros::<u32>(1).unwrap();
-    ops::embedding(stream(&dev), &dtable, dim, &dids, &mut out, Some(&mut flag)).expect("embedding");
+    ops::embedding(stream(&dev), &dtable, dim, &dids, &mut out, Some(&mut flag))
+        .expect("embedding");
     let got = dev.download(&out).unwrap();
     assert_eq!(dev.download(&flag).unwrap(), vec![1], "seed {seed}");
     for (t, &id) in ids.iter().enumerate() {
         let row = &got[t * dim..(t + 1) * dim];
         if (id as usize) < vocab {
-            assert_eq!(row, &table[id as usize * dim..(id as usize + 1) * dim], "row {t} (seed {seed})");
+            assert_eq!(
+                row,
+                &table[id as usize * dim..(id as usize + 1) * dim],
+                "row {t} (seed {seed})"
+            );
         } else {
-            assert!(row.iter().all(|x| x.is_nan()), "row {t} of bad id {id} must be NaN");
+            assert!(
+                row.iter().all(|x| x.is_nan()),
+                "row {t} of bad id {id} must be NaN"
+            );
         }
     }
     // All ids valid: the flag stays 0.
     let good = dev.upload(&[1u32, 2, 3]).unwrap();
     let mut flag = dev.zeros::<u32>(1).unwrap();
     let mut out3 = poisoned::<f32>(&dev, 3 * dim);
-    ops::embedding(stream(&dev), &dtable, dim, &good, &mut out3, Some(&mut flag)).expect("embedding");
+    ops::embedding(
+        stream(&dev),
+        &dtable,
+        dim,
+        &good,
+        &mut out3,
+        Some(&mut flag),
+    )
+    .expect("embedding");
     assert_eq!(dev.download(&flag).unwrap(), vec![0]);
 }
 
 #[test]
 fn bad_shapes_are_typed_errors() {
-    let Some(dev) = device_for_test("bad_shapes_are_typed_errors") else { return };
+    let Some(dev) = device_for_test("bad_shapes_are_typed_errors") else {
+        return;
+    };
     let mut a = dev.filled(10, 1.5f32).unwrap();
     let b = dev.filled(9, 0.5f32).unwrap();
     let e = ops::residual_add(stream(&dev), &mut a, &b).unwrap_err();
-    assert!(matches!(e, Error::Shape { op: "residual_add", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            Error::Shape {
+                op: "residual_add",
+                ..
+            }
+        ),
+        "{e}"
+    );
     let mut out = dev.filled(10, 0.0f32).unwrap();
     let e = ops::silu_mul(stream(&dev), &a, &b, &mut out).unwrap_err();
     assert!(matches!(e, Error::Shape { op: "silu_mul", .. }), "{e}");
@@ -312,12 +396,27 @@ fn bad_shapes_are_typed_errors() {
     assert!(matches!(e, Error::Shape { .. }), "{e}");
     let mut u = dev.filled(10, 1u32).unwrap();
     let e = ops::residual_add(stream(&dev), &mut u, &b).unwrap_err();
-    assert!(matches!(e, Error::Shape { .. } | Error::DType { .. }), "{e}");
+    assert!(
+        matches!(e, Error::Shape { .. } | Error::DType { .. }),
+        "{e}"
+    );
     let c = dev.filled(10, 2u32).unwrap();
     let e = ops::residual_add(stream(&dev), &mut u, &c).unwrap_err();
-    assert!(matches!(e, Error::DType { op: "residual_add", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            Error::DType {
+                op: "residual_add",
+                ..
+            }
+        ),
+        "{e}"
+    );
     let e = ops::embedding_host_ids(stream(&dev), &a, 3, &[0], &mut out).unwrap_err();
-    assert!(matches!(e, Error::Shape { .. }), "table of 10 is not a multiple of dim 3: {e}");
+    assert!(
+        matches!(e, Error::Shape { .. }),
+        "table of 10 is not a multiple of dim 3: {e}"
+    );
     let e = ops::embedding_host_ids(stream(&dev), &a, 0, &[0], &mut out).unwrap_err();
     assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
 }

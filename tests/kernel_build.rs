@@ -17,14 +17,22 @@ fn skip(why: &str) {
 
 #[test]
 fn every_kernel_file_has_sm80_and_sm90a() {
-    let (Some(lib_dir), Some(bin_dir), Some(report)) =
-        (option_env!("L4C_KERNEL_LIB_DIR"), option_env!("L4C_CUDA_BIN_DIR"), option_env!("L4C_PTXAS_REPORT"))
-    else {
+    let (Some(lib_dir), Some(bin_dir), Some(report)) = (
+        option_env!("L4C_KERNEL_LIB_DIR"),
+        option_env!("L4C_CUDA_BIN_DIR"),
+        option_env!("L4C_PTXAS_REPORT"),
+    ) else {
         return skip("CUDA kernels not built (run tools/cuda-toolchain.sh)");
     };
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let cuobjdump = std::env::var_os("CUOBJDUMP").map(PathBuf::from).unwrap_or_else(|| Path::new(bin_dir).join("cuobjdump"));
-    let cuobjdump = if cuobjdump.is_file() { cuobjdump } else { repo.join(".cuda/py/nvidia/cu13/bin/cuobjdump") };
+    let cuobjdump = std::env::var_os("CUOBJDUMP")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(bin_dir).join("cuobjdump"));
+    let cuobjdump = if cuobjdump.is_file() {
+        cuobjdump
+    } else {
+        repo.join(".cuda/py/nvidia/cu13/bin/cuobjdump")
+    };
     if !cuobjdump.is_file() {
         return skip("cuobjdump not found (run tools/cuda-toolchain.sh)");
     }
@@ -34,7 +42,14 @@ fn every_kernel_file_has_sm80_and_sm90a() {
         .env("CUOBJDUMP", &cuobjdump)
         .output()
         .expect("run tools/check-kernels.sh");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "tools/check-kernels.sh failed:\n{text}");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "tools/check-kernels.sh failed:\n{text}"
+    );
     println!("{text}");
 }

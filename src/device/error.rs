@@ -8,10 +8,19 @@ use crate::error::{Error, Result};
 /// here: 0; [`super::Device::alloc_error`] fills them in), everything else [`Error::Cuda`].
 pub fn driver_error(op: &'static str, e: DriverError) -> Error {
     if e.0 == CUresult::CUDA_ERROR_OUT_OF_MEMORY {
-        return Error::OutOfMemory { op, needed: 0, free: 0 };
+        return Error::OutOfMemory {
+            op,
+            needed: 0,
+            free: 0,
+        };
     }
-    let name = e.error_name().map_or_else(|_| format!("{:?}", e.0), |s| s.to_string_lossy().into_owned());
-    let message = e.error_string().map_or_else(|_| String::new(), |s| s.to_string_lossy().into_owned());
+    let name = e.error_name().map_or_else(
+        |_| format!("{:?}", e.0),
+        |s| s.to_string_lossy().into_owned(),
+    );
+    let message = e
+        .error_string()
+        .map_or_else(|_| String::new(), |s| s.to_string_lossy().into_owned());
     Error::Cuda { op, name, message }
 }
 

@@ -10,7 +10,9 @@ mod timing;
 
 use std::sync::Arc;
 
-pub use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut};
+pub use cudarc::driver::{
+    CudaContext, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut,
+};
 pub use error::{driver_error, DriverResultExt};
 pub use tensor::{DeviceElem, DeviceTensor};
 pub use timing::{time_stream, EventTimer};
@@ -46,13 +48,18 @@ impl Device {
     /// driver fails to initialise.
     pub fn open(ordinal: usize) -> Result<Self> {
         if !driver_present() {
-            return Err(Error::NoDevice("the CUDA driver library (libcuda.so) is not installed".into()));
+            return Err(Error::NoDevice(
+                "the CUDA driver library (libcuda.so) is not installed".into(),
+            ));
         }
         let count = device_count();
         if ordinal >= count {
-            return Err(Error::NoDevice(format!("device {ordinal} requested, {count} present")));
+            return Err(Error::NoDevice(format!(
+                "device {ordinal} requested, {count} present"
+            )));
         }
-        let ctx = CudaContext::new(ordinal).map_err(|e| Error::NoDevice(format!("device {ordinal}: {}", describe(e))))?;
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| Error::NoDevice(format!("device {ordinal}: {}", describe(e))))?;
         let stream = ctx.new_stream().op("Device::open")?;
         Ok(Device { ctx, stream })
     }
@@ -84,7 +91,10 @@ impl Device {
 
     /// Compute capability (major, minor), e.g. (9, 0).
     pub fn compute_capability(&self) -> Result<(u32, u32)> {
-        let (major, minor) = self.ctx.compute_capability().op("Device::compute_capability")?;
+        let (major, minor) = self
+            .ctx
+            .compute_capability()
+            .op("Device::compute_capability")?;
         Ok((major.max(0) as u32, minor.max(0) as u32))
     }
 
@@ -117,12 +127,19 @@ impl Device {
     /// A zeroed device buffer of `len` elements; out of memory is [`Error::OutOfMemory`].
     pub fn zeros<T: DeviceElem>(&self, len: usize) -> Result<CudaSlice<T>> {
         let bytes = len.saturating_mul(std::mem::size_of::<T>());
-        self.stream.alloc_zeros(len).map_err(|e| self.alloc_error("Device::zeros", bytes, e))
+        self.stream
+            .alloc_zeros(len)
+            .map_err(|e| self.alloc_error("Device::zeros", bytes, e))
     }
 
     /// Maps an allocation failure of `needed` bytes to [`Error::OutOfMemory`] (with the free memory
     /// now), any other failure to [`Error::Cuda`].
-    pub fn alloc_error(&self, op: &'static str, needed: usize, e: cudarc::driver::DriverError) -> Error {
+    pub fn alloc_error(
+        &self,
+        op: &'static str,
+        needed: usize,
+        e: cudarc::driver::DriverError,
+    ) -> Error {
         match driver_error(op, e) {
             Error::OutOfMemory { op, .. } => {
                 let free = self.ctx.mem_get_info().map_or(0, |(free, _)| free);
@@ -146,7 +163,9 @@ fn describe(e: cudarc::driver::DriverError) -> String {
 pub fn device_for_test(test: &str) -> Option<Device> {
     match Device::first() {
         Ok(_) if !crate::sys::KERNELS_BUILT => {
-            println!("skipped: no CUDA kernels in this build (run tools/cuda-toolchain.sh): {test}");
+            println!(
+                "skipped: no CUDA kernels in this build (run tools/cuda-toolchain.sh): {test}"
+            );
             None
         }
         Ok(dev) => Some(dev),

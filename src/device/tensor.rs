@@ -10,7 +10,9 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 
 /// A Rust type stored in device buffers, with the crate's [`DType`] for it.
-pub trait DeviceElem: DeviceRepr + ValidAsZeroBits + Copy + Default + Send + Sync + 'static {
+pub trait DeviceElem:
+    DeviceRepr + ValidAsZeroBits + Copy + Default + Send + Sync + 'static
+{
     /// The storage dtype.
     const DTYPE: DType;
 }
@@ -53,7 +55,12 @@ impl<T: DeviceElem> DeviceTensor<T> {
 
     /// Uploads `host` (row-major, exactly `shape`'s element count) on `stream`.
     pub fn from_host(stream: &Arc<CudaStream>, host: &[T], shape: &[usize]) -> Result<Self> {
-        crate::error::check_len("DeviceTensor::from_host", "host data", host.len(), numel("DeviceTensor::from_host", shape)?)?;
+        crate::error::check_len(
+            "DeviceTensor::from_host",
+            "host data",
+            host.len(),
+            numel("DeviceTensor::from_host", shape)?,
+        )?;
         let data = stream.clone_htod(host).op("DeviceTensor::from_host")?;
         Ok(Self::contiguous(data, shape))
     }
@@ -62,38 +69,69 @@ impl<T: DeviceElem> DeviceTensor<T> {
     pub fn from_parts(data: CudaSlice<T>, shape: &[usize], strides: &[usize]) -> Result<Self> {
         const OP: &str = "DeviceTensor::from_parts";
         if shape.len() != strides.len() {
-            return Err(Error::shape(OP, format!("shape {shape:?} and strides {strides:?} differ in rank")));
+            return Err(Error::shape(
+                OP,
+                format!("shape {shape:?} and strides {strides:?} differ in rank"),
+            ));
         }
         if shape.contains(&0) {
-            return Ok(Self { data, shape: shape.to_vec(), strides: strides.to_vec() });
+            return Ok(Self {
+                data,
+                shape: shape.to_vec(),
+                strides: strides.to_vec(),
+            });
         }
         let mut last = 0usize;
         for (&d, &s) in shape.iter().zip(strides) {
-            last = (d - 1).checked_mul(s).and_then(|x| x.checked_add(last)).ok_or_else(|| Error::shape(OP, "extent overflows"))?;
+            last = (d - 1)
+                .checked_mul(s)
+                .and_then(|x| x.checked_add(last))
+                .ok_or_else(|| Error::shape(OP, "extent overflows"))?;
         }
         if last >= data.len() {
             return Err(Error::shape(
                 OP,
-                format!("shape {shape:?} strides {strides:?} reach element {last}, buffer has {}", data.len()),
+                format!(
+                    "shape {shape:?} strides {strides:?} reach element {last}, buffer has {}",
+                    data.len()
+                ),
             ));
         }
-        Ok(Self { data, shape: shape.to_vec(), strides: strides.to_vec() })
+        Ok(Self {
+            data,
+            shape: shape.to_vec(),
+            strides: strides.to_vec(),
+        })
     }
 
     fn contiguous(data: CudaSlice<T>, shape: &[usize]) -> Self {
-        Self { data, shape: shape.to_vec(), strides: contiguous_strides(shape) }
+        Self {
+            data,
+            shape: shape.to_vec(),
+            strides: contiguous_strides(shape),
+        }
     }
 
     /// Copies the elements to the host in row-major order (synchronises the buffer's stream).
     pub fn to_host(&self) -> Result<Vec<T>> {
-        let raw = self.data.stream().clone_dtoh(&self.data).op("DeviceTensor::to_host")?;
+        let raw = self
+            .data
+            .stream()
+            .clone_dtoh(&self.data)
+            .op("DeviceTensor::to_host")?;
         if self.is_contiguous() {
             return Ok(raw[..self.numel()].to_vec());
         }
         let mut out = Vec::with_capacity(self.numel());
         let mut idx = vec![0usize; self.shape.len()];
         for _ in 0..self.numel() {
-            out.push(raw[idx.iter().zip(&self.strides).map(|(i, s)| i * s).sum::<usize>()]);
+            out.push(
+                raw[idx
+                    .iter()
+                    .zip(&self.strides)
+                    .map(|(i, s)| i * s)
+                    .sum::<usize>()],
+            );
             for d in (0..idx.len()).rev() {
                 idx[d] += 1;
                 if idx[d] < self.shape[d] {
@@ -141,7 +179,10 @@ impl<T: DeviceElem> DeviceTensor<T> {
 
 /// Element count of `shape`, or a shape error on overflow.
 fn numel(op: &'static str, shape: &[usize]) -> Result<usize> {
-    shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| Error::shape(op, format!("{shape:?} overflows usize")))
+    shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| Error::shape(op, format!("{shape:?} overflows usize")))
 }
 
 /// Row-major strides of `shape`.

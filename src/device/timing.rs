@@ -18,8 +18,12 @@ impl EventTimer {
     /// Two events with timing enabled, in `stream`'s context.
     pub fn new(stream: &Arc<CudaStream>) -> Result<Self> {
         let ctx = stream.context();
-        let start = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).op("EventTimer::new")?;
-        let stop = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).op("EventTimer::new")?;
+        let start = ctx
+            .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .op("EventTimer::new")?;
+        let stop = ctx
+            .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .op("EventTimer::new")?;
         Ok(Self { start, stop })
     }
 
@@ -38,7 +42,11 @@ impl EventTimer {
 
 /// GPU time of `iters` calls of `f` (each enqueues work on `stream`), measured with events around the
 /// whole batch: for `criterion::Bencher::iter_custom`. One untimed call first warms up the launch path.
-pub fn time_stream(stream: &Arc<CudaStream>, iters: u64, mut f: impl FnMut() -> Result<()>) -> Result<Duration> {
+pub fn time_stream(
+    stream: &Arc<CudaStream>,
+    iters: u64,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<Duration> {
     f()?;
     let timer = EventTimer::new(stream)?;
     timer.start(stream)?;

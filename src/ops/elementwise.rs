@@ -24,7 +24,13 @@ pub fn residual_add<A: DeviceElem, B: DeviceElem>(
     launch(OP, stream, |s| {
         let (pa, _ga) = a.device_ptr_mut(stream);
         let (pb, _gb) = b.device_ptr(stream);
-        let p = sys::l4c_residual_add_params { a: pa as *mut c_void, b: pb as *const c_void, n, a_dtype, b_dtype };
+        let p = sys::l4c_residual_add_params {
+            a: pa as *mut c_void,
+            b: pb as *const c_void,
+            n,
+            a_dtype,
+            b_dtype,
+        };
         // SAFETY: a and b are live device buffers of n elements of the declared dtypes on the stream's
         // context, distinct by Rust's borrow rules; the guards keep cudarc's stream ordering until after
         // the launch is enqueued.
@@ -45,7 +51,13 @@ pub fn cast<D: DeviceElem, S: DeviceElem>(
     launch(OP, stream, |s| {
         let (pd, _gd) = dst.device_ptr_mut(stream);
         let (ps, _gs) = src.device_ptr(stream);
-        let p = sys::l4c_cast_params { dst: pd as *mut c_void, src: ps as *const c_void, n, dst_dtype, src_dtype };
+        let p = sys::l4c_cast_params {
+            dst: pd as *mut c_void,
+            src: ps as *const c_void,
+            n,
+            dst_dtype,
+            src_dtype,
+        };
         // SAFETY: dst and src are distinct live device buffers of n elements of the declared dtypes.
         unsafe { sys::l4c_cast(&p, s) }
     })
@@ -61,7 +73,10 @@ pub fn silu_mul<O: DeviceElem, I: DeviceElem>(
     const OP: &str = "silu_mul";
     check_len(OP, "up", up.len(), gate.len())?;
     check_len(OP, "out", out.len(), gate.len())?;
-    let (out_dtype, in_dtype) = (float_dtype::<O>(OP, "out")?, float_dtype::<I>(OP, "gate/up")?);
+    let (out_dtype, in_dtype) = (
+        float_dtype::<O>(OP, "out")?,
+        float_dtype::<I>(OP, "gate/up")?,
+    );
     let n = to_i64(OP, "gate.len()", gate.len())?;
     launch(OP, stream, |s| {
         let (po, _go) = out.device_ptr_mut(stream);
@@ -95,10 +110,14 @@ pub fn silu_mul_fused<O: DeviceElem, I: DeviceElem>(
 ) -> Result<()> {
     const OP: &str = "silu_mul_fused";
     let want_in = rows.checked_mul(cols).and_then(|x| x.checked_mul(2));
-    let want_in = want_in.ok_or_else(|| Error::shape(OP, format!("rows {rows} x 2 x cols {cols} overflows")))?;
+    let want_in = want_in
+        .ok_or_else(|| Error::shape(OP, format!("rows {rows} x 2 x cols {cols} overflows")))?;
     check_len(OP, "gate_up", gate_up.len(), want_in)?;
     check_len(OP, "out", out.len(), rows * cols)?;
-    let (out_dtype, in_dtype) = (float_dtype::<O>(OP, "out")?, float_dtype::<I>(OP, "gate_up")?);
+    let (out_dtype, in_dtype) = (
+        float_dtype::<O>(OP, "out")?,
+        float_dtype::<I>(OP, "gate_up")?,
+    );
     let (r, c) = (to_i64(OP, "rows", rows)?, to_i64(OP, "cols", cols)?);
     let c2 = to_i64(OP, "2 * cols", 2 * cols)?;
     launch(OP, stream, |s| {
@@ -137,13 +156,23 @@ pub fn embedding<O: DeviceElem, T: DeviceElem>(
 ) -> Result<()> {
     const OP: &str = "embedding";
     let vocab = vocab_of(OP, table.len(), dim)?;
-    let want = ids.len().checked_mul(dim).ok_or_else(|| Error::shape(OP, "ids x dim overflows"))?;
+    let want = ids
+        .len()
+        .checked_mul(dim)
+        .ok_or_else(|| Error::shape(OP, "ids x dim overflows"))?;
     check_len(OP, "out", out.len(), want)?;
     if error_flag.as_ref().is_some_and(|f| f.is_empty()) {
-        return Err(Error::invalid(OP, "error_flag buffer is empty; it needs one u32"));
+        return Err(Error::invalid(
+            OP,
+            "error_flag buffer is empty; it needs one u32",
+        ));
     }
     let (out_dtype, table_dtype) = (float_dtype::<O>(OP, "out")?, float_dtype::<T>(OP, "table")?);
-    let (num_ids, vocab, dim) = (to_i64(OP, "ids.len()", ids.len())?, to_i64(OP, "vocab", vocab)?, to_i64(OP, "dim", dim)?);
+    let (num_ids, vocab, dim) = (
+        to_i64(OP, "ids.len()", ids.len())?,
+        to_i64(OP, "vocab", vocab)?,
+        to_i64(OP, "dim", dim)?,
+    );
     launch(OP, stream, |s| {
         let (po, _go) = out.device_ptr_mut(stream);
         let (pt, _gt) = table.device_ptr(stream);
@@ -153,7 +182,9 @@ pub fn embedding<O: DeviceElem, T: DeviceElem>(
             out: po as *mut c_void,
             table: pt as *const c_void,
             ids: pi as *const u32,
-            error_flag: flag.as_ref().map_or(std::ptr::null_mut(), |(pf, _)| *pf as *mut u32),
+            error_flag: flag
+                .as_ref()
+                .map_or(std::ptr::null_mut(), |(pf, _)| *pf as *mut u32),
             num_ids,
             vocab,
             dim,
@@ -178,7 +209,10 @@ pub fn embedding_host_ids<O: DeviceElem, T: DeviceElem>(
     const OP: &str = "embedding";
     let vocab = vocab_of(OP, table.len(), dim)?;
     if let Some((pos, id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
-        return Err(Error::invalid(OP, format!("token id {id} at position {pos} is outside the vocabulary of {vocab}")));
+        return Err(Error::invalid(
+            OP,
+            format!("token id {id} at position {pos} is outside the vocabulary of {vocab}"),
+        ));
     }
     check_len(OP, "out", out.len(), ids.len().saturating_mul(dim))?;
     if !crate::sys::KERNELS_BUILT {
@@ -197,7 +231,10 @@ fn vocab_of(op: &'static str, len: usize, dim: usize) -> Result<usize> {
         return Err(Error::invalid(op, "dim is 0"));
     }
     if len % dim != 0 {
-        return Err(Error::shape(op, format!("table has {len} elements, not a multiple of dim {dim}")));
+        return Err(Error::shape(
+            op,
+            format!("table has {len} elements, not a multiple of dim {dim}"),
+        ));
     }
     Ok(len / dim)
 }

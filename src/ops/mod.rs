@@ -8,7 +8,9 @@
 pub mod elementwise;
 pub mod norm_rope;
 
-pub use elementwise::{cast, embedding, embedding_host_ids, residual_add, silu_mul, silu_mul_fused};
+pub use elementwise::{
+    cast, embedding, embedding_host_ids, residual_add, silu_mul, silu_mul_fused,
+};
 
 use cudarc::driver::CudaStream;
 
@@ -21,19 +23,31 @@ pub(crate) fn float_dtype<T: DeviceElem>(op: &'static str, what: &str) -> Result
     use crate::dtype::DType;
     match T::DTYPE {
         DType::F32 | DType::F16 | DType::BF16 => sys::dtype_code(op, T::DTYPE),
-        other => Err(Error::DType { op, msg: format!("{what} is {other}; expected f32, f16 or bf16") }),
+        other => Err(Error::DType {
+            op,
+            msg: format!("{what} is {other}; expected f32, f16 or bf16"),
+        }),
     }
 }
 
 /// A length or size as the ABI's int64, or [`Error::InvalidArgument`] when it does not fit.
 pub(crate) fn to_i64(op: &'static str, what: &str, n: usize) -> Result<i64> {
-    i64::try_from(n).map_err(|_| Error::invalid(op, format!("{what} = {n} exceeds the int64 range of the C ABI")))
+    i64::try_from(n).map_err(|_| {
+        Error::invalid(
+            op,
+            format!("{what} = {n} exceeds the int64 range of the C ABI"),
+        )
+    })
 }
 
 /// Runs `f` with the raw stream after binding the stream's context to this thread (the CUDA runtime
 /// inside the kernel library then uses that context), and converts its status.
 #[cfg(llama4_kernels)]
-pub(crate) fn launch(op: &'static str, stream: &CudaStream, f: impl FnOnce(l4c_stream_t) -> sys::l4c_status) -> Result<()> {
+pub(crate) fn launch(
+    op: &'static str,
+    stream: &CudaStream,
+    f: impl FnOnce(l4c_stream_t) -> sys::l4c_status,
+) -> Result<()> {
     use crate::device::DriverResultExt;
     stream.context().bind_to_thread().op(op)?;
     // cudarc's CUstream and l4c_stream_t are both `struct CUstream_st *` (bindgen gives each its own
@@ -43,6 +57,10 @@ pub(crate) fn launch(op: &'static str, stream: &CudaStream, f: impl FnOnce(l4c_s
 
 /// Without the kernels: nothing to launch.
 #[cfg(not(llama4_kernels))]
-pub(crate) fn launch(op: &'static str, _stream: &CudaStream, _f: impl FnOnce(l4c_stream_t) -> sys::l4c_status) -> Result<()> {
+pub(crate) fn launch(
+    op: &'static str,
+    _stream: &CudaStream,
+    _f: impl FnOnce(l4c_stream_t) -> sys::l4c_status,
+) -> Result<()> {
     Err(Error::KernelsNotBuilt(op))
 }

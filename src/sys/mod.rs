@@ -26,7 +26,12 @@ pub fn dtype_code(op: &'static str, dtype: DType) -> Result<l4c_dtype> {
         DType::BF16 => l4c_dtype::L4C_DTYPE_BF16,
         DType::F8E4M3 => l4c_dtype::L4C_DTYPE_F8E4M3,
         DType::F8E5M2 => l4c_dtype::L4C_DTYPE_F8E5M2,
-        other => return Err(Error::DType { op, msg: format!("{other} has no C ABI dtype code") }),
+        other => {
+            return Err(Error::DType {
+                op,
+                msg: format!("{other} has no C ABI dtype code"),
+            })
+        }
     })
 }
 
@@ -43,7 +48,9 @@ pub fn check(op: &'static str, status: l4c_status) -> Result<()> {
     let text = unsafe { cstr(l4c_status_string(status)) };
     let msg = format!("kernel launcher rejected the call: {text}");
     Err(match status {
-        l4c_status::L4C_ERR_INVALID_ARGUMENT | l4c_status::L4C_ERR_UNSUPPORTED => Error::InvalidArgument { op, msg },
+        l4c_status::L4C_ERR_INVALID_ARGUMENT | l4c_status::L4C_ERR_UNSUPPORTED => {
+            Error::InvalidArgument { op, msg }
+        }
         l4c_status::L4C_ERR_UNSUPPORTED_DTYPE => Error::DType { op, msg },
         _ => {
             let (mut name, mut message) = (std::ptr::null(), std::ptr::null());
@@ -51,8 +58,16 @@ pub fn check(op: &'static str, status: l4c_status) -> Result<()> {
             let code = unsafe { l4c_last_cuda_error(&mut name, &mut message) };
             // SAFETY: static NUL-terminated strings from the library (or null, handled by cstr).
             let (name, message) = unsafe { (cstr(name), cstr(message)) };
-            let name = if code == 0 { format!("l4c_status {}", status.0) } else { name };
-            Error::Cuda { op, name, message: format!("{text}: {message}") }
+            let name = if code == 0 {
+                format!("l4c_status {}", status.0)
+            } else {
+                name
+            };
+            Error::Cuda {
+                op,
+                name,
+                message: format!("{text}: {message}"),
+            }
         }
     })
 }
@@ -67,7 +82,9 @@ unsafe fn cstr(p: *const std::os::raw::c_char) -> String {
         String::new()
     } else {
         // SAFETY: the caller guarantees a NUL-terminated string.
-        unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned()
+        unsafe { std::ffi::CStr::from_ptr(p) }
+            .to_string_lossy()
+            .into_owned()
     }
 }
 
@@ -84,9 +101,18 @@ mod tests {
     #[test]
     fn statuses_map_to_typed_errors() {
         assert!(check("t", l4c_status::L4C_OK).is_ok());
-        assert!(matches!(check("t", l4c_status::L4C_ERR_INVALID_ARGUMENT), Err(Error::InvalidArgument { op: "t", .. })));
-        assert!(matches!(check("t", l4c_status::L4C_ERR_UNSUPPORTED_DTYPE), Err(Error::DType { op: "t", .. })));
-        assert!(matches!(check("t", l4c_status::L4C_ERR_CUDA), Err(Error::Cuda { op: "t", .. })));
+        assert!(matches!(
+            check("t", l4c_status::L4C_ERR_INVALID_ARGUMENT),
+            Err(Error::InvalidArgument { op: "t", .. })
+        ));
+        assert!(matches!(
+            check("t", l4c_status::L4C_ERR_UNSUPPORTED_DTYPE),
+            Err(Error::DType { op: "t", .. })
+        ));
+        assert!(matches!(
+            check("t", l4c_status::L4C_ERR_CUDA),
+            Err(Error::Cuda { op: "t", .. })
+        ));
         // A value the header does not define still gives an error, not UB or a panic.
         let e = check("t", l4c_status(12345)).unwrap_err().to_string();
         assert!(e.contains("unknown status"), "{e}");
