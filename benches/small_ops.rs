@@ -18,7 +18,9 @@ const EPS: f32 = 1e-5;
 
 /// Deterministic non-zero values in [0.5, 1.5].
 fn values(n: usize, salt: u32) -> Vec<f32> {
-    (0..n as u32).map(|i| 0.5 + ((i.wrapping_mul(2_654_435_761) ^ salt) % 1000) as f32 / 1000.0).collect()
+    (0..n as u32)
+        .map(|i| 0.5 + ((i.wrapping_mul(2_654_435_761) ^ salt) % 1000) as f32 / 1000.0)
+        .collect()
 }
 
 const SCOUT: rope::Llama3Scaling = rope::Llama3Scaling {
@@ -76,24 +78,41 @@ fn gpu(c: &mut Criterion) {
         g.throughput(Throughput::Bytes((2 * t * HIDDEN * 2 + HIDDEN * 2) as u64));
         g.bench_with_input(BenchmarkId::new("rms_norm_bf16", t), &t, |b, _| {
             b.iter_custom(|iters| {
-                time_stream(&s, iters, || ops::rms_norm(&s, &x, HIDDEN, &w, EPS, &mut out)).expect("rms_norm")
+                time_stream(&s, iters, || {
+                    ops::rms_norm(&s, &x, HIDDEN, &w, EPS, &mut out)
+                })
+                .expect("rms_norm")
             })
         });
         let width = (Q_HEADS + 2 * KV_HEADS) * HEAD_DIM;
         let mut qkv = dev.upload(&bf(values(t * width, 3))).expect("upload");
-        let pos = ops::positions_on_device(&s, &(0..t).map(|i| 9_000_000 + i).collect::<Vec<_>>()).expect("upload");
+        let pos = ops::positions_on_device(&s, &(0..t).map(|i| 9_000_000 + i).collect::<Vec<_>>())
+            .expect("upload");
         // q and k read and written, positions read (the inv_freq table is negligible).
-        g.throughput(Throughput::Bytes((t * (Q_HEADS + KV_HEADS) * HEAD_DIM * 2 * 2 + t * 8) as u64));
+        g.throughput(Throughput::Bytes(
+            (t * (Q_HEADS + KV_HEADS) * HEAD_DIM * 2 * 2 + t * 8) as u64,
+        ));
         g.bench_with_input(BenchmarkId::new("rope_qkv_bf16", t), &t, |b, _| {
             b.iter_custom(|iters| {
-                time_stream(&s, iters, || ops::rope_qkv(&s, &mut qkv, Q_HEADS, KV_HEADS, HEAD_DIM, &pos, &inv, None))
-                    .expect("rope")
+                time_stream(&s, iters, || {
+                    ops::rope_qkv(&s, &mut qkv, Q_HEADS, KV_HEADS, HEAD_DIM, &pos, &inv, None)
+                })
+                .expect("rope")
             })
         });
         g.bench_with_input(BenchmarkId::new("rope_qk_norm_qkv_bf16", t), &t, |b, _| {
             b.iter_custom(|iters| {
                 time_stream(&s, iters, || {
-                    ops::rope_qkv(&s, &mut qkv, Q_HEADS, KV_HEADS, HEAD_DIM, &pos, &inv, Some(EPS))
+                    ops::rope_qkv(
+                        &s,
+                        &mut qkv,
+                        Q_HEADS,
+                        KV_HEADS,
+                        HEAD_DIM,
+                        &pos,
+                        &inv,
+                        Some(EPS),
+                    )
                 })
                 .expect("rope_qk_norm")
             })

@@ -34,9 +34,16 @@ const SCOUT: rope::Llama3Scaling = rope::Llama3Scaling {
 struct Rng(TestRng);
 impl Rng {
     fn new() -> (Self, u64) {
-        let seed =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
-        (Rng(TestRng::from_seed(RngAlgorithm::ChaCha, &seed.to_le_bytes().repeat(4))), seed)
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        (
+            Rng(TestRng::from_seed(
+                RngAlgorithm::ChaCha,
+                &seed.to_le_bytes().repeat(4),
+            )),
+            seed,
+        )
     }
     /// Uniform in ±[0.05, 4].
     fn value(&mut self) -> f32 {
@@ -111,8 +118,14 @@ fn rel_err(out: &[f32], want: &[f32]) -> f32 {
     if out.iter().any(|x| x.is_nan()) {
         return f32::INFINITY;
     }
-    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(f32::MIN_POSITIVE);
-    out.iter().zip(want).fold(0f32, |m, (o, w)| m.max((o - w).abs())) / scale
+    let scale = want
+        .iter()
+        .fold(0f32, |m, x| m.max(x.abs()))
+        .max(f32::MIN_POSITIVE);
+    out.iter()
+        .zip(want)
+        .fold(0f32, |m, (o, w)| m.max((o - w).abs()))
+        / scale
 }
 
 fn stream(dev: &Device) -> &Arc<CudaStream> {
@@ -125,8 +138,16 @@ fn upload_i64(dev: &Device, v: &[usize]) -> CudaSlice<i64> {
 
 // ---- RMSNorm ------------------------------------------------------------------------------------
 
-const RMS_SHAPES: [(usize, usize); 8] =
-    [(1, 1), (3, 7), (4097, 7), (1, 5120), (33, 128), (3, 4097), (2, 16384), (5, 40)];
+const RMS_SHAPES: [(usize, usize); 8] = [
+    (1, 1),
+    (3, 7),
+    (4097, 7),
+    (1, 5120),
+    (33, 128),
+    (3, 4097),
+    (2, 16384),
+    (5, 40),
+];
 
 /// `weighted`: W = f32 or X; `off` = 1 shifts every buffer by one element (unaligned: scalar path).
 fn check_rms<O: Elem, X: Elem, W: Elem>(dev: &Device, rng: &mut Rng, seed: u64, weighted: bool) {
@@ -136,30 +157,49 @@ fn check_rms<O: Elem, X: Elem, W: Elem>(dev: &Device, rng: &mut Rng, seed: u64, 
             let x: Vec<X> = rng.vec(n + off);
             let w: Vec<W> = rng.vec(dim + off);
             let (xf, wf) = (f32s(&x[off..]), f32s(&w[off..]));
-            let want = norm::rms_norm(&xf, dim, weighted.then_some(&wf[..]), EPS).expect("reference rms_norm");
+            let want = norm::rms_norm(&xf, dim, weighted.then_some(&wf[..]), EPS)
+                .expect("reference rms_norm");
             let (dx, dw) = (dev.upload(&x).unwrap(), dev.upload(&w).unwrap());
             let mut out = dev.filled(n + off, O::from_f32(f32::NAN)).unwrap();
             {
                 let mut vo = out.slice_mut(off..);
                 if weighted {
-                    ops::rms_norm(stream(dev), &dx.slice(off..), dim, &dw.slice(off..), EPS, &mut vo)
-                        .expect("rms_norm");
+                    ops::rms_norm(
+                        stream(dev),
+                        &dx.slice(off..),
+                        dim,
+                        &dw.slice(off..),
+                        EPS,
+                        &mut vo,
+                    )
+                    .expect("rms_norm");
                 } else {
-                    ops::rms_norm_unweighted(stream(dev), &dx.slice(off..), dim, EPS, &mut vo).expect("rms_norm");
+                    ops::rms_norm_unweighted(stream(dev), &dx.slice(off..), dim, EPS, &mut vo)
+                        .expect("rms_norm");
                 }
             }
             let got = f32s(&dev.download(&out).unwrap());
             let e = rel_err(&got[off..], &want);
-            let what = format!("{}<-{} w {} weighted {weighted} {rows}x{dim} off {off}", O::DTYPE, X::DTYPE, W::DTYPE);
+            let what = format!(
+                "{}<-{} w {} weighted {weighted} {rows}x{dim} off {off}",
+                O::DTYPE,
+                X::DTYPE,
+                W::DTYPE
+            );
             assert!(e <= O::TOL, "rms_norm {what}: rel err {e} (seed {seed})");
-            assert!(got[..off].iter().all(|v| v.is_nan()), "rms_norm {what} wrote before its view (seed {seed})");
+            assert!(
+                got[..off].iter().all(|v| v.is_nan()),
+                "rms_norm {what} wrote before its view (seed {seed})"
+            );
         }
     }
 }
 
 #[test]
 fn rms_norm_matches_reference() {
-    let Some(dev) = device_for_test("rms_norm_matches_reference") else { return };
+    let Some(dev) = device_for_test("rms_norm_matches_reference") else {
+        return;
+    };
     let (mut rng, seed) = Rng::new();
     check_rms::<f32, f32, f32>(&dev, &mut rng, seed, true);
     check_rms::<bf16, bf16, bf16>(&dev, &mut rng, seed, true);
@@ -190,7 +230,13 @@ const QK_SHAPES: [(usize, usize, usize, usize); 9] = [
 
 /// The CPU result for q or k: RoPE (when `positions`), then the weightless norm over head_dim (when
 /// `norm`).
-fn reference_qk(x: &[f32], heads: usize, hd: usize, positions: Option<(&[usize], &[f32])>, norm_it: bool) -> Vec<f32> {
+fn reference_qk(
+    x: &[f32],
+    heads: usize,
+    hd: usize,
+    positions: Option<(&[usize], &[f32])>,
+    norm_it: bool,
+) -> Vec<f32> {
     let mut y = x.to_vec();
     if let Some((pos, inv)) = positions {
         rope::apply_rope(&mut y, heads, hd, pos, inv).expect("reference rope");
@@ -228,22 +274,39 @@ fn check_qk<T: Elem>(dev: &Device, rng: &mut Rng, seed: u64, mode: Mode) {
                 match mode {
                     Mode::Rope => ops::rope(s, &mut vq, hq, &mut vk, hk, hd, &dpos, &dinv),
                     Mode::Norm => ops::qk_norm(s, &mut vq, hq, &mut vk, hk, hd, EPS),
-                    Mode::RopeNorm => ops::rope_qk_norm(s, &mut vq, hq, &mut vk, hk, hd, &dpos, &dinv, EPS),
+                    Mode::RopeNorm => {
+                        ops::rope_qk_norm(s, &mut vq, hq, &mut vk, hk, hd, &dpos, &dinv, EPS)
+                    }
                 }
                 .expect("launch");
             }
-            let (gq, gk) = (f32s(&dev.download(&dq).unwrap()), f32s(&dev.download(&dk).unwrap()));
-            let what = format!("{mode:?} {} tokens {tokens} heads {hq}/{hk} head_dim {hd} off {off}", T::DTYPE);
+            let (gq, gk) = (
+                f32s(&dev.download(&dq).unwrap()),
+                f32s(&dev.download(&dk).unwrap()),
+            );
+            let what = format!(
+                "{mode:?} {} tokens {tokens} heads {hq}/{hk} head_dim {hd} off {off}",
+                T::DTYPE
+            );
             let (eq, ek) = (rel_err(&gq[off..], &want_q), rel_err(&gk[off..], &want_k));
-            assert!(eq <= T::TOL && ek <= T::TOL, "{what}: rel err q {eq} k {ek} (seed {seed})");
-            assert_eq!(gq[..off], f32s(&q[..off]), "{what}: touched q before its view (seed {seed})");
+            assert!(
+                eq <= T::TOL && ek <= T::TOL,
+                "{what}: rel err q {eq} k {ek} (seed {seed})"
+            );
+            assert_eq!(
+                gq[..off],
+                f32s(&q[..off]),
+                "{what}: touched q before its view (seed {seed})"
+            );
         }
     }
 }
 
 #[test]
 fn rope_matches_reference() {
-    let Some(dev) = device_for_test("rope_matches_reference") else { return };
+    let Some(dev) = device_for_test("rope_matches_reference") else {
+        return;
+    };
     let (mut rng, seed) = Rng::new();
     check_qk::<f32>(&dev, &mut rng, seed, Mode::Rope);
     check_qk::<bf16>(&dev, &mut rng, seed, Mode::Rope);
@@ -252,7 +315,9 @@ fn rope_matches_reference() {
 
 #[test]
 fn rope_qk_norm_matches_reference() {
-    let Some(dev) = device_for_test("rope_qk_norm_matches_reference") else { return };
+    let Some(dev) = device_for_test("rope_qk_norm_matches_reference") else {
+        return;
+    };
     let (mut rng, seed) = Rng::new();
     check_qk::<f32>(&dev, &mut rng, seed, Mode::RopeNorm);
     check_qk::<bf16>(&dev, &mut rng, seed, Mode::RopeNorm);
@@ -261,7 +326,9 @@ fn rope_qk_norm_matches_reference() {
 
 #[test]
 fn qk_norm_matches_reference() {
-    let Some(dev) = device_for_test("qk_norm_matches_reference") else { return };
+    let Some(dev) = device_for_test("qk_norm_matches_reference") else {
+        return;
+    };
     let (mut rng, seed) = Rng::new();
     check_qk::<f32>(&dev, &mut rng, seed, Mode::Norm);
     check_qk::<bf16>(&dev, &mut rng, seed, Mode::Norm);
@@ -270,37 +337,73 @@ fn qk_norm_matches_reference() {
     let (q, k): (Vec<f32>, Vec<f32>) = (rng.vec(tokens * hq * hd), rng.vec(tokens * hk * hd));
     let (mut dq, mut dk) = (dev.upload(&q).unwrap(), dev.upload(&k).unwrap());
     ops::qk_norm(stream(&dev), &mut dq, hq, &mut dk, hk, hd, EPS).expect("qk_norm");
-    let e = rel_err(&dev.download(&dq).unwrap(), &reference_qk(&q, hq, hd, None, true));
-    assert!(e <= f32::TOL, "qk_norm head_dim 5: rel err {e} (seed {seed})");
+    let e = rel_err(
+        &dev.download(&dq).unwrap(),
+        &reference_qk(&q, hq, hd, None, true),
+    );
+    assert!(
+        e <= f32::TOL,
+        "qk_norm head_dim 5: rel err {e} (seed {seed})"
+    );
 }
 
 /// The fused qkv layout: q and k parts rotated (and normed), v bit-for-bit untouched.
 #[test]
 fn rope_qkv_fused_layout() {
-    let Some(dev) = device_for_test("rope_qkv_fused_layout") else { return };
+    let Some(dev) = device_for_test("rope_qkv_fused_layout") else {
+        return;
+    };
     let (mut rng, seed) = Rng::new();
     for norm_it in [false, true] {
-        for (tokens, hq, hkv, hd) in [(1usize, 40usize, 8usize, 128usize), (9, 5, 3, 6), (257, 3, 1, 64)] {
+        for (tokens, hq, hkv, hd) in [
+            (1usize, 40usize, 8usize, 128usize),
+            (9, 5, 3, 6),
+            (257, 3, 1, 64),
+        ] {
             let width = (hq + 2 * hkv) * hd;
             let qkv: Vec<bf16> = rng.vec(tokens * width);
             let pos = rng.positions(tokens);
             let inv = rope::inv_freq(hd, 500_000.0, Some(&SCOUT));
             let mut dqkv = dev.upload(&qkv).unwrap();
             let (dpos, dinv) = (upload_i64(&dev, &pos), dev.upload(&inv).unwrap());
-            ops::rope_qkv(stream(&dev), &mut dqkv, hq, hkv, hd, &dpos, &dinv, norm_it.then_some(EPS))
-                .expect("rope_qkv");
+            ops::rope_qkv(
+                stream(&dev),
+                &mut dqkv,
+                hq,
+                hkv,
+                hd,
+                &dpos,
+                &dinv,
+                norm_it.then_some(EPS),
+            )
+            .expect("rope_qkv");
             let got = f32s(&dev.download(&dqkv).unwrap());
             let src = f32s(&qkv);
             let part = |v: &[f32], from: usize, heads: usize| -> Vec<f32> {
-                v.chunks(width).flat_map(|t| t[from * hd..(from + heads) * hd].to_vec()).collect()
+                v.chunks(width)
+                    .flat_map(|t| t[from * hd..(from + heads) * hd].to_vec())
+                    .collect()
             };
             let what = format!("norm {norm_it} tokens {tokens} heads {hq}/{hkv} head_dim {hd}");
             for (from, heads) in [(0, hq), (hq, hkv)] {
-                let want = reference_qk(&part(&src, from, heads), heads, hd, Some((&pos, &inv)), norm_it);
+                let want = reference_qk(
+                    &part(&src, from, heads),
+                    heads,
+                    hd,
+                    Some((&pos, &inv)),
+                    norm_it,
+                );
                 let e = rel_err(&part(&got, from, heads), &want);
-                assert!(e <= bf16::TOL, "rope_qkv {what} heads from {from}: rel err {e} (seed {seed})");
+                assert!(
+                    e <= bf16::TOL,
+                    "rope_qkv {what} heads from {from}: rel err {e} (seed {seed})"
+                );
             }
-            assert_eq!(part(&got, hq + hkv, hkv), part(&src, hq + hkv, hkv), "rope_qkv {what}: v changed");
+            assert_eq!(
+                part(&got, hq + hkv, hkv),
+                part(&src, hq + hkv, hkv),
+                "rope_qkv {what}: v changed"
+            );
         }
     }
 }
@@ -308,7 +411,9 @@ fn rope_qkv_fused_layout() {
 /// f32 at positions within 1 of 10,485,760: the angle must be the f64 one (module docs).
 #[test]
 fn rope_exact_at_10m_positions() {
-    let Some(dev) = device_for_test("rope_exact_at_10m_positions") else { return };
+    let Some(dev) = device_for_test("rope_exact_at_10m_positions") else {
+        return;
+    };
     let (mut rng, seed) = Rng::new();
     let (hq, hk, hd) = (40usize, 8usize, 128usize);
     let pos: Vec<usize> = (0..16).map(|i| 10_485_759 - i * 7).collect();
@@ -317,13 +422,18 @@ fn rope_exact_at_10m_positions() {
     let (mut dq, mut dk) = (dev.upload(&q).unwrap(), dev.upload(&k).unwrap());
     let (dpos, dinv) = (upload_i64(&dev, &pos), dev.upload(&inv).unwrap());
     ops::rope(stream(&dev), &mut dq, hq, &mut dk, hk, hd, &dpos, &dinv).expect("rope");
-    let e = rel_err(&dev.download(&dq).unwrap(), &reference_qk(&q, hq, hd, Some((&pos, &inv)), false));
+    let e = rel_err(
+        &dev.download(&dq).unwrap(),
+        &reference_qk(&q, hq, hd, Some((&pos, &inv)), false),
+    );
     assert!(e <= f32::TOL, "rope at 10M: rel err {e} (seed {seed})");
 }
 
 #[test]
 fn bad_arguments_are_typed_errors() {
-    let Some(dev) = device_for_test("bad_arguments_are_typed_errors") else { return };
+    let Some(dev) = device_for_test("bad_arguments_are_typed_errors") else {
+        return;
+    };
     let s = stream(&dev);
     let x = dev.filled(12, 1.5f32).unwrap();
     let w = dev.filled(4, 1.0f32).unwrap();
@@ -331,29 +441,50 @@ fn bad_arguments_are_typed_errors() {
     let e = ops::rms_norm(s, &x, 5, &w, EPS, &mut out).unwrap_err();
     assert!(matches!(e, Error::Shape { op: "rms_norm", .. }), "{e}");
     let e = ops::rms_norm(s, &x, 3, &w, EPS, &mut out).unwrap_err();
-    assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains("weight"), "{e}");
+    assert!(
+        matches!(e, Error::Shape { .. }) && e.to_string().contains("weight"),
+        "{e}"
+    );
     let e = ops::rms_norm(s, &x, 4, &w, f32::NAN, &mut out).unwrap_err();
     assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
     let mut short = dev.filled(11, 0.0f32).unwrap();
-    assert!(matches!(ops::rms_norm(s, &x, 4, &w, EPS, &mut short), Err(Error::Shape { .. })));
+    assert!(matches!(
+        ops::rms_norm(s, &x, 4, &w, EPS, &mut short),
+        Err(Error::Shape { .. })
+    ));
     let wb = dev.filled(4, bf16::ONE).unwrap();
     let e = ops::rms_norm(s, &x, 4, &wb, EPS, &mut out).unwrap_err();
-    assert!(matches!(e, Error::DType { .. }), "bf16 weight with f32 x: {e}");
+    assert!(
+        matches!(e, Error::DType { .. }),
+        "bf16 weight with f32 x: {e}"
+    );
 
-    let (mut q, mut k) = (dev.filled(2 * 3 * 4, 1.0f32).unwrap(), dev.filled(2 * 4, 1.0f32).unwrap());
+    let (mut q, mut k) = (
+        dev.filled(2 * 3 * 4, 1.0f32).unwrap(),
+        dev.filled(2 * 4, 1.0f32).unwrap(),
+    );
     let pos = upload_i64(&dev, &[0, 1]);
     let inv = dev.upload(&[1.0f32, 0.5]).unwrap();
     let e = ops::rope(s, &mut q, 3, &mut k, 2, 4, &pos, &inv).unwrap_err();
-    assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains("k has 8"), "{e}");
+    assert!(
+        matches!(e, Error::Shape { .. }) && e.to_string().contains("k has 8"),
+        "{e}"
+    );
     let e = ops::rope(s, &mut q, 3, &mut k, 1, 3, &pos, &inv).unwrap_err();
-    assert!(matches!(e, Error::InvalidArgument { .. }) || matches!(e, Error::Shape { .. }), "odd head_dim: {e}");
+    assert!(
+        matches!(e, Error::InvalidArgument { .. }) || matches!(e, Error::Shape { .. }),
+        "odd head_dim: {e}"
+    );
     let short_inv = dev.upload(&[1.0f32]).unwrap();
     let e = ops::rope(s, &mut q, 3, &mut k, 1, 4, &pos, &short_inv).unwrap_err();
     assert!(e.to_string().contains("inv_freq"), "{e}");
     let e = ops::qk_norm(s, &mut q, 0, &mut k, 1, 4, EPS).unwrap_err();
     assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
     let e = ops::rope_qk_norm(s, &mut q, 3, &mut k, 1, 4, &pos, &inv, -1.0).unwrap_err();
-    assert!(matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("eps"), "{e}");
+    assert!(
+        matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("eps"),
+        "{e}"
+    );
     let e = ops::inv_freq_on_device(s, 7, 500_000.0, None).unwrap_err();
     assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
     assert!(ops::positions_on_device(s, &[]).is_err());
@@ -389,26 +520,88 @@ fn launcher_validation() {
         weight_dtype: D::L4C_DTYPE_F32,
     };
     let rms_cases: [(&str, sys::l4c_rmsnorm_params, S); 9] = [
-        ("negative rows", sys::l4c_rmsnorm_params { rows: -1, ..rms }, S::L4C_ERR_INVALID_ARGUMENT),
-        ("dim 0", sys::l4c_rmsnorm_params { dim: 0, ..rms }, S::L4C_ERR_INVALID_ARGUMENT),
-        ("null x", sys::l4c_rmsnorm_params { x: std::ptr::null(), ..rms }, S::L4C_ERR_INVALID_ARGUMENT),
-        ("eps NaN", sys::l4c_rmsnorm_params { eps: f32::NAN, ..rms }, S::L4C_ERR_INVALID_ARGUMENT),
-        ("stride < dim", sys::l4c_rmsnorm_params { x_row_stride: 7, ..rms }, S::L4C_ERR_INVALID_ARGUMENT),
-        ("fp8 x", sys::l4c_rmsnorm_params { x_dtype: D::L4C_DTYPE_F8E4M3, ..rms }, S::L4C_ERR_UNSUPPORTED_DTYPE),
         (
-            "f16 weight with bf16 x",
-            sys::l4c_rmsnorm_params { weight: fake, weight_dtype: D::L4C_DTYPE_F16, ..rms },
+            "negative rows",
+            sys::l4c_rmsnorm_params { rows: -1, ..rms },
+            S::L4C_ERR_INVALID_ARGUMENT,
+        ),
+        (
+            "dim 0",
+            sys::l4c_rmsnorm_params { dim: 0, ..rms },
+            S::L4C_ERR_INVALID_ARGUMENT,
+        ),
+        (
+            "null x",
+            sys::l4c_rmsnorm_params {
+                x: std::ptr::null(),
+                ..rms
+            },
+            S::L4C_ERR_INVALID_ARGUMENT,
+        ),
+        (
+            "eps NaN",
+            sys::l4c_rmsnorm_params {
+                eps: f32::NAN,
+                ..rms
+            },
+            S::L4C_ERR_INVALID_ARGUMENT,
+        ),
+        (
+            "stride < dim",
+            sys::l4c_rmsnorm_params {
+                x_row_stride: 7,
+                ..rms
+            },
+            S::L4C_ERR_INVALID_ARGUMENT,
+        ),
+        (
+            "fp8 x",
+            sys::l4c_rmsnorm_params {
+                x_dtype: D::L4C_DTYPE_F8E4M3,
+                ..rms
+            },
             S::L4C_ERR_UNSUPPORTED_DTYPE,
         ),
-        ("dtype out of range", sys::l4c_rmsnorm_params { out_dtype: D(99), ..rms }, S::L4C_ERR_UNSUPPORTED_DTYPE),
-        ("rows 0 launches nothing", sys::l4c_rmsnorm_params { rows: 0, x: std::ptr::null(), ..rms }, S::L4C_OK),
+        (
+            "f16 weight with bf16 x",
+            sys::l4c_rmsnorm_params {
+                weight: fake,
+                weight_dtype: D::L4C_DTYPE_F16,
+                ..rms
+            },
+            S::L4C_ERR_UNSUPPORTED_DTYPE,
+        ),
+        (
+            "dtype out of range",
+            sys::l4c_rmsnorm_params {
+                out_dtype: D(99),
+                ..rms
+            },
+            S::L4C_ERR_UNSUPPORTED_DTYPE,
+        ),
+        (
+            "rows 0 launches nothing",
+            sys::l4c_rmsnorm_params {
+                rows: 0,
+                x: std::ptr::null(),
+                ..rms
+            },
+            S::L4C_OK,
+        ),
     ];
     for (what, p, want) in rms_cases {
         // SAFETY: params that fail host validation (or launch nothing); no pointer is dereferenced.
-        assert_eq!(unsafe { sys::l4c_rmsnorm(&p, null_stream) }, want, "rmsnorm: {what}");
+        assert_eq!(
+            unsafe { sys::l4c_rmsnorm(&p, null_stream) },
+            want,
+            "rmsnorm: {what}"
+        );
     }
     // SAFETY: a null params pointer must be rejected.
-    assert_eq!(unsafe { sys::l4c_rmsnorm(std::ptr::null(), null_stream) }, S::L4C_ERR_INVALID_ARGUMENT);
+    assert_eq!(
+        unsafe { sys::l4c_rmsnorm(std::ptr::null(), null_stream) },
+        S::L4C_ERR_INVALID_ARGUMENT
+    );
 
     let rp = sys::l4c_rope_params {
         q: fake,
@@ -432,36 +625,93 @@ fn launcher_validation() {
         (
             "odd head_dim",
             rope,
-            sys::l4c_rope_params { head_dim: 7, q_token_stride: 28, k_token_stride: 14, ..rp },
+            sys::l4c_rope_params {
+                head_dim: 7,
+                q_token_stride: 28,
+                k_token_stride: 14,
+                ..rp
+            },
             S::L4C_ERR_INVALID_ARGUMENT,
         ),
         (
             "null positions",
             fused,
-            sys::l4c_rope_params { positions: std::ptr::null(), ..rp },
+            sys::l4c_rope_params {
+                positions: std::ptr::null(),
+                ..rp
+            },
             S::L4C_ERR_INVALID_ARGUMENT,
         ),
-        ("null inv_freq", rope, sys::l4c_rope_params { inv_freq: std::ptr::null(), ..rp }, S::L4C_ERR_INVALID_ARGUMENT),
-        ("null k", norm, sys::l4c_rope_params { k: std::ptr::null_mut(), ..rp }, S::L4C_ERR_INVALID_ARGUMENT),
-        ("q stride too small", rope, sys::l4c_rope_params { q_token_stride: 31, ..rp }, S::L4C_ERR_INVALID_ARGUMENT),
-        ("negative eps", norm, sys::l4c_rope_params { eps: -1.0, ..rp }, S::L4C_ERR_INVALID_ARGUMENT),
+        (
+            "null inv_freq",
+            rope,
+            sys::l4c_rope_params {
+                inv_freq: std::ptr::null(),
+                ..rp
+            },
+            S::L4C_ERR_INVALID_ARGUMENT,
+        ),
+        (
+            "null k",
+            norm,
+            sys::l4c_rope_params {
+                k: std::ptr::null_mut(),
+                ..rp
+            },
+            S::L4C_ERR_INVALID_ARGUMENT,
+        ),
+        (
+            "q stride too small",
+            rope,
+            sys::l4c_rope_params {
+                q_token_stride: 31,
+                ..rp
+            },
+            S::L4C_ERR_INVALID_ARGUMENT,
+        ),
+        (
+            "negative eps",
+            norm,
+            sys::l4c_rope_params { eps: -1.0, ..rp },
+            S::L4C_ERR_INVALID_ARGUMENT,
+        ),
         (
             "head_dim too large",
             fused,
-            sys::l4c_rope_params { head_dim: 8192, q_token_stride: 1 << 15, k_token_stride: 1 << 14, ..rp },
+            sys::l4c_rope_params {
+                head_dim: 8192,
+                q_token_stride: 1 << 15,
+                k_token_stride: 1 << 14,
+                ..rp
+            },
             S::L4C_ERR_UNSUPPORTED,
         ),
         (
             "RoPE on half pairs",
             rope,
-            sys::l4c_rope_params { q: 0x1002usize as *mut c_void, ..rp },
+            sys::l4c_rope_params {
+                q: 0x1002usize as *mut c_void,
+                ..rp
+            },
             S::L4C_ERR_INVALID_ARGUMENT,
         ),
-        ("f8 dtype", norm, sys::l4c_rope_params { dtype: D::L4C_DTYPE_F8E5M2, ..rp }, S::L4C_ERR_UNSUPPORTED_DTYPE),
+        (
+            "f8 dtype",
+            norm,
+            sys::l4c_rope_params {
+                dtype: D::L4C_DTYPE_F8E5M2,
+                ..rp
+            },
+            S::L4C_ERR_UNSUPPORTED_DTYPE,
+        ),
         (
             "0 tokens launches nothing",
             fused,
-            sys::l4c_rope_params { tokens: 0, q: std::ptr::null_mut(), ..rp },
+            sys::l4c_rope_params {
+                tokens: 0,
+                q: std::ptr::null_mut(),
+                ..rp
+            },
             S::L4C_OK,
         ),
     ];
@@ -471,6 +721,9 @@ fn launcher_validation() {
     }
     for f in [rope, norm, fused] {
         // SAFETY: a null params pointer must be rejected.
-        assert_eq!(unsafe { f(std::ptr::null(), null_stream) }, S::L4C_ERR_INVALID_ARGUMENT);
+        assert_eq!(
+            unsafe { f(std::ptr::null(), null_stream) },
+            S::L4C_ERR_INVALID_ARGUMENT
+        );
     }
 }

@@ -30,7 +30,10 @@ pub fn rms_norm<O: DeviceElem, X: DeviceElem, W: DeviceElem>(
     const OP: &str = "rms_norm";
     let w_dtype = float_dtype::<W>(OP, "weight")?;
     if W::DTYPE != crate::DType::F32 && W::DTYPE != X::DTYPE {
-        return Err(Error::DType { op: OP, msg: format!("weight is {}; expected f32 or x's {}", W::DTYPE, X::DTYPE) });
+        return Err(Error::DType {
+            op: OP,
+            msg: format!("weight is {}; expected f32 or x's {}", W::DTYPE, X::DTYPE),
+        });
     }
     rms_norm_impl(stream, x, dim, Some((weight, w_dtype)), eps, out)
 }
@@ -66,7 +69,9 @@ fn rms_norm_impl<O: DeviceElem, X: DeviceElem, W: DeviceElem, P: DevicePtr<W>>(
         let p = sys::l4c_rmsnorm_params {
             out: po as *mut c_void,
             x: px as *const c_void,
-            weight: w.as_ref().map_or(std::ptr::null(), |((pw, _), _)| *pw as *const c_void),
+            weight: w
+                .as_ref()
+                .map_or(std::ptr::null(), |((pw, _), _)| *pw as *const c_void),
             rows,
             dim,
             out_row_stride: dim,
@@ -74,7 +79,9 @@ fn rms_norm_impl<O: DeviceElem, X: DeviceElem, W: DeviceElem, P: DevicePtr<W>>(
             eps,
             out_dtype,
             x_dtype,
-            weight_dtype: w.as_ref().map_or(sys::l4c_dtype::L4C_DTYPE_F32, |(_, dt)| *dt),
+            weight_dtype: w
+                .as_ref()
+                .map_or(sys::l4c_dtype::L4C_DTYPE_F32, |(_, dt)| *dt),
         };
         // SAFETY: x and out are live device buffers of rows * dim elements of the declared dtypes
         // (distinct by Rust's borrow rules), the weight (when given) holds dim elements; the guards
@@ -95,23 +102,33 @@ pub fn inv_freq_on_device(
     if head_dim < 2 || head_dim % 2 != 0 || !(theta.is_finite() && theta > 0.0) {
         return Err(Error::invalid(
             OP,
-            format!("head_dim = {head_dim}, theta = {theta}: need an even head_dim >= 2 and theta > 0"),
+            format!(
+                "head_dim = {head_dim}, theta = {theta}: need an even head_dim >= 2 and theta > 0"
+            ),
         ));
     }
     if let Some(s) = scaling {
         s.validate()?;
     }
-    stream.clone_htod(&inv_freq(head_dim, theta, scaling)).op(OP)
+    stream
+        .clone_htod(&inv_freq(head_dim, theta, scaling))
+        .op(OP)
 }
 
 /// Uploads absolute positions as the i64 the kernels read (empty input gives an error: cudarc cannot
 /// allocate zero elements, and no launch needs it).
-pub fn positions_on_device(stream: &Arc<CudaStream>, positions: &[usize]) -> Result<CudaSlice<i64>> {
+pub fn positions_on_device(
+    stream: &Arc<CudaStream>,
+    positions: &[usize],
+) -> Result<CudaSlice<i64>> {
     const OP: &str = "positions_on_device";
     if positions.is_empty() {
         return Err(Error::invalid(OP, "no positions"));
     }
-    let p = positions.iter().map(|&p| to_i64(OP, "position", p)).collect::<Result<Vec<i64>>>()?;
+    let p = positions
+        .iter()
+        .map(|&p| to_i64(OP, "position", p))
+        .collect::<Result<Vec<i64>>>()?;
     stream.clone_htod(&p).op(OP)
 }
 
@@ -152,7 +169,16 @@ pub fn rope<T: DeviceElem>(
     positions: &impl DevicePtr<i64>,
     inv_freq: &impl DevicePtr<f32>,
 ) -> Result<()> {
-    qk_separate(stream, QkMode::Rope, q, q_heads, k, k_heads, head_dim, Some((positions, inv_freq)))
+    qk_separate(
+        stream,
+        QkMode::Rope,
+        q,
+        q_heads,
+        k,
+        k_heads,
+        head_dim,
+        Some((positions, inv_freq)),
+    )
 }
 
 /// [`rope`], then the weightless qk norm of every head (Llama 4 RoPE layers with use_qk_norm), in one
@@ -169,7 +195,16 @@ pub fn rope_qk_norm<T: DeviceElem>(
     inv_freq: &impl DevicePtr<f32>,
     eps: f32,
 ) -> Result<()> {
-    qk_separate(stream, QkMode::RopeNorm(eps), q, q_heads, k, k_heads, head_dim, Some((positions, inv_freq)))
+    qk_separate(
+        stream,
+        QkMode::RopeNorm(eps),
+        q,
+        q_heads,
+        k,
+        k_heads,
+        head_dim,
+        Some((positions, inv_freq)),
+    )
 }
 
 /// The weightless RMS norm over `head_dim` of every head of q and k, in place (no RoPE; head_dim
@@ -183,7 +218,16 @@ pub fn qk_norm<T: DeviceElem>(
     head_dim: usize,
     eps: f32,
 ) -> Result<()> {
-    qk_separate::<T, CudaSlice<i64>, CudaSlice<f32>>(stream, QkMode::Norm(eps), q, q_heads, k, k_heads, head_dim, None)
+    qk_separate::<T, CudaSlice<i64>, CudaSlice<f32>>(
+        stream,
+        QkMode::Norm(eps),
+        q,
+        q_heads,
+        k,
+        k_heads,
+        head_dim,
+        None,
+    )
 }
 
 /// RoPE, and the qk norm when `qk_norm_eps` is given, on the q and k parts of one fused projection
@@ -203,13 +247,17 @@ pub fn rope_qkv<T: DeviceElem>(
     let mode = qk_norm_eps.map_or(QkMode::Rope, QkMode::RopeNorm);
     let op = mode.op();
     let tokens = positions.len();
-    let width = q_heads.checked_add(kv_heads.saturating_mul(2)).ok_or_else(|| Error::shape(op, "heads overflow"))?;
+    let width = q_heads
+        .checked_add(kv_heads.saturating_mul(2))
+        .ok_or_else(|| Error::shape(op, "heads overflow"))?;
     check_limits(mode, q_heads, kv_heads, head_dim)?;
     check_rope_args("qkv", qkv.len(), width, head_dim, tokens, inv_freq.len())?;
     let dtype = float_dtype::<T>(op, "qkv")?;
     let stride = width * head_dim;
     let k_offset = q_heads * head_dim * std::mem::size_of::<T>();
-    let shape = QkShape::new(op, tokens, q_heads, kv_heads, head_dim, stride, stride, dtype)?;
+    let shape = QkShape::new(
+        op, tokens, q_heads, kv_heads, head_dim, stride, stride, dtype,
+    )?;
     launch(op, stream, |s| {
         let (pq, _gq) = qkv.device_ptr_mut(stream);
         let (pp, _gp) = positions.device_ptr(stream);
@@ -257,7 +305,13 @@ impl QkShape {
     }
 
     /// The C params; `tables` are the positions and inv_freq device pointers (RoPE modes).
-    fn params(&self, mode: QkMode, q: u64, k: u64, tables: Option<(u64, u64)>) -> sys::l4c_rope_params {
+    fn params(
+        &self,
+        mode: QkMode,
+        q: u64,
+        k: u64,
+        tables: Option<(u64, u64)>,
+    ) -> sys::l4c_rope_params {
         let (pos, freq) = tables.unwrap_or((0, 0));
         sys::l4c_rope_params {
             q: q as *mut c_void,
@@ -298,14 +352,23 @@ pub const MAX_HEAD_DIM: usize = 4096;
 fn check_limits(mode: QkMode, q_heads: usize, k_heads: usize, head_dim: usize) -> Result<()> {
     let op = mode.op();
     if q_heads == 0 || k_heads == 0 || q_heads + k_heads > 1 << 24 {
-        return Err(Error::invalid(op, format!("q_heads = {q_heads}, k_heads = {k_heads}: need 1..=2^24 heads each")));
+        return Err(Error::invalid(
+            op,
+            format!("q_heads = {q_heads}, k_heads = {k_heads}: need 1..=2^24 heads each"),
+        ));
     }
     if head_dim == 0 || head_dim > MAX_HEAD_DIM {
-        return Err(Error::invalid(op, format!("head_dim = {head_dim}; the kernels take 1..={MAX_HEAD_DIM}")));
+        return Err(Error::invalid(
+            op,
+            format!("head_dim = {head_dim}; the kernels take 1..={MAX_HEAD_DIM}"),
+        ));
     }
     let eps = mode.eps();
     if !(eps.is_finite() && eps >= 0.0) {
-        return Err(Error::invalid(op, format!("eps = {eps}, must be finite and >= 0")));
+        return Err(Error::invalid(
+            op,
+            format!("eps = {eps}, must be finite and >= 0"),
+        ));
     }
     Ok(())
 }
@@ -344,12 +407,26 @@ fn qk_separate<T: DeviceElem, PP: DevicePtr<i64>, PF: DevicePtr<f32>>(
         }
     };
     let dtype = float_dtype::<T>(op, "q/k")?;
-    let shape = QkShape::new(op, tokens, q_heads, k_heads, head_dim, q_heads * head_dim, k_heads * head_dim, dtype)?;
+    let shape = QkShape::new(
+        op,
+        tokens,
+        q_heads,
+        k_heads,
+        head_dim,
+        q_heads * head_dim,
+        k_heads * head_dim,
+        dtype,
+    )?;
     launch(op, stream, |s| {
         let (pq, _gq) = q.device_ptr_mut(stream);
         let (pk, _gk) = k.device_ptr_mut(stream);
         let t = tables.map(|(pos, freq)| (pos.device_ptr(stream), freq.device_ptr(stream)));
-        let p = shape.params(mode, pq, pk, t.as_ref().map(|((pp, _), (pf, _))| (*pp, *pf)));
+        let p = shape.params(
+            mode,
+            pq,
+            pk,
+            t.as_ref().map(|((pp, _), (pf, _))| (*pp, *pf)),
+        );
         // SAFETY: q and k are distinct live device buffers holding tokens x heads x head_dim elements
         // of T; positions (tokens i64s) and inv_freq (head_dim / 2 f32s) were checked above.
         unsafe { call(mode, &p, s) }
