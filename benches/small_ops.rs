@@ -4,6 +4,9 @@
 //! silu_mul is benched with the rest of the elementwise family in benches/elementwise.rs.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use half::bf16;
+use llama4_cuda::device::{time_stream, Device};
+use llama4_cuda::ops::norm_rope as ops;
 use llama4_cuda::reference::{norm, rope};
 
 const HIDDEN: usize = 5120;
@@ -15,17 +18,20 @@ const EPS: f32 = 1e-5;
 
 /// Deterministic non-zero values in [0.5, 1.5].
 fn values(n: usize, salt: u32) -> Vec<f32> {
-    (0..n as u32).map(|i| 0.5 + ((i.wrapping_mul(2_654_435_761) ^ salt) % 1000) as f32 / 1000.0).collect()
+    (0..n as u32)
+        .map(|i| 0.5 + ((i.wrapping_mul(2_654_435_761) ^ salt) % 1000) as f32 / 1000.0)
+        .collect()
 }
 
+const SCOUT: rope::Llama3Scaling = rope::Llama3Scaling {
+    factor: 16.0,
+    low_freq_factor: 1.0,
+    high_freq_factor: 1.0,
+    original_max_position_embeddings: 8192.0,
+};
+
 fn scout_inv_freq() -> Vec<f32> {
-    let s = rope::Llama3Scaling {
-        factor: 16.0,
-        low_freq_factor: 1.0,
-        high_freq_factor: 1.0,
-        original_max_position_embeddings: 8192.0,
-    };
-    rope::inv_freq(HEAD_DIM, 500_000.0, Some(&s))
+    rope::inv_freq(HEAD_DIM, 500_000.0, Some(&SCOUT))
 }
 
 fn cpu(c: &mut Criterion) {
@@ -51,5 +57,69 @@ fn cpu(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, cpu);
+/// bf16 storage, as the decoder runs them; tokens 1 (decode), 512 and 8192 (a prefill chunk).
+fn gpu(c: &mut Criterion) {
+    if !llama4_cuda::sys::KERNELS_BUILT {
+        println!("small_ops_gpu: skipped: CUDA kernels not built");
+        return;
+    }
+    let dev = match Device::first() {
+        Ok(d) => d,
+        Err(e) => return println!("small_ops_gpu: skipped: {e}"),
+    };
+    let s = dev.stream().clone();
+    let bf = |v: Vec<f32>| v.into_iter().map(bf16::from_f32).collect::<Vec<_>>();
+    let inv = ops::inv_freq_on_device(&s, HEAD_DIM, 500_000.0, Some(&SCOUT)).expect("inv_freq");
+    let w = dev.upload(&bf(values(HIDDEN, 2))).expect("upload");
+    let mut g = c.benchmark_group("small_ops_gpu");
+    for t in [1usize, 512, 8192] {
+        let x = dev.upload(&bf(values(t * HIDDEN, 1))).expect("upload");
+        let mut out = dev.zeros::<bf16>(t * HIDDEN).expect("alloc");
+        g.throughput(Throughput::Bytes((2 * t * HIDDEN * 2 + HIDDEN * 2) as u64));
+        g.bench_with_input(BenchmarkId::new("rms_norm_bf16", t), &t, |b, _| {
+            b.iter_custom(|iters| {
+                time_stream(&s, iters, || {
+                    ops::rms_norm(&s, &x, HIDDEN, &w, EPS, &mut out)
+                })
+                .expect("rms_norm")
+            })
+        });
+        let width = (Q_HEADS + 2 * KV_HEADS) * HEAD_DIM;
+        let mut qkv = dev.upload(&bf(values(t * width, 3))).expect("upload");
+        let pos = ops::positions_on_device(&s, &(0..t).map(|i| 9_000_000 + i).collect::<Vec<_>>())
+            .expect("upload");
+        // q and k read and written, positions read (the inv_freq table is negligible).
+        g.throughput(Throughput::Bytes(
+            (t * (Q_HEADS + KV_HEADS) * HEAD_DIM * 2 * 2 + t * 8) as u64,
+        ));
+        g.bench_with_input(BenchmarkId::new("rope_qkv_bf16", t), &t, |b, _| {
+            b.iter_custom(|iters| {
+                time_stream(&s, iters, || {
+                    ops::rope_qkv(&s, &mut qkv, Q_HEADS, KV_HEADS, HEAD_DIM, &pos, &inv, None)
+                })
+                .expect("rope")
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("rope_qk_norm_qkv_bf16", t), &t, |b, _| {
+            b.iter_custom(|iters| {
+                time_stream(&s, iters, || {
+                    ops::rope_qkv(
+                        &s,
+                        &mut qkv,
+                        Q_HEADS,
+                        KV_HEADS,
+                        HEAD_DIM,
+                        &pos,
+                        &inv,
+                        Some(EPS),
+                    )
+                })
+                .expect("rope_qk_norm")
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, cpu, gpu);
 criterion_main!(benches);

@@ -28,8 +28,11 @@ using l4c::load_pack;
 using l4c::store_pack;
 
 constexpr int kBlock = 256;
-// Vectors per thread held in registers between the sum pass and the scale pass.
+// Vectors per thread held in registers between the sum pass and the scale pass: RMSNorm rows are
+// long (4 covers hidden 5120 in one 256-thread block); a head row needs one per lane up to head_dim
+// 32 * kVecElems, and more would cost registers (occupancy) in the fused RoPE kernel.
 constexpr int kCache = 4;
+constexpr int kCacheHead = 1;
 // Largest head_dim the RoPE launchers take: its (cos, sin) table must fit in shared memory.
 constexpr int64_t kMaxHeadDim = 4096;
 constexpr double kInvPi = 0.31830988618379067154;
@@ -44,9 +47,10 @@ __device__ __forceinline__ float group_sum(float v, int G, float *scratch) {
 
 // One row of `nvec` vectors of VEC elements spread over a group of G threads (this one is `lane`).
 // load(j, v) reads vector j as f32 (and may transform it); store(j, v, s) writes it, s the norm scale
-// (1 without NORM). With NORM, s = rsqrt(mean(v^2) + eps) over the row's `dim` elements. Inactive
-// threads (a row past the end) load and store nothing but take part in the reduction.
-template <int VEC, bool NORM, typename Load, typename Store>
+// (1 without NORM). With NORM, s = rsqrt(mean(v^2) + eps) over the row's `dim` elements; the first
+// CACHE vectors of each thread stay in registers, later ones are loaded again. Inactive threads (a
+// row past the end) load and store nothing but take part in the reduction.
+template <int VEC, int CACHE, bool NORM, typename Load, typename Store>
 __device__ __forceinline__ void process_row(bool active, int lane, int G, int64_t nvec, int64_t dim, float eps,
                                             float *scratch, Load load, Store store) {
     if (!NORM) {
@@ -58,10 +62,10 @@ __device__ __forceinline__ void process_row(bool active, int lane, int G, int64_
             }
         return;
     }
-    float cache[kCache][VEC];
+    float cache[CACHE][VEC];
     float ss = 0.0f;
 #pragma unroll
-    for (int c = 0; c < kCache; ++c) {
+    for (int c = 0; c < CACHE; ++c) {
         const int64_t j = lane + int64_t(c) * G;
         if (active && j < nvec) {
             load(j, cache[c]);
@@ -70,7 +74,7 @@ __device__ __forceinline__ void process_row(bool active, int lane, int G, int64_
         }
     }
     if (active)
-        for (int64_t j = lane + int64_t(kCache) * G; j < nvec; j += G) {
+        for (int64_t j = lane + int64_t(CACHE) * G; j < nvec; j += G) {
             float v[VEC];
             load(j, v);
 #pragma unroll
@@ -80,21 +84,22 @@ __device__ __forceinline__ void process_row(bool active, int lane, int G, int64_
     if (!active) return;
     const float s = rsqrtf(ss / float(dim) + eps);
 #pragma unroll
-    for (int c = 0; c < kCache; ++c) {
+    for (int c = 0; c < CACHE; ++c) {
         const int64_t j = lane + int64_t(c) * G;
         if (j < nvec) store(j, cache[c], s);
     }
-    for (int64_t j = lane + int64_t(kCache) * G; j < nvec; j += G) {
+    for (int64_t j = lane + int64_t(CACHE) * G; j < nvec; j += G) {
         float v[VEC];
         load(j, v);
         store(j, v, s);
     }
 }
 
-// Threads per row: a power of two covering the row's vectors up to a warp, then a warp up to kCache
-// vectors per lane, then the whole block.
-int group_size(int64_t nvec) {
-    if (nvec > int64_t(32) * kCache) return kBlock;
+// Threads per row: a power of two covering the row's vectors up to a warp; then a warp, or (when
+// `block_ok`, long RMSNorm rows past kCache vectors per lane) the whole block. Head rows stay within a
+// warp: the RoPE kernel reduces with shuffles only.
+int group_size(int64_t nvec, bool block_ok) {
+    if (block_ok && nvec > int64_t(32) * kCache) return kBlock;
     int g = 1;
     while (g < nvec && g < 32) g <<= 1;
     return g;
@@ -119,7 +124,7 @@ __global__ void __launch_bounds__(kBlock)
         const bool active = r < rows;
         const TX *xr = x + (active ? r : 0) * sx;
         TO *orow = out + (active ? r : 0) * so;
-        process_row<VEC, true>(
+        process_row<VEC, kCache, true>(
             active, lane, G, nvec, dim, eps, scratch, [&](int64_t j, float(&v)[VEC]) { load_pack<VEC>(xr + j * VEC, v); },
             [&](int64_t j, float(&v)[VEC], float s) {
                 if (w != nullptr) {
@@ -179,8 +184,8 @@ __global__ void __launch_bounds__(kBlock)
             const int r = r0 + sub;
             const bool active = r < rows;
             T *row = !active ? q : r < hq ? q + t * sq + int64_t(r) * head_dim : k + t * sk + int64_t(r - hq) * head_dim;
-            process_row<VEC, NORM>(
-                active, lane, G, nvec, head_dim, eps, nullptr,
+            process_row<VEC, kCacheHead, NORM>(
+                active, lane, G, nvec, head_dim, eps, /*scratch: unused, G <= 32*/ nullptr,
                 [&](int64_t j, float(&v)[VEC]) {
                     load_pack<VEC>(row + j * VEC, v);
                     if constexpr (ROPE) rotate_pairs<VEC>(v, cs + j * (VEC / 2));
@@ -208,7 +213,7 @@ bool eps_ok(float eps) { return isfinite(eps) && eps >= 0.0f; }
 template <typename TO, typename TX, typename TW>
 l4c_status launch_rmsnorm(const l4c_rmsnorm_params *p, bool vec, l4c_stream_t stream) {
     const int vw = vec ? kVecElems : 1;
-    const int G = group_size(p->dim / vw);
+    const int G = group_size(p->dim / vw, true);
     const unsigned grid = l4c::grid_for(p->rows, G > 32 ? 1 : kBlock / G);
     TO *out = static_cast<TO *>(p->out);
     const TX *x = static_cast<const TX *>(p->x);
@@ -224,7 +229,7 @@ l4c_status launch_rmsnorm(const l4c_rmsnorm_params *p, bool vec, l4c_stream_t st
 
 template <typename T, int VEC, bool ROPE, bool NORM>
 l4c_status launch_rope_vec(const l4c_rope_params *p, l4c_stream_t stream) {
-    const int G = group_size(p->head_dim / VEC);
+    const int G = group_size(p->head_dim / VEC, false);
     const int64_t threads = (p->q_heads + p->k_heads) * G;
     const int block = int(threads >= kBlock ? kBlock : (threads + 31) / 32 * 32);
     const unsigned grid = l4c::grid_for(p->tokens, 1);

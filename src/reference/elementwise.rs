@@ -19,7 +19,13 @@ pub fn embedding(table: &[f32], dim: usize, ids: &[u32]) -> Result<Vec<f32>> {
         return Err(Error::invalid(OP, "dim is 0"));
     }
     if table.len() % dim != 0 {
-        return Err(Error::shape(OP, format!("table has {} elements, not a multiple of dim {dim}", table.len())));
+        return Err(Error::shape(
+            OP,
+            format!(
+                "table has {} elements, not a multiple of dim {dim}",
+                table.len()
+            ),
+        ));
     }
     let vocab = table.len() / dim;
     let mut out = Vec::with_capacity(ids.len() * dim);
@@ -99,15 +105,29 @@ mod tests {
     #[test]
     fn rejects_bad_arguments() {
         let e = silu_mul(&[1.0, 2.0], &[1.0]).unwrap_err();
-        assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains("up has 1"), "{e}");
+        assert!(
+            matches!(e, Error::Shape { .. }) && e.to_string().contains("up has 1"),
+            "{e}"
+        );
         let e = residual_add(&mut [1.0], &[1.0, 2.0]).unwrap_err();
         assert!(matches!(e, Error::Shape { .. }), "{e}");
         let table = [0.5f32; 6];
         let e = embedding(&table, 2, &[0, 3]).unwrap_err();
         assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
         let msg = e.to_string();
-        assert!(msg.contains("token id 3") && msg.contains("vocabulary of 3") && msg.contains("position 1"), "{msg}");
-        assert!(matches!(embedding(&table, 4, &[0]), Err(Error::Shape { .. })));
-        assert!(matches!(embedding(&table, 0, &[0]), Err(Error::InvalidArgument { .. })));
+        assert!(
+            msg.contains("token id 3")
+                && msg.contains("vocabulary of 3")
+                && msg.contains("position 1"),
+            "{msg}"
+        );
+        assert!(matches!(
+            embedding(&table, 4, &[0]),
+            Err(Error::Shape { .. })
+        ));
+        assert!(matches!(
+            embedding(&table, 0, &[0]),
+            Err(Error::InvalidArgument { .. })
+        ));
     }
 }

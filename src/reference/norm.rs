@@ -26,18 +26,29 @@ pub fn rms_norm(x: &[f32], dim: usize, weight: Option<&[f32]>, eps: f32) -> Resu
 
 /// The argument checks shared by the reference and the GPU entry points: `len` elements in rows of
 /// `dim`, an optional weight of `weight_len` elements, `eps`. Returns the number of rows.
-pub fn check_rms_args(len: usize, dim: usize, weight_len: Option<usize>, eps: f32) -> Result<usize> {
+pub fn check_rms_args(
+    len: usize,
+    dim: usize,
+    weight_len: Option<usize>,
+    eps: f32,
+) -> Result<usize> {
     if dim == 0 {
         return Err(Error::invalid(OP, "dim is 0"));
     }
     if len % dim != 0 {
-        return Err(Error::shape(OP, format!("x has {len} elements, not a multiple of dim {dim}")));
+        return Err(Error::shape(
+            OP,
+            format!("x has {len} elements, not a multiple of dim {dim}"),
+        ));
     }
     if let Some(wl) = weight_len {
         check_len(OP, "weight", wl, dim)?;
     }
     if !(eps.is_finite() && eps >= 0.0) {
-        return Err(Error::invalid(OP, format!("eps = {eps}, must be finite and >= 0")));
+        return Err(Error::invalid(
+            OP,
+            format!("eps = {eps}, must be finite and >= 0"),
+        ));
     }
     Ok(len / dim)
 }
@@ -51,7 +62,11 @@ mod tests {
     fn rms_norm_f64(x: &[f32], dim: usize, weight: Option<&[f32]>, eps: f32) -> Vec<f64> {
         let mut out = Vec::new();
         for row in x.chunks(dim) {
-            let ms = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / dim as f64;
+            let ms = row
+                .iter()
+                .map(|&v| f64::from(v) * f64::from(v))
+                .sum::<f64>()
+                / dim as f64;
             let r = 1.0 / (ms + f64::from(eps)).sqrt();
             for (j, &v) in row.iter().enumerate() {
                 out.push(f64::from(v) * r * weight.map_or(1.0, |w| f64::from(w[j])));
@@ -64,12 +79,19 @@ mod tests {
     /// elements near zero are judged against the row scale.
     fn max_rel_err(got: &[f32], want: &[f64]) -> f64 {
         let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        got.iter().zip(want).map(|(&g, &w)| (f64::from(g) - w).abs() / w.abs().max(1e-3 * scale)).fold(0.0, f64::max)
+        got.iter()
+            .zip(want)
+            .map(|(&g, &w)| (f64::from(g) - w).abs() / w.abs().max(1e-3 * scale))
+            .fold(0.0, f64::max)
     }
 
     fn rows_strategy() -> impl Strategy<Value = (usize, usize, Vec<f32>, Vec<f32>, f32)> {
         // dim 1, odd dims, one row and many rows; values in [-8, 8] (never all zeros: see the filter).
-        (prop_oneof![Just(1usize), 1usize..40, 100usize..1100], 1usize..24, 1e-6f32..1e-2)
+        (
+            prop_oneof![Just(1usize), 1usize..40, 100usize..1100],
+            1usize..24,
+            1e-6f32..1e-2,
+        )
             .prop_flat_map(|(dim, rows, eps)| {
                 (
                     Just(dim),
@@ -79,7 +101,9 @@ mod tests {
                     Just(eps),
                 )
             })
-            .prop_filter("not all zero", |(_, _, x, _, _)| x.iter().any(|v| v.abs() > 1e-3))
+            .prop_filter("not all zero", |(_, _, x, _, _)| {
+                x.iter().any(|v| v.abs() > 1e-3)
+            })
     }
 
     proptest! {
@@ -116,7 +140,10 @@ mod tests {
         let r = 1.0 / 12.5f64.sqrt();
         let want = [3.0 * r * 2.0, 4.0 * r * 0.5, 2.0, -0.5];
         for (g, w) in y.iter().zip(want) {
-            assert!((f64::from(*g) - w).abs() < 2.0 * f64::from(f32::EPSILON) * w.abs(), "{y:?}");
+            assert!(
+                (f64::from(*g) - w).abs() < 2.0 * f64::from(f32::EPSILON) * w.abs(),
+                "{y:?}"
+            );
         }
     }
 
@@ -126,21 +153,36 @@ mod tests {
         let y = rms_norm(&[-2.0, 0.5], 1, None, 1e-5).unwrap();
         let want = [-2.0 / (4.0f64 + 1e-5).sqrt(), 0.5 / (0.25f64 + 1e-5).sqrt()];
         for (g, w) in y.iter().zip(want) {
-            assert!((f64::from(*g) - w).abs() < 4.0 * f64::from(f32::EPSILON), "{y:?}");
+            assert!(
+                (f64::from(*g) - w).abs() < 4.0 * f64::from(f32::EPSILON),
+                "{y:?}"
+            );
         }
     }
 
     #[test]
     fn rejects_bad_arguments() {
         let x = [1.0f32; 6];
-        assert!(matches!(rms_norm(&x, 0, None, 1e-5), Err(Error::InvalidArgument { .. })));
+        assert!(matches!(
+            rms_norm(&x, 0, None, 1e-5),
+            Err(Error::InvalidArgument { .. })
+        ));
         let e = rms_norm(&x, 4, None, 1e-5).unwrap_err();
-        assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains("dim 4"), "{e}");
+        assert!(
+            matches!(e, Error::Shape { .. }) && e.to_string().contains("dim 4"),
+            "{e}"
+        );
         let e = rms_norm(&x, 3, Some(&[1.0, 1.0]), 1e-5).unwrap_err();
-        assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains("weight"), "{e}");
+        assert!(
+            matches!(e, Error::Shape { .. }) && e.to_string().contains("weight"),
+            "{e}"
+        );
         for eps in [-1e-5, f32::NAN, f32::INFINITY] {
             let e = rms_norm(&x, 3, None, eps).unwrap_err();
-            assert!(matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("eps"), "{e}");
+            assert!(
+                matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("eps"),
+                "{e}"
+            );
         }
         assert_eq!(rms_norm(&[], 3, None, 1e-5).unwrap(), Vec::<f32>::new());
     }

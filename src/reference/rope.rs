@@ -30,7 +30,10 @@ impl Llama3Scaling {
             ("rope_scaling.factor", self.factor),
             ("rope_scaling.low_freq_factor", self.low_freq_factor),
             ("rope_scaling.high_freq_factor", self.high_freq_factor),
-            ("rope_scaling.original_max_position_embeddings", self.original_max_position_embeddings),
+            (
+                "rope_scaling.original_max_position_embeddings",
+                self.original_max_position_embeddings,
+            ),
         ];
         for (key, v) in keys {
             if !(v.is_finite() && v > 0.0) {
@@ -64,7 +67,11 @@ pub fn inv_freq(head_dim: usize, theta: f32, scaling: Option<&Llama3Scaling>) ->
 
 /// llama3 scaling of one frequency (LLAMA4.md), in f64.
 fn llama3_scale(f: f64, s: &Llama3Scaling) -> f64 {
-    let (factor, low, high) = (f64::from(s.factor), f64::from(s.low_freq_factor), f64::from(s.high_freq_factor));
+    let (factor, low, high) = (
+        f64::from(s.factor),
+        f64::from(s.low_freq_factor),
+        f64::from(s.high_freq_factor),
+    );
     let orig = f64::from(s.original_max_position_embeddings);
     let wl = 2.0 * std::f64::consts::PI / f;
     if wl < orig / high {
@@ -72,31 +79,48 @@ fn llama3_scale(f: f64, s: &Llama3Scaling) -> f64 {
     } else if wl > orig / low {
         f / factor
     } else {
-        let s = if high > low { (orig / wl - low) / (high - low) } else { 1.0 };
+        let s = if high > low {
+            (orig / wl - low) / (high - low)
+        } else {
+            1.0
+        };
         (1.0 - s) * f / factor + s * f
     }
 }
 
-/// Checks RoPE arguments shared by the reference and the GPU entry points: `len` elements of
-/// `[positions, heads, head_dim]`, head_dim even and non-zero, `inv_freq_len == head_dim / 2`.
-pub fn check_rope_args(len: usize, heads: usize, head_dim: usize, positions: usize, inv_freq_len: usize) -> Result<()> {
+/// Checks RoPE arguments shared by the reference and the GPU entry points: `what` (a tensor name for
+/// the message) has `len` elements of `[tokens, heads, head_dim]`, head_dim even and non-zero,
+/// `inv_freq_len == head_dim / 2`.
+pub fn check_rope_args(
+    what: &str,
+    len: usize,
+    heads: usize,
+    head_dim: usize,
+    tokens: usize,
+    inv_freq_len: usize,
+) -> Result<()> {
     if heads == 0 || head_dim == 0 || head_dim % 2 != 0 {
         return Err(Error::invalid(
             OP,
-            format!("heads = {heads}, head_dim = {head_dim}: need heads > 0 and an even head_dim > 0"),
+            format!("{what}: heads = {heads}, head_dim = {head_dim}: need heads > 0 and an even head_dim > 0"),
         ));
     }
     if inv_freq_len != head_dim / 2 {
         return Err(Error::shape(
             OP,
-            format!("inv_freq has {inv_freq_len} elements, expected head_dim/2 = {}", head_dim / 2),
+            format!(
+                "inv_freq has {inv_freq_len} elements, expected head_dim/2 = {}",
+                head_dim / 2
+            ),
         ));
     }
-    let want = positions.checked_mul(heads).and_then(|n| n.checked_mul(head_dim));
+    let want = tokens
+        .checked_mul(heads)
+        .and_then(|n| n.checked_mul(head_dim));
     if want != Some(len) {
         return Err(Error::shape(
             OP,
-            format!("x has {len} elements, expected tokens {positions} x heads {heads} x head_dim {head_dim}"),
+            format!("{what} has {len} elements, expected tokens {tokens} x heads {heads} x head_dim {head_dim}"),
         ));
     }
     Ok(())
@@ -110,8 +134,21 @@ pub fn rope_cos_sin(pos: usize, inv_freq: f32) -> (f32, f32) {
 
 /// Rotates interleaved pairs `(x[2i], x[2i+1])` of every head in place: x is `[tokens, heads, head_dim]`,
 /// token t at absolute position `positions[t]`.
-pub fn apply_rope(x: &mut [f32], heads: usize, head_dim: usize, positions: &[usize], inv_freq: &[f32]) -> Result<()> {
-    check_rope_args(x.len(), heads, head_dim, positions.len(), inv_freq.len())?;
+pub fn apply_rope(
+    x: &mut [f32],
+    heads: usize,
+    head_dim: usize,
+    positions: &[usize],
+    inv_freq: &[f32],
+) -> Result<()> {
+    check_rope_args(
+        "x",
+        x.len(),
+        heads,
+        head_dim,
+        positions.len(),
+        inv_freq.len(),
+    )?;
     let mut cs = vec![(0.0f32, 0.0f32); inv_freq.len()];
     for (tok, &pos) in x.chunks_exact_mut(heads * head_dim).zip(positions) {
         for (c, &f) in cs.iter_mut().zip(inv_freq) {
@@ -225,7 +262,11 @@ mod tests {
                 let t = (64.0 / wl - 1.0) / 2.0;
                 0.25 + 0.75 * t
             };
-            assert!(ulps(g, (f * ratio) as f32) <= 1, "i {i}: {g} vs {}", f * ratio);
+            assert!(
+                ulps(g, (f * ratio) as f32) <= 1,
+                "i {i}: {g} vs {}",
+                f * ratio
+            );
             assert!(ulps(p, f as f32) <= 1, "unscaled i {i}");
         }
         assert!(high > 0 && low > 0 && mid > 0, "regimes {high} {low} {mid}");
@@ -248,9 +289,21 @@ mod tests {
         let mut x = vec![1.0, 2.0, 3.0, -1.0, 0.7, -0.2, 1.5, 2.5];
         apply_rope(&mut x, 1, 4, &[2, 0], &[1.0, 0.5]).unwrap();
         let (c2, s2, c1, s1) = (2f64.cos(), 2f64.sin(), 1f64.cos(), 1f64.sin());
-        let want = [c2 - 2.0 * s2, s2 + 2.0 * c2, 3.0 * c1 + s1, 3.0 * s1 - c1, 0.7, -0.2, 1.5, 2.5];
+        let want = [
+            c2 - 2.0 * s2,
+            s2 + 2.0 * c2,
+            3.0 * c1 + s1,
+            3.0 * s1 - c1,
+            0.7,
+            -0.2,
+            1.5,
+            2.5,
+        ];
         for (g, w) in x.iter().zip(want) {
-            assert!((f64::from(*g) - w).abs() < 12.0 * f64::from(f32::EPSILON), "{x:?}");
+            assert!(
+                (f64::from(*g) - w).abs() < 12.0 * f64::from(f32::EPSILON),
+                "{x:?}"
+            );
         }
     }
 
@@ -275,10 +328,21 @@ mod tests {
     /// near 0 and up to 10.5M, random theta; x uniform in [-4, 4].
     fn rope_case() -> impl Strategy<Value = (usize, usize, Vec<usize>, f32, Vec<f32>)> {
         let pos = prop_oneof![0usize..20_000, 9_990_000usize..10_485_760];
-        (1usize..10, 1usize..66, prop::collection::vec(pos, 1..12), prop_oneof![Just(500000.0f32), 100.0f32..1e6])
+        (
+            1usize..10,
+            1usize..66,
+            prop::collection::vec(pos, 1..12),
+            prop_oneof![Just(500000.0f32), 100.0f32..1e6],
+        )
             .prop_flat_map(|(heads, half, pos, theta)| {
                 let n = pos.len() * heads * 2 * half;
-                (Just(heads), Just(2 * half), Just(pos), Just(theta), prop::collection::vec(-4.0f32..4.0, n))
+                (
+                    Just(heads),
+                    Just(2 * half),
+                    Just(pos),
+                    Just(theta),
+                    prop::collection::vec(-4.0f32..4.0, n),
+                )
             })
     }
 
@@ -310,35 +374,71 @@ mod tests {
         let mut x = vec![1.0f32, 0.0];
         apply_rope(&mut x, 1, 2, &[p], &[f]).unwrap();
         let ang = p as f64 * f64::from(f);
-        assert!((f64::from(x[0]) - ang.cos()).abs() < 2e-7 && (f64::from(x[1]) - ang.sin()).abs() < 2e-7, "{x:?}");
+        assert!(
+            (f64::from(x[0]) - ang.cos()).abs() < 2e-7
+                && (f64::from(x[1]) - ang.sin()).abs() < 2e-7,
+            "{x:?}"
+        );
         let f32_ang = p as f32 * f;
-        assert!((f64::from(f32_ang) - ang).abs() > 0.1, "the f32 product should be inexact here");
+        assert!(
+            (f64::from(f32_ang) - ang).abs() > 0.1,
+            "the f32 product should be inexact here"
+        );
     }
 
     #[test]
     fn rejects_bad_arguments() {
         let mut x = vec![1.0f32; 24];
         let e = apply_rope(&mut x, 2, 3, &[0, 1, 2, 3], &[1.0]).unwrap_err();
-        assert!(matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("head_dim = 3"), "{e}");
+        assert!(
+            matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("head_dim = 3"),
+            "{e}"
+        );
         let e = apply_rope(&mut x, 0, 4, &[0], &[1.0, 1.0]).unwrap_err();
         assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
         let e = apply_rope(&mut x, 2, 4, &[0, 1], &[1.0, 1.0]).unwrap_err();
-        assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains("x has 24"), "{e}");
+        assert!(
+            matches!(e, Error::Shape { .. }) && e.to_string().contains("x has 24"),
+            "{e}"
+        );
         let e = apply_rope(&mut x, 2, 4, &[0, 1, 2], &[1.0]).unwrap_err();
-        assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains("inv_freq"), "{e}");
+        assert!(
+            matches!(e, Error::Shape { .. }) && e.to_string().contains("inv_freq"),
+            "{e}"
+        );
         let e = apply_rope(&mut x, usize::MAX, 4, &[0, 1], &[1.0, 1.0]).unwrap_err();
         assert!(matches!(e, Error::Shape { .. }), "{e}");
-        assert!(x.iter().all(|&v| v == 1.0), "a rejected call must not touch x");
+        assert!(
+            x.iter().all(|&v| v == 1.0),
+            "a rejected call must not touch x"
+        );
     }
 
     #[test]
     fn validate_scaling() {
         assert!(SCOUT.validate().is_ok() && SCOUT_BASE.validate().is_ok());
-        let bad = Llama3Scaling { factor: 0.0, ..SCOUT };
-        assert!(bad.validate().unwrap_err().to_string().contains("rope_scaling.factor"));
-        let bad = Llama3Scaling { high_freq_factor: 0.5, ..SCOUT };
-        assert!(bad.validate().unwrap_err().to_string().contains("high_freq_factor"));
-        let bad = Llama3Scaling { original_max_position_embeddings: f32::NAN, ..SCOUT };
+        let bad = Llama3Scaling {
+            factor: 0.0,
+            ..SCOUT
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("rope_scaling.factor"));
+        let bad = Llama3Scaling {
+            high_freq_factor: 0.5,
+            ..SCOUT
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("high_freq_factor"));
+        let bad = Llama3Scaling {
+            original_max_position_embeddings: f32::NAN,
+            ..SCOUT
+        };
         assert!(bad.validate().is_err());
     }
 }

@@ -266,3 +266,158 @@ extern "C" {
         stream: l4c_stream_t,
     ) -> l4c_status;
 }
+/** RMSNorm over rows: out[r, c] = x[r, c] * rsqrt(mean_c(x[r, c]^2) + eps) * weight[c], for
+  r < rows, c < dim, in f32 (transformers' Llama4TextRMSNorm; weight = null is the weightless norm).
+  x_dtype and out_dtype: any float combination; weight_dtype: F32 or equal to x_dtype. Row strides
+  must be >= dim when rows > 1. In place is allowed: out may equal x exactly, with the same dtype
+  and row stride. dim must be > 0 when rows > 0; eps must be finite and >= 0.*/
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct l4c_rmsnorm_params {
+    pub out: *mut ::std::os::raw::c_void,
+    pub x: *const ::std::os::raw::c_void,
+    /// [dim] or null (no weight).
+    pub weight: *const ::std::os::raw::c_void,
+    pub rows: i64,
+    pub dim: i64,
+    pub out_row_stride: i64,
+    pub x_row_stride: i64,
+    pub eps: f32,
+    pub out_dtype: l4c_dtype,
+    pub x_dtype: l4c_dtype,
+    pub weight_dtype: l4c_dtype,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of l4c_rmsnorm_params",
+    ][::std::mem::size_of::<l4c_rmsnorm_params>() - 72usize];
+    [
+        "Alignment of l4c_rmsnorm_params",
+    ][::std::mem::align_of::<l4c_rmsnorm_params>() - 8usize];
+    [
+        "Offset of field: l4c_rmsnorm_params::out",
+    ][::std::mem::offset_of!(l4c_rmsnorm_params, out) - 0usize];
+    [
+        "Offset of field: l4c_rmsnorm_params::x",
+    ][::std::mem::offset_of!(l4c_rmsnorm_params, x) - 8usize];
+    [
+        "Offset of field: l4c_rmsnorm_params::weight",
+    ][::std::mem::offset_of!(l4c_rmsnorm_params, weight) - 16usize];
+    [
+        "Offset of field: l4c_rmsnorm_params::rows",
+    ][::std::mem::offset_of!(l4c_rmsnorm_params, rows) - 24usize];
+    [
+        "Offset of field: l4c_rmsnorm_params::dim",
+    ][::std::mem::offset_of!(l4c_rmsnorm_params, dim) - 32usize];
+    [
+        "Offset of field: l4c_rmsnorm_params::out_row_stride",
+    ][::std::mem::offset_of!(l4c_rmsnorm_params, out_row_stride) - 40usize];
+    [
+        "Offset of field: l4c_rmsnorm_params::x_row_stride",
+    ][::std::mem::offset_of!(l4c_rmsnorm_params, x_row_stride) - 48usize];
+    [
+        "Offset of field: l4c_rmsnorm_params::eps",
+    ][::std::mem::offset_of!(l4c_rmsnorm_params, eps) - 56usize];
+    [
+        "Offset of field: l4c_rmsnorm_params::out_dtype",
+    ][::std::mem::offset_of!(l4c_rmsnorm_params, out_dtype) - 60usize];
+    [
+        "Offset of field: l4c_rmsnorm_params::x_dtype",
+    ][::std::mem::offset_of!(l4c_rmsnorm_params, x_dtype) - 64usize];
+    [
+        "Offset of field: l4c_rmsnorm_params::weight_dtype",
+    ][::std::mem::offset_of!(l4c_rmsnorm_params, weight_dtype) - 68usize];
+};
+extern "C" {
+    pub fn l4c_rmsnorm(p: *const l4c_rmsnorm_params, stream: l4c_stream_t) -> l4c_status;
+}
+/** In-place interleaved RoPE and / or weightless qk norm on q [tokens, q_heads, head_dim] and
+  k [tokens, k_heads, head_dim] in one launch. Heads are contiguous within a token; tokens are
+  `*_token_stride` elements apart (>= heads * head_dim when tokens > 1), so q and k may be views
+  of one fused qkv projection output. k_heads = 0 (k may be null then) processes q alone.
+
+  RoPE: pair (x[2i], x[2i+1]) of every head of token t is rotated by the angle
+  positions[t] * inv_freq[i], i < head_dim / 2 (a complex multiply). inv_freq is the f32 table the
+  host computes (llama3 scaling included; llama4-cuda's reference::rope::inv_freq). The angle and
+  its cosine and sine are evaluated in f64 and rounded to f32, so positions up to 2^53 in magnitude
+  (negative ones rotate backwards) lose no accuracy; the rotation is f32. head_dim must be even.
+  QK norm: each head row is then scaled by rsqrt(mean(x^2) + eps) (Llama4TextL2Norm), in f32,
+  rounded once to `dtype`. head_dim <= 4096.*/
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct l4c_rope_params {
+    pub q: *mut ::std::os::raw::c_void,
+    /// May be null when k_heads == 0.
+    pub k: *mut ::std::os::raw::c_void,
+    /// [tokens] absolute positions; read by the RoPE launchers only.
+    pub positions: *const i64,
+    /// [head_dim / 2]; read by the RoPE launchers only.
+    pub inv_freq: *const f32,
+    pub tokens: i64,
+    pub q_heads: i64,
+    pub k_heads: i64,
+    pub head_dim: i64,
+    pub q_token_stride: i64,
+    pub k_token_stride: i64,
+    /// Read by the qk-norm launchers only; finite and >= 0.
+    pub eps: f32,
+    /// The dtype of q and k.
+    pub dtype: l4c_dtype,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of l4c_rope_params"][::std::mem::size_of::<l4c_rope_params>() - 88usize];
+    ["Alignment of l4c_rope_params"][::std::mem::align_of::<l4c_rope_params>() - 8usize];
+    [
+        "Offset of field: l4c_rope_params::q",
+    ][::std::mem::offset_of!(l4c_rope_params, q) - 0usize];
+    [
+        "Offset of field: l4c_rope_params::k",
+    ][::std::mem::offset_of!(l4c_rope_params, k) - 8usize];
+    [
+        "Offset of field: l4c_rope_params::positions",
+    ][::std::mem::offset_of!(l4c_rope_params, positions) - 16usize];
+    [
+        "Offset of field: l4c_rope_params::inv_freq",
+    ][::std::mem::offset_of!(l4c_rope_params, inv_freq) - 24usize];
+    [
+        "Offset of field: l4c_rope_params::tokens",
+    ][::std::mem::offset_of!(l4c_rope_params, tokens) - 32usize];
+    [
+        "Offset of field: l4c_rope_params::q_heads",
+    ][::std::mem::offset_of!(l4c_rope_params, q_heads) - 40usize];
+    [
+        "Offset of field: l4c_rope_params::k_heads",
+    ][::std::mem::offset_of!(l4c_rope_params, k_heads) - 48usize];
+    [
+        "Offset of field: l4c_rope_params::head_dim",
+    ][::std::mem::offset_of!(l4c_rope_params, head_dim) - 56usize];
+    [
+        "Offset of field: l4c_rope_params::q_token_stride",
+    ][::std::mem::offset_of!(l4c_rope_params, q_token_stride) - 64usize];
+    [
+        "Offset of field: l4c_rope_params::k_token_stride",
+    ][::std::mem::offset_of!(l4c_rope_params, k_token_stride) - 72usize];
+    [
+        "Offset of field: l4c_rope_params::eps",
+    ][::std::mem::offset_of!(l4c_rope_params, eps) - 80usize];
+    [
+        "Offset of field: l4c_rope_params::dtype",
+    ][::std::mem::offset_of!(l4c_rope_params, dtype) - 84usize];
+};
+extern "C" {
+    /// RoPE on q and k, no norm.
+    pub fn l4c_rope(p: *const l4c_rope_params, stream: l4c_stream_t) -> l4c_status;
+}
+extern "C" {
+    /// Weightless qk norm on q and k, no RoPE (head_dim may be odd).
+    pub fn l4c_qk_norm(p: *const l4c_rope_params, stream: l4c_stream_t) -> l4c_status;
+}
+extern "C" {
+    /// RoPE then weightless qk norm on q and k (Llama 4 RoPE layers with use_qk_norm), one pass.
+    pub fn l4c_rope_qk_norm(
+        p: *const l4c_rope_params,
+        stream: l4c_stream_t,
+    ) -> l4c_status;
+}
