@@ -5,6 +5,7 @@
 
 pub mod fp8;
 pub mod int4;
+pub mod repack;
 
 pub use fp8::{Fp8Format, Fp8Scaling, Fp8Weight};
 pub use int4::{Int4Config, Int4Weight, ScaleDType};
