@@ -14,6 +14,7 @@
 #include "common/dequant.cuh"
 #include "common/gemm_epilogue.cuh"
 #include "common/mma.cuh"
+#include "common/status.cuh"
 #include "common/wgmma.cuh"
 
 namespace {
@@ -314,32 +315,32 @@ __global__ void __launch_bounds__(kPreThreads, 1) gemm_fp8_prefill(const __grid_
 }  // namespace
 
 extern "C" l4c_status l4c_fp8_quantize_per_token(const l4c_fp8_quantize_params* p, l4c_stream_t stream) {
-  if (!p || p->m < 0 || p->k <= 0 || !p->x || !p->scales || p->ldx < p->k) return L4C_ERROR_INVALID_ARGUMENT;
-  if (!p->codes && !p->decoded) return L4C_ERROR_INVALID_ARGUMENT;
-  if (p->codes && p->ldc < (p->k + 15) / 16 * 16) return L4C_ERROR_INVALID_ARGUMENT;
-  if (p->m == 0) return L4C_SUCCESS;
-  if (p->m > 0x7fffffff) return L4C_ERROR_INVALID_ARGUMENT;
+  if (!p || p->m < 0 || p->k <= 0 || !p->x || !p->scales || p->ldx < p->k) return L4C_ERR_INVALID_ARGUMENT;
+  if (!p->codes && !p->decoded) return L4C_ERR_INVALID_ARGUMENT;
+  if (p->codes && p->ldc < (p->k + 15) / 16 * 16) return L4C_ERR_INVALID_ARGUMENT;
+  if (p->m == 0) return L4C_OK;
+  if (p->m > 0x7fffffff) return L4C_ERR_INVALID_ARGUMENT;
   gemm_fp8_quantize_per_token<<<static_cast<unsigned>(p->m), kQuantThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(*p);
-  return l4c::check_launch("gemm_fp8_quantize_per_token");
+  return L4C_LAUNCH_STATUS();
 }
 
 extern "C" l4c_status l4c_gemm_fp8(const l4c_gemm_fp8_params* p, l4c_stream_t stream) {
-  if (!p || p->m < 0 || p->n <= 0 || p->k <= 0) return L4C_ERROR_INVALID_ARGUMENT;
-  if (p->m == 0) return L4C_SUCCESS;
-  if (!p->x || !p->w || !p->w_scales || !p->out) return L4C_ERROR_INVALID_ARGUMENT;
+  if (!p || p->m < 0 || p->n <= 0 || p->k <= 0) return L4C_ERR_INVALID_ARGUMENT;
+  if (p->m == 0) return L4C_OK;
+  if (!p->x || !p->w || !p->w_scales || !p->out) return L4C_ERR_INVALID_ARGUMENT;
   // 16-byte pieces of W rows (and of X rows) are loaded whole.
   if (p->k % 16 != 0 || p->ldw < p->k || p->ldw % 16 != 0 || (reinterpret_cast<uintptr_t>(p->w) & 15) != 0)
-    return L4C_ERROR_INVALID_ARGUMENT;
-  if (p->ldx < p->k || p->ldo < p->n || (p->residual && p->ldr < p->n)) return L4C_ERROR_INVALID_ARGUMENT;
-  if ((reinterpret_cast<uintptr_t>(p->x) & 15) != 0) return L4C_ERROR_INVALID_ARGUMENT;
+    return L4C_ERR_INVALID_ARGUMENT;
+  if (p->ldx < p->k || p->ldo < p->n || (p->residual && p->ldr < p->n)) return L4C_ERR_INVALID_ARGUMENT;
+  if ((reinterpret_cast<uintptr_t>(p->x) & 15) != 0) return L4C_ERR_INVALID_ARGUMENT;
   cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
   const int64_t ntiles = (p->n + 15) / 16;
   if (p->path == L4C_GEMM_PATH_DECODE) {
     const int64_t kslabs = (p->k + 63) / 64;
-    if (p->ldx % 8 != 0) return L4C_ERROR_INVALID_ARGUMENT;
-    if (p->token_tiles != 1 && p->token_tiles != 2 && p->token_tiles != 4) return L4C_ERROR_INVALID_ARGUMENT;
-    if (p->split_k < 1 || p->split_k > kslabs || p->split_k > 65535) return L4C_ERROR_INVALID_ARGUMENT;
-    if (p->split_k > 1 && !p->workspace) return L4C_ERROR_INVALID_ARGUMENT;
+    if (p->ldx % 8 != 0) return L4C_ERR_INVALID_ARGUMENT;
+    if (p->token_tiles != 1 && p->token_tiles != 2 && p->token_tiles != 4) return L4C_ERR_INVALID_ARGUMENT;
+    if (p->split_k < 1 || p->split_k > kslabs || p->split_k > 65535) return L4C_ERR_INVALID_ARGUMENT;
+    if (p->split_k > 1 && !p->workspace) return L4C_ERR_INVALID_ARGUMENT;
     const int64_t tokens = 8 * p->token_tiles;
     const dim3 grid(static_cast<unsigned>((ntiles + kDecWarps - 1) / kDecWarps), static_cast<unsigned>(p->split_k),
                     static_cast<unsigned>((p->m + tokens - 1) / tokens));
@@ -348,17 +349,17 @@ extern "C" l4c_status l4c_gemm_fp8(const l4c_gemm_fp8_params* p, l4c_stream_t st
       case 2: gemm_fp8_decode<2><<<grid, kDecWarps * 32, 0, s>>>(*p); break;
       default: gemm_fp8_decode<4><<<grid, kDecWarps * 32, 0, s>>>(*p); break;
     }
-    const l4c_status st = l4c::check_launch("gemm_fp8_decode");
-    if (st != L4C_SUCCESS || p->split_k == 1) return st;
+    const l4c_status st = L4C_LAUNCH_STATUS();
+    if (st != L4C_OK || p->split_k == 1) return st;
     const l4c::Epilogue ep{static_cast<__nv_bfloat16*>(p->out), static_cast<const __nv_bfloat16*>(p->residual),
                            p->x_scales, p->w_scales, p->m, p->n, p->ldo, p->ldr};
     return l4c::launch_splitk_reduce(p->workspace, p->split_k, ep, s);
   }
-  if (p->path != L4C_GEMM_PATH_PREFILL) return L4C_ERROR_INVALID_ARGUMENT;
-  if (!p->x_scales || p->ldx % 16 != 0) return L4C_ERROR_INVALID_ARGUMENT;
+  if (p->path != L4C_GEMM_PATH_PREFILL) return L4C_ERR_INVALID_ARGUMENT;
+  if (!p->x_scales || p->ldx % 16 != 0) return L4C_ERR_INVALID_ARGUMENT;
   const cudaError_t e = cudaFuncSetAttribute(gemm_fp8_prefill, cudaFuncAttributeMaxDynamicSharedMemorySize, kPreSmem);
-  if (e != cudaSuccess) return l4c::status_from_cuda(e, "gemm_fp8_prefill: shared memory limit");
+  if (e != cudaSuccess) return l4c::status_from_cuda(e);
   const dim3 grid(static_cast<unsigned>((p->n + kPreBN - 1) / kPreBN), static_cast<unsigned>((p->m + kPreBM - 1) / kPreBM));
   gemm_fp8_prefill<<<grid, kPreThreads, kPreSmem, s>>>(*p);
-  return l4c::check_launch("gemm_fp8_prefill");
+  return L4C_LAUNCH_STATUS();
 }

@@ -13,6 +13,7 @@
 #include "common/dequant.cuh"
 #include "common/gemm_epilogue.cuh"
 #include "common/mma.cuh"
+#include "common/status.cuh"
 #include "common/wgmma.cuh"
 
 namespace {
@@ -347,19 +348,19 @@ l4c_status launch_w4a16(const l4c_gemm_w4a16_params& p, cudaStream_t stream) {
       default: gemm_w4a16_decode<T, 4><<<grid, kDecWarps * 32, 0, stream>>>(p); break;
     }
     if (p.split_k > 1) {
-      const l4c_status st = l4c::check_launch("gemm_w4a16_decode");
-      if (st != L4C_SUCCESS) return st;
+      const l4c_status st = L4C_LAUNCH_STATUS();
+      if (st != L4C_OK) return st;
       const Epilogue ep{static_cast<__nv_bfloat16*>(p.out), static_cast<const __nv_bfloat16*>(p.residual),
                         nullptr, nullptr, p.m, p.n, p.ldo, p.ldr};
       return l4c::launch_splitk_reduce(p.workspace, p.split_k, ep, stream);
     }
-    return l4c::check_launch("gemm_w4a16_decode");
+    return L4C_LAUNCH_STATUS();
   }
   const cudaError_t e = cudaFuncSetAttribute(gemm_w4a16_prefill<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, kPreSmem);
-  if (e != cudaSuccess) return l4c::status_from_cuda(e, "gemm_w4a16_prefill: shared memory limit");
+  if (e != cudaSuccess) return l4c::status_from_cuda(e);
   const dim3 grid(static_cast<unsigned>((p.n + kPreBN - 1) / kPreBN), static_cast<unsigned>((p.m + kPreBM - 1) / kPreBM));
   gemm_w4a16_prefill<T><<<grid, kPreThreads, kPreSmem, stream>>>(p);
-  return l4c::check_launch("gemm_w4a16_prefill");
+  return L4C_LAUNCH_STATUS();
 }
 
 }  // namespace
@@ -370,30 +371,30 @@ l4c_status launch_splitk_reduce(const float* ws, int split, const Epilogue& ep, 
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((total + threads - 1) / threads, 4096);
   gemm_splitk_reduce<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(ws, split, ep);
-  return check_launch("gemm_splitk_reduce");
+  return L4C_LAUNCH_STATUS();
 }
 }  // namespace l4c
 
 extern "C" l4c_status l4c_gemm_w4a16(const l4c_gemm_w4a16_params* p, l4c_stream_t stream) {
-  if (!p) return L4C_ERROR_INVALID_ARGUMENT;
-  if (p->m < 0 || p->n <= 0 || p->k <= 0) return L4C_ERROR_INVALID_ARGUMENT;
-  if (p->m == 0) return L4C_SUCCESS;
-  if (!p->x || !p->qweight || !p->scales || !p->out) return L4C_ERROR_INVALID_ARGUMENT;
-  if (p->group_size != 32 && p->group_size != 64 && p->group_size != 128) return L4C_ERROR_INVALID_ARGUMENT;
-  if (p->k_slabs != (p->k + kSlabK - 1) / kSlabK) return L4C_ERROR_INVALID_ARGUMENT;
-  if (p->groups < (p->k_slabs * kSlabK + p->group_size - 1) / p->group_size) return L4C_ERROR_INVALID_ARGUMENT;
-  if (p->ldx < p->k || p->ldo < p->n || (p->residual && p->ldr < p->n)) return L4C_ERROR_INVALID_ARGUMENT;
-  if (p->act_dtype != L4C_GEMM_ACT_BF16 && p->act_dtype != L4C_GEMM_ACT_F16) return L4C_ERROR_INVALID_ARGUMENT;
+  if (!p) return L4C_ERR_INVALID_ARGUMENT;
+  if (p->m < 0 || p->n <= 0 || p->k <= 0) return L4C_ERR_INVALID_ARGUMENT;
+  if (p->m == 0) return L4C_OK;
+  if (!p->x || !p->qweight || !p->scales || !p->out) return L4C_ERR_INVALID_ARGUMENT;
+  if (p->group_size != 32 && p->group_size != 64 && p->group_size != 128) return L4C_ERR_INVALID_ARGUMENT;
+  if (p->k_slabs != (p->k + kSlabK - 1) / kSlabK) return L4C_ERR_INVALID_ARGUMENT;
+  if (p->groups < (p->k_slabs * kSlabK + p->group_size - 1) / p->group_size) return L4C_ERR_INVALID_ARGUMENT;
+  if (p->ldx < p->k || p->ldo < p->n || (p->residual && p->ldr < p->n)) return L4C_ERR_INVALID_ARGUMENT;
+  if (p->act_dtype != L4C_DTYPE_BF16 && p->act_dtype != L4C_DTYPE_F16) return L4C_ERR_UNSUPPORTED_DTYPE;
   if (p->path == L4C_GEMM_PATH_DECODE) {
-    if (p->token_tiles != 1 && p->token_tiles != 2 && p->token_tiles != 4) return L4C_ERROR_INVALID_ARGUMENT;
-    if (p->split_k < 1 || p->split_k > p->k_slabs || p->split_k > 65535) return L4C_ERROR_INVALID_ARGUMENT;
-    if (p->split_k > 1 && !p->workspace) return L4C_ERROR_INVALID_ARGUMENT;
+    if (p->token_tiles != 1 && p->token_tiles != 2 && p->token_tiles != 4) return L4C_ERR_INVALID_ARGUMENT;
+    if (p->split_k < 1 || p->split_k > p->k_slabs || p->split_k > 65535) return L4C_ERR_INVALID_ARGUMENT;
+    if (p->split_k > 1 && !p->workspace) return L4C_ERR_INVALID_ARGUMENT;
   } else if (p->path == L4C_GEMM_PATH_PREFILL) {
     // cp.async moves 16-byte pieces of X rows.
-    if (p->k % 8 != 0 || p->ldx % 8 != 0 || (reinterpret_cast<uintptr_t>(p->x) & 15) != 0) return L4C_ERROR_INVALID_ARGUMENT;
+    if (p->k % 8 != 0 || p->ldx % 8 != 0 || (reinterpret_cast<uintptr_t>(p->x) & 15) != 0) return L4C_ERR_INVALID_ARGUMENT;
   } else {
-    return L4C_ERROR_INVALID_ARGUMENT;
+    return L4C_ERR_INVALID_ARGUMENT;
   }
   cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
-  return p->act_dtype == L4C_GEMM_ACT_BF16 ? launch_w4a16<__nv_bfloat16>(*p, s) : launch_w4a16<__half>(*p, s);
+  return p->act_dtype == L4C_DTYPE_BF16 ? launch_w4a16<__nv_bfloat16>(*p, s) : launch_w4a16<__half>(*p, s);
 }

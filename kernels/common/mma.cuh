@@ -27,9 +27,6 @@ template <> struct Half2<__half> {
   static constexpr float kMagic = 1024.0f;
 };
 
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
-
 // (a - b) * c on packed pairs, each op rounded to nearest even (the subtraction is exact for the
 // integer-valued operands the int4 dequant feeds it).
 __device__ __forceinline__ uint32_t sub_mul2(uint32_t a, uint32_t b, uint32_t c, __nv_bfloat16) {
