@@ -1,0 +1,438 @@
+//! Quantized GEMMs on the GPU: `Y[m, n] = X[m, k] · Wᵀ (+ residual)`, bf16 out.
+//!
+//! * W4A16: int4 group-wise weights ([`crate::quant::repack::RepackedInt4`]), bf16 or f16 X.
+//! * FP8: e4m3 weights with per-output-channel scales; W8A16 (bf16 X) or W8A8 (X quantized per
+//!   token on the GPU, bit-exact with [`crate::quant::fp8::quantize_per_token`]).
+//!
+//! Every entry point validates shapes on the host, picks a [`GemmPlan`] from M and the device,
+//! launches on the given stream and returns the plan. 16-bit device tensors are `CudaSlice<u16>`
+//! holding bf16 / f16 bits. Without compiled kernels every call returns [`Error::KernelsNotBuilt`].
+//! The CPU specification is [`crate::reference::gemm`]; docs/GEMM.md has the design.
+
+pub mod plan;
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream};
+
+pub use plan::{DeviceInfo, GemmKind, GemmPath, GemmPlan, DECODE_MAX_M};
+
+use crate::error::{Error, Result};
+use crate::quant::repack::{Act16, RepackedInt4};
+use crate::quant::{Fp8Scaling, Fp8Weight};
+
+/// An int4 weight resident on the GPU in the kernels' layout.
+pub struct GpuInt4Weight {
+    pub n: usize,
+    pub k: usize,
+    pub group_size: usize,
+    pub act: Act16,
+    pub k_slabs: usize,
+    pub groups: usize,
+    pub qweight: CudaSlice<u32>,
+    pub scales: CudaSlice<u16>,
+    pub zero_bias: Option<CudaSlice<u16>>,
+}
+
+/// An fp8 e4m3 weight `[n, k]` on the GPU with per-output-channel f32 scales (a per-tensor scale
+/// is expanded to every channel on upload).
+pub struct GpuFp8Weight {
+    pub n: usize,
+    pub k: usize,
+    pub codes: CudaSlice<u8>,
+    pub scales: CudaSlice<f32>,
+}
+
+/// How an fp8 GEMM treats the activations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fp8Mode {
+    /// bf16 activations times fp8 weights (decode format; matches `reference::gemm`).
+    W8A16,
+    /// Activations quantized per token to e4m3 (matches `reference::gemm_w8a8`).
+    W8A8,
+}
+
+fn cuda_err(op: &'static str) -> impl Fn(cudarc::driver::DriverError) -> Error {
+    move |e| Error::Cuda { op, name: format!("{:?}", e.0), message: e.to_string() }
+}
+
+/// Compute capability and SM count of the stream's device.
+pub fn device_info(stream: &Arc<CudaStream>) -> Result<DeviceInfo> {
+    use cudarc::driver::sys::CUdevice_attribute as A;
+    let ctx = stream.context();
+    let (major, minor) = ctx.compute_capability().map_err(cuda_err("device_info"))?;
+    let sms = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).map_err(cuda_err("device_info"))?;
+    Ok(DeviceInfo { cc: (major as u32, minor as u32), sm_count: sms as u32 })
+}
+
+impl GpuInt4Weight {
+    /// Copies a repacked weight to the device.
+    pub fn upload(stream: &Arc<CudaStream>, r: &RepackedInt4) -> Result<Self> {
+        let op = "GpuInt4Weight::upload";
+        Ok(GpuInt4Weight {
+            n: r.n,
+            k: r.k,
+            group_size: r.config.group_size,
+            act: r.act,
+            k_slabs: r.k_slabs,
+            groups: r.groups,
+            qweight: stream.clone_htod(&r.qweight).map_err(cuda_err(op))?,
+            scales: stream.clone_htod(&r.scales).map_err(cuda_err(op))?,
+            zero_bias: r.zero_bias.as_ref().map(|z| stream.clone_htod(z)).transpose().map_err(cuda_err(op))?,
+        })
+    }
+}
+
+impl GpuFp8Weight {
+    /// Copies an fp8 weight to the device.
+    pub fn upload(stream: &Arc<CudaStream>, w: &Fp8Weight) -> Result<Self> {
+        let op = "GpuFp8Weight::upload";
+        crate::error::check_len(op, "codes", w.codes.len(), w.n * w.k)?;
+        let scales = match w.scaling {
+            Fp8Scaling::PerChannel => {
+                crate::error::check_len(op, "scales", w.scales.len(), w.n)?;
+                w.scales.clone()
+            }
+            Fp8Scaling::PerTensor => {
+                crate::error::check_len(op, "scales", w.scales.len(), 1)?;
+                vec![w.scales[0]; w.n]
+            }
+        };
+        Ok(GpuFp8Weight {
+            n: w.n,
+            k: w.k,
+            codes: stream.clone_htod(&w.codes).map_err(cuda_err(op))?,
+            scales: stream.clone_htod(&scales).map_err(cuda_err(op))?,
+        })
+    }
+}
+
+/// Checks the lengths of X, out and the residual against (m, n, k).
+fn check_io(
+    op: &'static str,
+    x_len: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    out_len: usize,
+    residual: Option<usize>,
+) -> Result<()> {
+    if x_len < m * k {
+        return Err(Error::shape(op, format!("x has {x_len} elements, [m={m}, k={k}] needs {}", m * k)));
+    }
+    if out_len < m * n {
+        return Err(Error::shape(op, format!("out has {out_len} elements, [m={m}, n={n}] needs {}", m * n)));
+    }
+    if let Some(r) = residual {
+        if r < m * n {
+            return Err(Error::shape(op, format!("residual has {r} elements, [m={m}, n={n}] needs {}", m * n)));
+        }
+    }
+    Ok(())
+}
+
+/// `out[m, n] = x[m, k] · Wᵀ (+ residual)` for an int4 weight; `x` holds `w.act` bits, `out` and
+/// `residual` bf16 bits, all row-major and contiguous. Returns the plan it ran.
+pub fn gemm_w4a16(
+    stream: &Arc<CudaStream>,
+    x: &CudaSlice<u16>,
+    m: usize,
+    w: &GpuInt4Weight,
+    residual: Option<&CudaSlice<u16>>,
+    out: &mut CudaSlice<u16>,
+) -> Result<GemmPlan> {
+    const OP: &str = "gemm_w4a16";
+    check_io(OP, x.len(), m, w.n, w.k, out.len(), residual.map(|r| r.len()))?;
+    let dev = device_info(stream)?;
+    let plan = GemmPlan::new(GemmKind::W4A16 { act: w.act, group_size: w.group_size }, m, w.n, w.k, dev)?;
+    if m == 0 {
+        return Ok(plan);
+    }
+    launch::w4a16(stream, x, m, w, residual, out, &plan)?;
+    Ok(plan)
+}
+
+/// `out[m, n] = x[m, k] · Wᵀ (+ residual)` for an fp8 weight; `x`, `out`, `residual` bf16 bits.
+/// W8A8 first quantizes `x` per token on the stream. Returns the plan it ran.
+pub fn gemm_fp8(
+    stream: &Arc<CudaStream>,
+    x: &CudaSlice<u16>,
+    m: usize,
+    w: &GpuFp8Weight,
+    mode: Fp8Mode,
+    residual: Option<&CudaSlice<u16>>,
+    out: &mut CudaSlice<u16>,
+) -> Result<GemmPlan> {
+    const OP: &str = "gemm_fp8";
+    check_io(OP, x.len(), m, w.n, w.k, out.len(), residual.map(|r| r.len()))?;
+    let dev = device_info(stream)?;
+    let kind = match mode {
+        Fp8Mode::W8A16 => GemmKind::Fp8W8A16,
+        Fp8Mode::W8A8 => GemmKind::Fp8W8A8,
+    };
+    let plan = GemmPlan::new(kind, m, w.n, w.k, dev)?;
+    if m == 0 {
+        return Ok(plan);
+    }
+    launch::fp8(stream, x, m, w, mode, residual, out, &plan)?;
+    Ok(plan)
+}
+
+/// Per-token e4m3 quantization of bf16 `x[m, k]` on the GPU: (codes `[m, round_up(k, 16)]` with zero
+/// padding, scales `[m]`). Bit-exact with [`crate::quant::fp8::quantize_per_token`] on the same
+/// (bf16-valued) input.
+pub fn fp8_quantize_per_token(
+    stream: &Arc<CudaStream>,
+    x: &CudaSlice<u16>,
+    m: usize,
+    k: usize,
+) -> Result<(CudaSlice<u8>, CudaSlice<f32>)> {
+    const OP: &str = "fp8_quantize_per_token";
+    if k == 0 {
+        return Err(Error::shape(OP, "k = 0"));
+    }
+    if x.len() < m * k {
+        return Err(Error::shape(OP, format!("x has {} elements, [m={m}, k={k}] needs {}", x.len(), m * k)));
+    }
+    launch::quantize(stream, x, m, k)
+}
+
+#[cfg(not(llama4_kernels))]
+mod launch {
+    //! Without compiled kernels every launch is a typed error.
+    use super::*;
+    const WHY: &str = "built without nvcc";
+
+    pub(super) fn w4a16(
+        _: &Arc<CudaStream>,
+        _: &CudaSlice<u16>,
+        _: usize,
+        _: &GpuInt4Weight,
+        _: Option<&CudaSlice<u16>>,
+        _: &mut CudaSlice<u16>,
+        _: &GemmPlan,
+    ) -> Result<()> {
+        Err(Error::KernelsNotBuilt(WHY))
+    }
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn fp8(
+        _: &Arc<CudaStream>,
+        _: &CudaSlice<u16>,
+        _: usize,
+        _: &GpuFp8Weight,
+        _: Fp8Mode,
+        _: Option<&CudaSlice<u16>>,
+        _: &mut CudaSlice<u16>,
+        _: &GemmPlan,
+    ) -> Result<()> {
+        Err(Error::KernelsNotBuilt(WHY))
+    }
+    pub(super) fn quantize(
+        _: &Arc<CudaStream>,
+        _: &CudaSlice<u16>,
+        _: usize,
+        _: usize,
+    ) -> Result<(CudaSlice<u8>, CudaSlice<f32>)> {
+        Err(Error::KernelsNotBuilt(WHY))
+    }
+}
+
+#[cfg(llama4_kernels)]
+mod launch {
+    //! Fills the C ABI's params structs and calls the launchers.
+    use cudarc::driver::{DevicePtr, DevicePtrMut};
+
+    use super::ffi;
+    use super::*;
+
+    fn status(op: &'static str, st: ffi::l4c_status) -> Result<()> {
+        ffi::check(op, st)
+    }
+
+    pub(super) fn w4a16(
+        stream: &Arc<CudaStream>,
+        x: &CudaSlice<u16>,
+        m: usize,
+        w: &GpuInt4Weight,
+        residual: Option<&CudaSlice<u16>>,
+        out: &mut CudaSlice<u16>,
+        plan: &GemmPlan,
+    ) -> Result<()> {
+        const OP: &str = "gemm_w4a16";
+        let mut ws = match plan.workspace_len() {
+            0 => None,
+            len => Some(stream.alloc_zeros::<f32>(len).map_err(cuda_err(OP))?),
+        };
+        let (token_tiles, split_k) = match plan.path {
+            GemmPath::Decode { token_tiles, split_k } => (token_tiles as i32, split_k as i32),
+            _ => (1, 1),
+        };
+        let (xp, _gx) = x.device_ptr(stream);
+        let (qp, _gq) = w.qweight.device_ptr(stream);
+        let (sp, _gs) = w.scales.device_ptr(stream);
+        let zb = w.zero_bias.as_ref().map(|z| z.device_ptr(stream));
+        let rp = residual.map(|r| r.device_ptr(stream));
+        let wsp = ws.as_mut().map(|b| b.device_ptr_mut(stream));
+        let (op_, _go) = out.device_ptr_mut(stream);
+        let p = ffi::l4c_gemm_w4a16_params {
+            x: xp as usize as *const _,
+            qweight: qp as usize as *const u32,
+            scales: sp as usize as *const _,
+            zero_bias: zb.as_ref().map_or(std::ptr::null(), |z| z.0 as usize as *const _),
+            residual: rp.as_ref().map_or(std::ptr::null(), |r| r.0 as usize as *const _),
+            out: op_ as usize as *mut _,
+            workspace: wsp.as_ref().map_or(std::ptr::null_mut(), |b| b.0 as usize as *mut f32),
+            m: m as i64,
+            n: w.n as i64,
+            k: w.k as i64,
+            ldx: w.k as i64,
+            ldo: w.n as i64,
+            ldr: w.n as i64,
+            k_slabs: w.k_slabs as i64,
+            groups: w.groups as i64,
+            group_size: w.group_size as i32,
+            act_dtype: match w.act {
+                Act16::BF16 => ffi::L4C_DTYPE_BF16,
+                Act16::F16 => ffi::L4C_DTYPE_F16,
+            },
+            path: plan.path_code(),
+            token_tiles,
+            split_k,
+        };
+        // SAFETY: every pointer comes from a live CudaSlice on this stream whose length was checked
+        // against (m, n, k) by the caller (check_io) or sized by the repack (qweight, scales,
+        // zero_bias) or by the plan (workspace); the guards keep them alive until after the launch
+        // is enqueued, and the launcher only enqueues work on `stream`.
+        let st = unsafe { ffi::l4c_gemm_w4a16(&p, stream.cu_stream() as _) };
+        status(OP, st)
+        // `ws` is freed on the stream after the kernels that use it (stream-ordered free).
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn fp8(
+        stream: &Arc<CudaStream>,
+        x: &CudaSlice<u16>,
+        m: usize,
+        w: &GpuFp8Weight,
+        mode: Fp8Mode,
+        residual: Option<&CudaSlice<u16>>,
+        out: &mut CudaSlice<u16>,
+        plan: &GemmPlan,
+    ) -> Result<()> {
+        const OP: &str = "gemm_fp8";
+        let decode = matches!(plan.path, GemmPath::Decode { .. });
+        let (token_tiles, split_k) = match plan.path {
+            GemmPath::Decode { token_tiles, split_k } => (token_tiles as i32, split_k as i32),
+            _ => (1, 1),
+        };
+        let k = w.k;
+        let ldc = k.div_ceil(16) * 16;
+        // W8A8: quantize X first (decoded bf16 values for the decode path, codes for prefill).
+        let mut scales = None;
+        let mut codes = None;
+        let mut decoded = None;
+        if mode == Fp8Mode::W8A8 {
+            let mut s = stream.alloc_zeros::<f32>(m).map_err(cuda_err(OP))?;
+            let mut c = if decode { None } else { Some(stream.alloc_zeros::<u8>(m * ldc).map_err(cuda_err(OP))?) };
+            let mut d = if decode { Some(stream.alloc_zeros::<u16>(m * k).map_err(cuda_err(OP))?) } else { None };
+            {
+                let (xp, _gx) = x.device_ptr(stream);
+                let (sp, _gs) = s.device_ptr_mut(stream);
+                let cp = c.as_mut().map(|c| c.device_ptr_mut(stream));
+                let dp = d.as_mut().map(|d| d.device_ptr_mut(stream));
+                let q = ffi::l4c_fp8_quantize_params {
+                    x: xp as usize as *const _,
+                    codes: cp.as_ref().map_or(std::ptr::null_mut(), |c| c.0 as usize as *mut u8),
+                    scales: sp as usize as *mut f32,
+                    decoded: dp.as_ref().map_or(std::ptr::null_mut(), |d| d.0 as usize as *mut _),
+                    m: m as i64,
+                    k: k as i64,
+                    ldx: k as i64,
+                    ldc: ldc as i64,
+                };
+                // SAFETY: x holds m*k bf16 (checked), s m floats, c m*ldc bytes, d m*k bf16, all
+                // live on this stream through the guards; the launcher only enqueues work.
+                let st = unsafe { ffi::l4c_fp8_quantize_per_token(&q, stream.cu_stream() as _) };
+                status("fp8_quantize_per_token", st)?;
+            }
+            scales = Some(s);
+            codes = c;
+            decoded = d;
+        }
+        let mut ws = match plan.workspace_len() {
+            0 => None,
+            len => Some(stream.alloc_zeros::<f32>(len).map_err(cuda_err(OP))?),
+        };
+        let (xg, _gxg) = if let Some(c) = &codes {
+            c.device_ptr(stream)
+        } else if let Some(d) = &decoded {
+            d.device_ptr(stream)
+        } else {
+            x.device_ptr(stream)
+        };
+        let ldx = if codes.is_some() { ldc } else { k };
+        let xs = scales.as_ref().map(|s| s.device_ptr(stream));
+        let (wp, _gw) = w.codes.device_ptr(stream);
+        let (wsc, _gws) = w.scales.device_ptr(stream);
+        let rp = residual.map(|r| r.device_ptr(stream));
+        let wsp = ws.as_mut().map(|b| b.device_ptr_mut(stream));
+        let (op_, _go) = out.device_ptr_mut(stream);
+        let p = ffi::l4c_gemm_fp8_params {
+            x: xg as usize as *const _,
+            x_scales: xs.as_ref().map_or(std::ptr::null(), |s| s.0 as usize as *const f32),
+            w: wp as usize as *const u8,
+            w_scales: wsc as usize as *const f32,
+            residual: rp.as_ref().map_or(std::ptr::null(), |r| r.0 as usize as *const _),
+            out: op_ as usize as *mut _,
+            workspace: wsp.as_ref().map_or(std::ptr::null_mut(), |b| b.0 as usize as *mut f32),
+            m: m as i64,
+            n: w.n as i64,
+            k: k as i64,
+            ldx: ldx as i64,
+            ldw: k as i64,
+            ldo: w.n as i64,
+            ldr: w.n as i64,
+            path: plan.path_code(),
+            token_tiles,
+            split_k,
+        };
+        // SAFETY: as in w4a16: live, length-checked buffers on this stream; the temporaries
+        // (codes / decoded / scales / workspace) outlive the enqueue and are freed stream-ordered.
+        let st = unsafe { ffi::l4c_gemm_fp8(&p, stream.cu_stream() as _) };
+        status(OP, st)
+    }
+
+    pub(super) fn quantize(
+        stream: &Arc<CudaStream>,
+        x: &CudaSlice<u16>,
+        m: usize,
+        k: usize,
+    ) -> Result<(CudaSlice<u8>, CudaSlice<f32>)> {
+        const OP: &str = "fp8_quantize_per_token";
+        let ldc = k.div_ceil(16) * 16;
+        let mut codes = stream.alloc_zeros::<u8>(m * ldc).map_err(cuda_err(OP))?;
+        let mut scales = stream.alloc_zeros::<f32>(m).map_err(cuda_err(OP))?;
+        {
+            let (xp, _gx) = x.device_ptr(stream);
+            let (cp, _gc) = codes.device_ptr_mut(stream);
+            let (sp, _gs) = scales.device_ptr_mut(stream);
+            let q = ffi::l4c_fp8_quantize_params {
+                x: xp as usize as *const _,
+                codes: cp as usize as *mut u8,
+                scales: sp as usize as *mut f32,
+                decoded: std::ptr::null_mut(),
+                m: m as i64,
+                k: k as i64,
+                ldx: k as i64,
+                ldc: ldc as i64,
+            };
+            // SAFETY: x holds m*k bf16 (checked by the caller), codes m*ldc bytes, scales m floats.
+            let st = unsafe { ffi::l4c_fp8_quantize_per_token(&q, stream.cu_stream() as _) };
+            status(OP, st)?;
+        }
+        Ok((codes, scales))
+    }
+}
+
+#[cfg(llama4_kernels)]
+mod ffi;
