@@ -20,8 +20,15 @@ use llama4_cuda::ops::gemm::{self, device_info, DeviceInfo, Fp8Mode, GpuFp8Weigh
 use llama4_cuda::quant::repack::{Act16, RepackedInt4, SLAB_WORDS};
 use llama4_cuda::quant::{Int4Config, ScaleDType};
 
-const SHAPES: [(usize, usize); 7] =
-    [(1024, 5120), (5120, 5120), (8192, 5120), (16384, 5120), (202048, 5120), (5120, 8192), (5120, 16384)];
+const SHAPES: [(usize, usize); 7] = [
+    (1024, 5120),
+    (5120, 5120),
+    (8192, 5120),
+    (16384, 5120),
+    (202048, 5120),
+    (5120, 8192),
+    (5120, 16384),
+];
 const MS: [usize; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 512, 2048, 8192];
 /// Total weight bytes the rotation spans (H100 L2 is 50 MB).
 const ROTATE_BYTES: usize = 256 << 20;
@@ -36,7 +43,9 @@ struct Row {
 static ROWS: Mutex<Vec<Row>> = Mutex::new(Vec::new());
 
 fn env_list(var: &str) -> Option<Vec<String>> {
-    std::env::var(var).ok().map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
+    std::env::var(var)
+        .ok()
+        .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
 }
 
 fn stream() -> Option<Arc<CudaStream>> {
@@ -82,10 +91,28 @@ fn random_int4(n: usize, k: usize, seed: u64) -> RepackedInt4 {
     let k_slabs = k.div_ceil(64);
     let groups = (k_slabs * 64).div_ceil(128);
     let tiles = n.div_ceil(16);
-    let qweight = (0..tiles * k_slabs * SLAB_WORDS).map(|_| xorshift(&mut s) as u32).collect();
-    let scales = (0..tiles * groups * 16).map(|_| Act16::BF16.to_bits(1e-3 * (1 + xorshift(&mut s) % 8) as f32)).collect();
-    let config = Int4Config { group_size: 128, symmetric: true, scale_dtype: ScaleDType::BF16 };
-    RepackedInt4 { n, k, config, act: Act16::BF16, k_slabs, groups, qweight, scales, zero_bias: None }
+    let qweight = (0..tiles * k_slabs * SLAB_WORDS)
+        .map(|_| xorshift(&mut s) as u32)
+        .collect();
+    let scales = (0..tiles * groups * 16)
+        .map(|_| Act16::BF16.to_bits(1e-3 * (1 + xorshift(&mut s) % 8) as f32))
+        .collect();
+    let config = Int4Config {
+        group_size: 128,
+        symmetric: true,
+        scale_dtype: ScaleDType::BF16,
+    };
+    RepackedInt4 {
+        n,
+        k,
+        config,
+        act: Act16::BF16,
+        k_slabs,
+        groups,
+        qweight,
+        scales,
+        zero_bias: None,
+    }
 }
 
 fn random_fp8(n: usize, k: usize, seed: u64) -> llama4_cuda::quant::Fp8Weight {
@@ -97,7 +124,13 @@ fn random_fp8(n: usize, k: usize, seed: u64) -> llama4_cuda::quant::Fp8Weight {
         })
         .collect();
     let scales = (0..n).map(|i| 1e-3 * (1 + i % 7) as f32).collect();
-    llama4_cuda::quant::Fp8Weight { n, k, codes, scaling: llama4_cuda::quant::Fp8Scaling::PerChannel, scales }
+    llama4_cuda::quant::Fp8Weight {
+        n,
+        k,
+        codes,
+        scaling: llama4_cuda::quant::Fp8Scaling::PerChannel,
+        scales,
+    }
 }
 
 fn bench(c: &mut Criterion) {
@@ -107,15 +140,34 @@ fn bench(c: &mut Criterion) {
     };
     let dev: DeviceInfo = device_info(&s).expect("device info");
     let bw = copy_bandwidth(&s);
-    let (peak_bf16, peak_fp8) = if dev.cc == (9, 0) { (989e12, 1979e12) } else { (312e12, 312e12) };
-    println!("device sm_{}{} ({} SMs): copy bandwidth {:.0} GB/s", dev.cc.0, dev.cc.1, dev.sm_count, bw / 1e9);
-    let ms: Vec<usize> = env_list("L4C_GEMM_M").map_or(MS.to_vec(), |v| v.iter().filter_map(|s| s.parse().ok()).collect());
+    let (peak_bf16, peak_fp8) = if dev.cc == (9, 0) {
+        (989e12, 1979e12)
+    } else {
+        (312e12, 312e12)
+    };
+    println!(
+        "device sm_{}{} ({} SMs): copy bandwidth {:.0} GB/s",
+        dev.cc.0,
+        dev.cc.1,
+        dev.sm_count,
+        bw / 1e9
+    );
+    let ms: Vec<usize> = env_list("L4C_GEMM_M").map_or(MS.to_vec(), |v| {
+        v.iter().filter_map(|s| s.parse().ok()).collect()
+    });
     let shapes: Vec<(usize, usize)> = env_list("L4C_GEMM_SHAPES").map_or(SHAPES.to_vec(), |v| {
-        v.iter().filter_map(|s| s.split_once('x').and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))).collect()
+        v.iter()
+            .filter_map(|s| {
+                s.split_once('x')
+                    .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+            })
+            .collect()
     });
 
     let mut g = c.benchmark_group("gemm_gpu");
-    g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
     for &(n, k) in &shapes {
         let max_m = *ms.iter().max().unwrap_or(&1);
         let x: CudaSlice<u16> = s.clone_htod(&vec![0x3c00u16; max_m * k]).expect("x"); // bf16 ~0.0078
@@ -123,7 +175,9 @@ fn bench(c: &mut Criterion) {
 
         let int4 = random_int4(n, k, 1);
         let copies = ROTATE_BYTES.div_ceil(int4.nbytes()).clamp(1, 32);
-        let ws: Vec<GpuInt4Weight> = (0..copies).map(|_| GpuInt4Weight::upload(&s, &int4).expect("upload")).collect();
+        let ws: Vec<GpuInt4Weight> = (0..copies)
+            .map(|_| GpuInt4Weight::upload(&s, &int4).expect("upload"))
+            .collect();
         for &m in &ms {
             let plan = gemm::gemm_w4a16(&s, &x, m, &ws[0], None, &mut out).expect("w4a16");
             let name = format!("w4a16 m={m} n={n} k={k}");
@@ -132,47 +186,82 @@ fn bench(c: &mut Criterion) {
             g.bench_function(BenchmarkId::new("w4a16", format!("{m}x{n}x{k}")), |b| {
                 b.iter_custom(|iters| {
                     let t = event_time(&s, iters, |i| {
-                        gemm::gemm_w4a16(&s, &x, m, &ws[i as usize % copies], None, &mut out).expect("w4a16");
+                        gemm::gemm_w4a16(&s, &x, m, &ws[i as usize % copies], None, &mut out)
+                            .expect("w4a16");
                     });
                     best = best.min(t.as_secs_f64() / iters as f64);
                     t
                 })
             });
             let bytes = (int4.nbytes() + 2 * m * (k + n)) as f64;
-            ROWS.lock().unwrap().push(Row { name: format!("{name} [{plan}]"), secs: best, bytes, flops: 2.0 * (m * n * k) as f64, peak: peak_bf16 });
+            ROWS.lock().unwrap().push(Row {
+                name: format!("{name} [{plan}]"),
+                secs: best,
+                bytes,
+                flops: 2.0 * (m * n * k) as f64,
+                peak: peak_bf16,
+            });
         }
         drop(ws);
 
         let f8 = random_fp8(n, k, 2);
         let copies = ROTATE_BYTES.div_ceil(n * k).clamp(1, 32);
-        let ws: Vec<GpuFp8Weight> = (0..copies).map(|_| GpuFp8Weight::upload(&s, &f8).expect("upload")).collect();
+        let ws: Vec<GpuFp8Weight> = (0..copies)
+            .map(|_| GpuFp8Weight::upload(&s, &f8).expect("upload"))
+            .collect();
         for &m in &ms {
             for mode in [Fp8Mode::W8A8, Fp8Mode::W8A16] {
                 if mode == Fp8Mode::W8A16 && m > gemm::DECODE_MAX_M {
                     continue; // the decode format
                 }
                 let plan = gemm::gemm_fp8(&s, &x, m, &ws[0], mode, None, &mut out).expect("fp8");
-                let tag = if mode == Fp8Mode::W8A8 { "fp8-w8a8" } else { "fp8-w8a16" };
+                let tag = if mode == Fp8Mode::W8A8 {
+                    "fp8-w8a8"
+                } else {
+                    "fp8-w8a16"
+                };
                 g.throughput(Throughput::Bytes((n * k) as u64));
                 let mut best = f64::INFINITY;
                 g.bench_function(BenchmarkId::new(tag, format!("{m}x{n}x{k}")), |b| {
                     b.iter_custom(|iters| {
                         let t = event_time(&s, iters, |i| {
-                            gemm::gemm_fp8(&s, &x, m, &ws[i as usize % copies], mode, None, &mut out).expect("fp8");
+                            gemm::gemm_fp8(
+                                &s,
+                                &x,
+                                m,
+                                &ws[i as usize % copies],
+                                mode,
+                                None,
+                                &mut out,
+                            )
+                            .expect("fp8");
                         });
                         best = best.min(t.as_secs_f64() / iters as f64);
                         t
                     })
                 });
                 let bytes = (n * k + 4 * n + 2 * m * (k + n)) as f64;
-                let peak = if mode == Fp8Mode::W8A8 { peak_fp8 } else { peak_bf16 };
-                ROWS.lock().unwrap().push(Row { name: format!("{tag} m={m} n={n} k={k} [{plan}]"), secs: best, bytes, flops: 2.0 * (m * n * k) as f64, peak });
+                let peak = if mode == Fp8Mode::W8A8 {
+                    peak_fp8
+                } else {
+                    peak_bf16
+                };
+                ROWS.lock().unwrap().push(Row {
+                    name: format!("{tag} m={m} n={n} k={k} [{plan}]"),
+                    secs: best,
+                    bytes,
+                    flops: 2.0 * (m * n * k) as f64,
+                    peak,
+                });
             }
         }
     }
     g.finish();
 
-    println!("\n{:<100} {:>9} {:>8} {:>8} {:>6}", "case [plan]", "us", "GB/s", "TFLOP/s", "floor");
+    println!(
+        "\n{:<100} {:>9} {:>8} {:>8} {:>6}",
+        "case [plan]", "us", "GB/s", "TFLOP/s", "floor"
+    );
     for r in ROWS.lock().unwrap().iter() {
         let floor = (r.bytes / bw).max(r.flops / r.peak);
         println!(

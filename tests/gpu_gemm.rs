@@ -43,7 +43,9 @@ fn gpu() -> Option<Arc<CudaStream>> {
 struct Rng(u64);
 impl Rng {
     fn fresh() -> Self {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
         Rng(t)
     }
     fn next(&mut self) -> u64 {
@@ -98,7 +100,10 @@ fn compare(
 ) {
     let got = bf16_vals(&stream.clone_dtoh(out).expect("download"));
     let unwritten = got.iter().filter(|v| v.is_nan()).count();
-    assert_eq!(unwritten, 0, "{what}: {unwritten} outputs not written (still NaN)");
+    assert_eq!(
+        unwritten, 0,
+        "{what}: {unwritten} outputs not written (still NaN)"
+    );
     let (mut err, mut mag) = (0f32, 0f32);
     for (i, &r) in rows.iter().enumerate() {
         for j in 0..n {
@@ -108,11 +113,16 @@ fn compare(
         }
     }
     let rel = err / mag.max(f32::MIN_POSITIVE);
-    assert!(rel <= tol, "{what}: max|out-ref|/max|ref| = {rel:.3e} > {tol:e}");
+    assert!(
+        rel <= tol,
+        "{what}: max|out-ref|/max|ref| = {rel:.3e} > {tol:e}"
+    );
 }
 
 fn gather_rows(x: &[f32], k: usize, rows: &[usize]) -> Vec<f32> {
-    rows.iter().flat_map(|&r| x[r * k..(r + 1) * k].iter().copied()).collect()
+    rows.iter()
+        .flat_map(|&r| x[r * k..(r + 1) * k].iter().copied())
+        .collect()
 }
 
 /// Runs one W4A16 case and checks it; returns the plan's path.
@@ -131,7 +141,11 @@ fn w4a16_case(
     let seed = rng.0;
     let what = format!("w4a16 m={m} n={n} k={k} g={group_size} sym={symmetric} {act:?} res={with_residual} seed={seed}");
     let w = rng.vec(n * k, 0.05);
-    let config = Int4Config { group_size, symmetric, scale_dtype: ScaleDType::BF16 };
+    let config = Int4Config {
+        group_size,
+        symmetric,
+        scale_dtype: ScaleDType::BF16,
+    };
     let q = Int4Weight::quantize(&w, n, k, config).expect("quantize");
     let packed = repack_int4(&q, act).expect("repack");
     // The reference uses exactly the weight the kernel sees (scales in the activation dtype).
@@ -141,7 +155,9 @@ fn w4a16_case(
 
     let gw = GpuInt4Weight::upload(stream, &packed).expect("upload");
     let gx = stream.clone_htod(&xbits).expect("x");
-    let gr = res.as_ref().map(|r| stream.clone_htod(&r.0).expect("residual"));
+    let gr = res
+        .as_ref()
+        .map(|r| stream.clone_htod(&r.0).expect("residual"));
     let mut out = stream.clone_htod(&vec![POISON; m * n]).expect("out");
     let plan = match gemm::gemm_w4a16(stream, &gx, m, &gw, gr.as_ref(), &mut out) {
         Err(Error::KernelsNotBuilt(why)) => {
@@ -152,7 +168,8 @@ fn w4a16_case(
     };
     stream.synchronize().expect(&what);
     let rows = check_rows(m, &mut rng);
-    let mut want = reference::gemm(&gather_rows(&xvals, k, &rows), rows.len(), &kernel_weight).expect("reference");
+    let mut want = reference::gemm(&gather_rows(&xvals, k, &rows), rows.len(), &kernel_weight)
+        .expect("reference");
     if let Some((_, rv)) = &res {
         for (i, &r) in rows.iter().enumerate() {
             for j in 0..n {
@@ -160,7 +177,15 @@ fn w4a16_case(
             }
         }
     }
-    compare(&format!("{what} [{plan}]"), stream, &out, n, &rows, &want, TOL_W4A16);
+    compare(
+        &format!("{what} [{plan}]"),
+        stream,
+        &out,
+        n,
+        &rows,
+        &want,
+        TOL_W4A16,
+    );
     Some(plan.path)
 }
 
@@ -216,14 +241,19 @@ fn w4a16_split_k_is_deterministic() {
     let mut rng = Rng::fresh();
     let w = rng.vec(n * k, 0.05);
     let q = Int4Weight::quantize(&w, n, k, Int4Config::default()).expect("quantize");
-    let gw = GpuInt4Weight::upload(&stream, &repack_int4(&q, Act16::BF16).expect("repack")).expect("upload");
-    let gx = stream.clone_htod(&to_act(&rng.vec(m * k, 1.0), Act16::BF16).0).expect("x");
+    let gw = GpuInt4Weight::upload(&stream, &repack_int4(&q, Act16::BF16).expect("repack"))
+        .expect("upload");
+    let gx = stream
+        .clone_htod(&to_act(&rng.vec(m * k, 1.0), Act16::BF16).0)
+        .expect("x");
     let mut runs = Vec::new();
     for _ in 0..2 {
         let mut out = stream.clone_htod(&vec![POISON; m * n]).expect("out");
         match gemm::gemm_w4a16(&stream, &gx, m, &gw, None, &mut out) {
             Err(Error::KernelsNotBuilt(_)) => return println!("skipped: kernels not built"),
-            r => assert!(matches!(r.expect("gemm").path, GemmPath::Decode { split_k, .. } if split_k > 1)),
+            r => assert!(
+                matches!(r.expect("gemm").path, GemmPath::Decode { split_k, .. } if split_k > 1)
+            ),
         }
         runs.push(stream.clone_dtoh(&out).expect("download"));
     }
@@ -255,23 +285,46 @@ fn fp8_quantize_bit_exact() {
         let scales = stream.clone_dtoh(&scales).expect("scales");
         let ldc = k.div_ceil(16) * 16;
         for r in 0..m {
-            assert_eq!(scales[r].to_bits(), want_scales[r].to_bits(), "m={m} k={k} row {r} scale");
-            assert_eq!(&codes[r * ldc..r * ldc + k], &want_codes[r * k..(r + 1) * k], "m={m} k={k} row {r}");
-            assert!(codes[r * ldc + k..(r + 1) * ldc].iter().all(|&c| c == 0), "padding not zeroed");
+            assert_eq!(
+                scales[r].to_bits(),
+                want_scales[r].to_bits(),
+                "m={m} k={k} row {r} scale"
+            );
+            assert_eq!(
+                &codes[r * ldc..r * ldc + k],
+                &want_codes[r * k..(r + 1) * k],
+                "m={m} k={k} row {r}"
+            );
+            assert!(
+                codes[r * ldc + k..(r + 1) * ldc].iter().all(|&c| c == 0),
+                "padding not zeroed"
+            );
         }
     }
 }
 
-fn fp8_case(stream: &Arc<CudaStream>, m: usize, n: usize, k: usize, mode: Fp8Mode, with_residual: bool) -> Option<GemmPath> {
+fn fp8_case(
+    stream: &Arc<CudaStream>,
+    m: usize,
+    n: usize,
+    k: usize,
+    mode: Fp8Mode,
+    with_residual: bool,
+) -> Option<GemmPath> {
     let mut rng = Rng::fresh();
-    let what = format!("fp8 {mode:?} m={m} n={n} k={k} res={with_residual} seed={}", rng.0);
+    let what = format!(
+        "fp8 {mode:?} m={m} n={n} k={k} res={with_residual} seed={}",
+        rng.0
+    );
     let w = rng.vec(n * k, 0.05);
     let q = Fp8Weight::quantize(&w, n, k, Fp8Scaling::PerChannel).expect("quantize");
     let (xbits, xvals) = to_act(&rng.vec(m * k, 1.0), Act16::BF16);
     let res = with_residual.then(|| to_act(&rng.vec(m * n, 1.0), Act16::BF16));
     let gw = GpuFp8Weight::upload(stream, &q).expect("upload");
     let gx = stream.clone_htod(&xbits).expect("x");
-    let gr = res.as_ref().map(|r| stream.clone_htod(&r.0).expect("residual"));
+    let gr = res
+        .as_ref()
+        .map(|r| stream.clone_htod(&r.0).expect("residual"));
     let mut out = stream.clone_htod(&vec![POISON; m * n]).expect("out");
     let plan = match gemm::gemm_fp8(stream, &gx, m, &gw, mode, gr.as_ref(), &mut out) {
         Err(Error::KernelsNotBuilt(why)) => {
@@ -295,7 +348,15 @@ fn fp8_case(stream: &Arc<CudaStream>, m: usize, n: usize, k: usize, mode: Fp8Mod
             }
         }
     }
-    compare(&format!("{what} [{plan}]"), stream, &out, n, &rows, &want, TOL_FP8);
+    compare(
+        &format!("{what} [{plan}]"),
+        stream,
+        &out,
+        n,
+        &rows,
+        &want,
+        TOL_FP8,
+    );
     Some(plan.path)
 }
 
@@ -327,13 +388,29 @@ fn fp8_shapes() {
 #[test]
 fn rejects_bad_shapes() {
     let Some(stream) = gpu() else { return };
-    let w = Int4Weight::quantize(&Rng::fresh().vec(32 * 128, 0.1), 32, 128, Int4Config::default()).expect("quantize");
-    let gw = GpuInt4Weight::upload(&stream, &repack_int4(&w, Act16::BF16).expect("repack")).expect("upload");
+    let w = Int4Weight::quantize(
+        &Rng::fresh().vec(32 * 128, 0.1),
+        32,
+        128,
+        Int4Config::default(),
+    )
+    .expect("quantize");
+    let gw = GpuInt4Weight::upload(&stream, &repack_int4(&w, Act16::BF16).expect("repack"))
+        .expect("upload");
     let gx = stream.clone_htod(&vec![0x3f80u16; 2 * 128]).expect("x");
     let mut out = stream.clone_htod(&vec![POISON; 2 * 32]).expect("out");
     // x too short for m = 3.
-    assert!(matches!(gemm::gemm_w4a16(&stream, &gx, 3, &gw, None, &mut out), Err(Error::Shape { .. })));
-    let fw = Fp8Weight::quantize(&Rng::fresh().vec(32 * 40, 0.1), 32, 40, Fp8Scaling::PerChannel).expect("quantize");
+    assert!(matches!(
+        gemm::gemm_w4a16(&stream, &gx, 3, &gw, None, &mut out),
+        Err(Error::Shape { .. })
+    ));
+    let fw = Fp8Weight::quantize(
+        &Rng::fresh().vec(32 * 40, 0.1),
+        32,
+        40,
+        Fp8Scaling::PerChannel,
+    )
+    .expect("quantize");
     let gfw = GpuFp8Weight::upload(&stream, &fw).expect("upload");
     let gx = stream.clone_htod(&vec![0x3f80u16; 2 * 40]).expect("x");
     // k = 40 is not a multiple of 16.

@@ -53,7 +53,11 @@ pub enum Fp8Mode {
 }
 
 fn cuda_err(op: &'static str) -> impl Fn(cudarc::driver::DriverError) -> Error {
-    move |e| Error::Cuda { op, name: format!("{:?}", e.0), message: e.to_string() }
+    move |e| Error::Cuda {
+        op,
+        name: format!("{:?}", e.0),
+        message: e.to_string(),
+    }
 }
 
 /// Compute capability and SM count of the stream's device.
@@ -61,8 +65,13 @@ pub fn device_info(stream: &Arc<CudaStream>) -> Result<DeviceInfo> {
     use cudarc::driver::sys::CUdevice_attribute as A;
     let ctx = stream.context();
     let (major, minor) = ctx.compute_capability().map_err(cuda_err("device_info"))?;
-    let sms = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).map_err(cuda_err("device_info"))?;
-    Ok(DeviceInfo { cc: (major as u32, minor as u32), sm_count: sms as u32 })
+    let sms = ctx
+        .attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        .map_err(cuda_err("device_info"))?;
+    Ok(DeviceInfo {
+        cc: (major as u32, minor as u32),
+        sm_count: sms as u32,
+    })
 }
 
 impl GpuInt4Weight {
@@ -78,7 +87,12 @@ impl GpuInt4Weight {
             groups: r.groups,
             qweight: stream.clone_htod(&r.qweight).map_err(cuda_err(op))?,
             scales: stream.clone_htod(&r.scales).map_err(cuda_err(op))?,
-            zero_bias: r.zero_bias.as_ref().map(|z| stream.clone_htod(z)).transpose().map_err(cuda_err(op))?,
+            zero_bias: r
+                .zero_bias
+                .as_ref()
+                .map(|z| stream.clone_htod(z))
+                .transpose()
+                .map_err(cuda_err(op))?,
         })
     }
 }
@@ -118,14 +132,23 @@ fn check_io(
     residual: Option<usize>,
 ) -> Result<()> {
     if x_len < m * k {
-        return Err(Error::shape(op, format!("x has {x_len} elements, [m={m}, k={k}] needs {}", m * k)));
+        return Err(Error::shape(
+            op,
+            format!("x has {x_len} elements, [m={m}, k={k}] needs {}", m * k),
+        ));
     }
     if out_len < m * n {
-        return Err(Error::shape(op, format!("out has {out_len} elements, [m={m}, n={n}] needs {}", m * n)));
+        return Err(Error::shape(
+            op,
+            format!("out has {out_len} elements, [m={m}, n={n}] needs {}", m * n),
+        ));
     }
     if let Some(r) = residual {
         if r < m * n {
-            return Err(Error::shape(op, format!("residual has {r} elements, [m={m}, n={n}] needs {}", m * n)));
+            return Err(Error::shape(
+                op,
+                format!("residual has {r} elements, [m={m}, n={n}] needs {}", m * n),
+            ));
         }
     }
     Ok(())
@@ -142,9 +165,26 @@ pub fn gemm_w4a16(
     out: &mut CudaSlice<u16>,
 ) -> Result<GemmPlan> {
     const OP: &str = "gemm_w4a16";
-    check_io(OP, x.len(), m, w.n, w.k, out.len(), residual.map(|r| r.len()))?;
+    check_io(
+        OP,
+        x.len(),
+        m,
+        w.n,
+        w.k,
+        out.len(),
+        residual.map(|r| r.len()),
+    )?;
     let dev = device_info(stream)?;
-    let plan = GemmPlan::new(GemmKind::W4A16 { act: w.act, group_size: w.group_size }, m, w.n, w.k, dev)?;
+    let plan = GemmPlan::new(
+        GemmKind::W4A16 {
+            act: w.act,
+            group_size: w.group_size,
+        },
+        m,
+        w.n,
+        w.k,
+        dev,
+    )?;
     if m == 0 {
         return Ok(plan);
     }
@@ -164,7 +204,15 @@ pub fn gemm_fp8(
     out: &mut CudaSlice<u16>,
 ) -> Result<GemmPlan> {
     const OP: &str = "gemm_fp8";
-    check_io(OP, x.len(), m, w.n, w.k, out.len(), residual.map(|r| r.len()))?;
+    check_io(
+        OP,
+        x.len(),
+        m,
+        w.n,
+        w.k,
+        out.len(),
+        residual.map(|r| r.len()),
+    )?;
     let dev = device_info(stream)?;
     let kind = match mode {
         Fp8Mode::W8A16 => GemmKind::Fp8W8A16,
@@ -192,7 +240,10 @@ pub fn fp8_quantize_per_token(
         return Err(Error::shape(OP, "k = 0"));
     }
     if x.len() < m * k {
-        return Err(Error::shape(OP, format!("x has {} elements, [m={m}, k={k}] needs {}", x.len(), m * k)));
+        return Err(Error::shape(
+            OP,
+            format!("x has {} elements, [m={m}, k={k}] needs {}", x.len(), m * k),
+        ));
     }
     launch::quantize(stream, x, m, k)
 }
@@ -264,7 +315,10 @@ mod launch {
             len => Some(stream.alloc_zeros::<f32>(len).map_err(cuda_err(OP))?),
         };
         let (token_tiles, split_k) = match plan.path {
-            GemmPath::Decode { token_tiles, split_k } => (token_tiles as i32, split_k as i32),
+            GemmPath::Decode {
+                token_tiles,
+                split_k,
+            } => (token_tiles as i32, split_k as i32),
             _ => (1, 1),
         };
         let (xp, _gx) = x.device_ptr(stream);
@@ -278,10 +332,16 @@ mod launch {
             x: xp as usize as *const _,
             qweight: qp as usize as *const u32,
             scales: sp as usize as *const _,
-            zero_bias: zb.as_ref().map_or(std::ptr::null(), |z| z.0 as usize as *const _),
-            residual: rp.as_ref().map_or(std::ptr::null(), |r| r.0 as usize as *const _),
+            zero_bias: zb
+                .as_ref()
+                .map_or(std::ptr::null(), |z| z.0 as usize as *const _),
+            residual: rp
+                .as_ref()
+                .map_or(std::ptr::null(), |r| r.0 as usize as *const _),
             out: op_ as usize as *mut _,
-            workspace: wsp.as_ref().map_or(std::ptr::null_mut(), |b| b.0 as usize as *mut f32),
+            workspace: wsp
+                .as_ref()
+                .map_or(std::ptr::null_mut(), |b| b.0 as usize as *mut f32),
             m: m as i64,
             n: w.n as i64,
             k: w.k as i64,
@@ -322,7 +382,10 @@ mod launch {
         const OP: &str = "gemm_fp8";
         let decode = matches!(plan.path, GemmPath::Decode { .. });
         let (token_tiles, split_k) = match plan.path {
-            GemmPath::Decode { token_tiles, split_k } => (token_tiles as i32, split_k as i32),
+            GemmPath::Decode {
+                token_tiles,
+                split_k,
+            } => (token_tiles as i32, split_k as i32),
             _ => (1, 1),
         };
         let k = w.k;
@@ -333,8 +396,16 @@ mod launch {
         let mut decoded = None;
         if mode == Fp8Mode::W8A8 {
             let mut s = stream.alloc_zeros::<f32>(m).map_err(cuda_err(OP))?;
-            let mut c = if decode { None } else { Some(stream.alloc_zeros::<u8>(m * ldc).map_err(cuda_err(OP))?) };
-            let mut d = if decode { Some(stream.alloc_zeros::<u16>(m * k).map_err(cuda_err(OP))?) } else { None };
+            let mut c = if decode {
+                None
+            } else {
+                Some(stream.alloc_zeros::<u8>(m * ldc).map_err(cuda_err(OP))?)
+            };
+            let mut d = if decode {
+                Some(stream.alloc_zeros::<u16>(m * k).map_err(cuda_err(OP))?)
+            } else {
+                None
+            };
             {
                 let (xp, _gx) = x.device_ptr(stream);
                 let (sp, _gs) = s.device_ptr_mut(stream);
@@ -342,9 +413,13 @@ mod launch {
                 let dp = d.as_mut().map(|d| d.device_ptr_mut(stream));
                 let q = ffi::l4c_fp8_quantize_params {
                     x: xp as usize as *const _,
-                    codes: cp.as_ref().map_or(std::ptr::null_mut(), |c| c.0 as usize as *mut u8),
+                    codes: cp
+                        .as_ref()
+                        .map_or(std::ptr::null_mut(), |c| c.0 as usize as *mut u8),
                     scales: sp as usize as *mut f32,
-                    decoded: dp.as_ref().map_or(std::ptr::null_mut(), |d| d.0 as usize as *mut _),
+                    decoded: dp
+                        .as_ref()
+                        .map_or(std::ptr::null_mut(), |d| d.0 as usize as *mut _),
                     m: m as i64,
                     k: k as i64,
                     ldx: k as i64,
@@ -379,12 +454,18 @@ mod launch {
         let (op_, _go) = out.device_ptr_mut(stream);
         let p = ffi::l4c_gemm_fp8_params {
             x: xg as usize as *const _,
-            x_scales: xs.as_ref().map_or(std::ptr::null(), |s| s.0 as usize as *const f32),
+            x_scales: xs
+                .as_ref()
+                .map_or(std::ptr::null(), |s| s.0 as usize as *const f32),
             w: wp as usize as *const u8,
             w_scales: wsc as usize as *const f32,
-            residual: rp.as_ref().map_or(std::ptr::null(), |r| r.0 as usize as *const _),
+            residual: rp
+                .as_ref()
+                .map_or(std::ptr::null(), |r| r.0 as usize as *const _),
             out: op_ as usize as *mut _,
-            workspace: wsp.as_ref().map_or(std::ptr::null_mut(), |b| b.0 as usize as *mut f32),
+            workspace: wsp
+                .as_ref()
+                .map_or(std::ptr::null_mut(), |b| b.0 as usize as *mut f32),
             m: m as i64,
             n: w.n as i64,
             k: k as i64,

@@ -122,12 +122,18 @@ fn zero_point(w: &Int4Weight, row: usize, grp: usize) -> u8 {
 fn validate(w: &Int4Weight) -> Result<()> {
     const OP: &str = "repack_int4";
     if w.n == 0 || w.k == 0 {
-        return Err(Error::shape(OP, format!("weight is [{}, {}]: empty", w.n, w.k)));
+        return Err(Error::shape(
+            OP,
+            format!("weight is [{}, {}]: empty", w.n, w.k),
+        ));
     }
     if !matches!(w.config.group_size, 32 | 64 | 128) {
         return Err(Error::invalid(
             OP,
-            format!("group size {} (the kernels take 32, 64 or 128)", w.config.group_size),
+            format!(
+                "group size {} (the kernels take 32, 64 or 128)",
+                w.config.group_size
+            ),
         ));
     }
     crate::error::check_len(OP, "packed", w.packed.len(), w.n * w.k.div_ceil(2))?;
@@ -138,7 +144,10 @@ fn validate(w: &Int4Weight) -> Result<()> {
         (Some(z), false) => {
             crate::error::check_len(OP, "zeros", z.len(), w.n * gpr)?;
             if let Some(bad) = z.iter().find(|&&v| v > 15) {
-                return Err(Error::invalid(OP, format!("zero point {bad} outside [0, 15]")));
+                return Err(Error::invalid(
+                    OP,
+                    format!("zero point {bad} outside [0, 15]"),
+                ));
             }
         }
         (None, false) => return Err(Error::invalid(OP, "asymmetric weight without zero points")),
@@ -185,7 +194,8 @@ pub fn repack_int4(w: &Int4Weight, act: Act16) -> Result<RepackedInt4> {
     }
 
     let mut scales = vec![0u16; tiles * groups * TILE_ROWS];
-    let mut zero_bias = (!w.config.symmetric).then(|| vec![act.to_bits(act.magic() + 8.0); scales.len()]);
+    let mut zero_bias =
+        (!w.config.symmetric).then(|| vec![act.to_bits(act.magic() + 8.0); scales.len()]);
     for row in 0..w.n {
         let (tile, r) = (row / TILE_ROWS, row % TILE_ROWS);
         for grp in 0..gpr {
@@ -196,7 +206,17 @@ pub fn repack_int4(w: &Int4Weight, act: Act16) -> Result<RepackedInt4> {
             }
         }
     }
-    Ok(RepackedInt4 { n: w.n, k: w.k, config: w.config, act, k_slabs, groups, qweight, scales, zero_bias })
+    Ok(RepackedInt4 {
+        n: w.n,
+        k: w.k,
+        config: w.config,
+        act,
+        k_slabs,
+        groups,
+        qweight,
+        scales,
+        zero_bias,
+    })
 }
 
 /// Inverse of [`repack_int4`]: the [`Int4Weight`] the kernels compute with (its scales are the
@@ -206,12 +226,26 @@ pub fn unpack_int4(r: &RepackedInt4) -> Result<Int4Weight> {
     let gs = r.config.group_size;
     let tiles = r.n.div_ceil(TILE_ROWS);
     if r.n == 0 || r.k == 0 || !matches!(gs, 32 | 64 | 128) {
-        return Err(Error::invalid(OP, format!("n {} k {} group {}", r.n, r.k, gs)));
+        return Err(Error::invalid(
+            OP,
+            format!("n {} k {} group {}", r.n, r.k, gs),
+        ));
     }
     if r.k_slabs != r.k.div_ceil(SLAB_K) || r.groups != (r.k_slabs * SLAB_K).div_ceil(gs) {
-        return Err(Error::invalid(OP, format!("k_slabs {} / groups {} do not match k {}", r.k_slabs, r.groups, r.k)));
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "k_slabs {} / groups {} do not match k {}",
+                r.k_slabs, r.groups, r.k
+            ),
+        ));
     }
-    crate::error::check_len(OP, "qweight", r.qweight.len(), tiles * r.k_slabs * SLAB_WORDS)?;
+    crate::error::check_len(
+        OP,
+        "qweight",
+        r.qweight.len(),
+        tiles * r.k_slabs * SLAB_WORDS,
+    )?;
     crate::error::check_len(OP, "scales", r.scales.len(), tiles * r.groups * TILE_ROWS)?;
     if let Some(zb) = &r.zero_bias {
         crate::error::check_len(OP, "zero_bias", zb.len(), r.scales.len())?;
@@ -230,7 +264,8 @@ pub fn unpack_int4(r: &RepackedInt4) -> Result<Int4Weight> {
                         let (row, col) = nibble_coords(tile, slab, lane, j, i);
                         if row < r.n && col < r.k {
                             let q = ((word >> (4 * i)) & 0xf) as u8;
-                            packed[row * row_bytes + col / 2] |= if col % 2 == 0 { q } else { q << 4 };
+                            packed[row * row_bytes + col / 2] |=
+                                if col % 2 == 0 { q } else { q << 4 };
                         }
                     }
                 }
@@ -247,7 +282,10 @@ pub fn unpack_int4(r: &RepackedInt4) -> Result<Int4Weight> {
             if let (Some(z), Some(zb)) = (zeros.as_mut(), r.zero_bias.as_ref()) {
                 let zp = r.act.from_bits(zb[at]) - r.act.magic();
                 if !(0.0..=15.0).contains(&zp) || zp.fract() != 0.0 {
-                    return Err(Error::invalid(OP, format!("zero bias decodes to {zp}, not a zero point")));
+                    return Err(Error::invalid(
+                        OP,
+                        format!("zero bias decodes to {zp}, not a zero point"),
+                    ));
                 }
                 z[row * gpr + grp] = zp as u8;
             }
@@ -260,13 +298,22 @@ pub fn unpack_int4(r: &RepackedInt4) -> Result<Int4Weight> {
         },
         ..r.config
     };
-    Ok(Int4Weight { n: r.n, k: r.k, config, packed, scales, zeros })
+    Ok(Int4Weight {
+        n: r.n,
+        k: r.k,
+        config,
+        packed,
+        scales,
+        zeros,
+    })
 }
 
 impl RepackedInt4 {
     /// Bytes the kernels stream per call: codes, scales and zero biases.
     pub fn nbytes(&self) -> usize {
-        4 * self.qweight.len() + 2 * self.scales.len() + self.zero_bias.as_ref().map_or(0, |z| 2 * z.len())
+        4 * self.qweight.len()
+            + 2 * self.scales.len()
+            + self.zero_bias.as_ref().map_or(0, |z| 2 * z.len())
     }
 }
 
@@ -297,8 +344,19 @@ mod tests {
             .map(|_| bf16::from_f32(((next() % 1000) as f32 + 1.0) * 1e-4).to_f32())
             .collect();
         let zeros = (!symmetric).then(|| (0..n * gpr).map(|_| (next() % 16) as u8).collect());
-        let config = Int4Config { group_size: gs, symmetric, scale_dtype: ScaleDType::BF16 };
-        Int4Weight { n, k, config, packed, scales, zeros }
+        let config = Int4Config {
+            group_size: gs,
+            symmetric,
+            scale_dtype: ScaleDType::BF16,
+        };
+        Int4Weight {
+            n,
+            k,
+            config,
+            packed,
+            scales,
+            zeros,
+        }
     }
 
     #[test]
@@ -368,13 +426,22 @@ mod tests {
     fn rejects_inconsistent_weights() {
         let mut w = random_weight(16, 64, 128, true, 1);
         w.packed.pop();
-        assert!(matches!(repack_int4(&w, Act16::BF16), Err(Error::Shape { .. })));
+        assert!(matches!(
+            repack_int4(&w, Act16::BF16),
+            Err(Error::Shape { .. })
+        ));
         let mut w = random_weight(16, 64, 128, true, 1);
         w.config.group_size = 96;
-        assert!(matches!(repack_int4(&w, Act16::BF16), Err(Error::InvalidArgument { .. })));
+        assert!(matches!(
+            repack_int4(&w, Act16::BF16),
+            Err(Error::InvalidArgument { .. })
+        ));
         let mut w = random_weight(16, 64, 128, false, 1);
         w.zeros.as_mut().unwrap()[0] = 16;
-        assert!(matches!(repack_int4(&w, Act16::BF16), Err(Error::InvalidArgument { .. })));
+        assert!(matches!(
+            repack_int4(&w, Act16::BF16),
+            Err(Error::InvalidArgument { .. })
+        ));
         let mut w = random_weight(16, 64, 128, true, 1);
         w.scales[0] = f32::NAN;
         assert!(repack_int4(&w, Act16::BF16).is_err());

@@ -74,7 +74,10 @@ pub struct l4c_gemm_fp8_params {
 
 extern "C" {
     pub fn l4c_gemm_w4a16(p: *const l4c_gemm_w4a16_params, stream: l4c_stream_t) -> l4c_status;
-    pub fn l4c_fp8_quantize_per_token(p: *const l4c_fp8_quantize_params, stream: l4c_stream_t) -> l4c_status;
+    pub fn l4c_fp8_quantize_per_token(
+        p: *const l4c_fp8_quantize_params,
+        stream: l4c_stream_t,
+    ) -> l4c_status;
     pub fn l4c_gemm_fp8(p: *const l4c_gemm_fp8_params, stream: l4c_stream_t) -> l4c_status;
     fn l4c_status_string(status: l4c_status) -> *const c_char;
     fn l4c_last_cuda_error(name: *mut *const c_char, message: *mut *const c_char) -> i32;
@@ -86,7 +89,9 @@ pub fn check(op: &'static str, st: l4c_status) -> Result<()> {
         return Ok(());
     }
     // SAFETY: l4c_status_string returns a static NUL-terminated string for any value.
-    let what = unsafe { CStr::from_ptr(l4c_status_string(st)) }.to_string_lossy().into_owned();
+    let what = unsafe { CStr::from_ptr(l4c_status_string(st)) }
+        .to_string_lossy()
+        .into_owned();
     match st {
         1 => Err(Error::invalid(op, what)),
         2 => Err(Error::DType { op, msg: what }),
@@ -102,7 +107,11 @@ pub fn check(op: &'static str, st: l4c_status) -> Result<()> {
                     unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
                 }
             };
-            Err(Error::Cuda { op, name: format!("{} ({code})", read(name)), message: format!("{what}: {}", read(msg)) })
+            Err(Error::Cuda {
+                op,
+                name: format!("{} ({code})", read(name)),
+                message: format!("{what}: {}", read(msg)),
+            })
         }
     }
 }
@@ -114,7 +123,10 @@ mod tests {
 
     #[test]
     fn layouts_match_the_header() {
-        assert_eq!(size_of::<l4c_gemm_w4a16_params>(), 7 * 8 + 8 * 8 + 5 * 4 + 4);
+        assert_eq!(
+            size_of::<l4c_gemm_w4a16_params>(),
+            7 * 8 + 8 * 8 + 5 * 4 + 4
+        );
         assert_eq!(offset_of!(l4c_gemm_w4a16_params, m), 56);
         assert_eq!(offset_of!(l4c_gemm_w4a16_params, group_size), 120);
         assert_eq!(offset_of!(l4c_gemm_w4a16_params, split_k), 136);

@@ -64,9 +64,15 @@ pub struct DeviceInfo {
 
 impl DeviceInfo {
     /// H100 SXM: compute capability 9.0, 132 SMs.
-    pub const H100: DeviceInfo = DeviceInfo { cc: (9, 0), sm_count: 132 };
+    pub const H100: DeviceInfo = DeviceInfo {
+        cc: (9, 0),
+        sm_count: 132,
+    };
     /// A100: compute capability 8.0, 108 SMs.
-    pub const A100: DeviceInfo = DeviceInfo { cc: (8, 0), sm_count: 108 };
+    pub const A100: DeviceInfo = DeviceInfo {
+        cc: (8, 0),
+        sm_count: 108,
+    };
 }
 
 impl GemmPlan {
@@ -79,15 +85,24 @@ impl GemmPlan {
         if dev.cc.0 < 8 {
             return Err(Error::invalid(
                 OP,
-                format!("compute capability {}.{}: the GEMM kernels need sm_80 or newer", dev.cc.0, dev.cc.1),
+                format!(
+                    "compute capability {}.{}: the GEMM kernels need sm_80 or newer",
+                    dev.cc.0, dev.cc.1
+                ),
             ));
         }
         if matches!(kind, GemmKind::Fp8W8A16 | GemmKind::Fp8W8A8) && k % 16 != 0 {
-            return Err(Error::invalid(OP, format!("fp8 GEMM needs k % 16 == 0 (whole 16-byte row pieces), k = {k}")));
+            return Err(Error::invalid(
+                OP,
+                format!("fp8 GEMM needs k % 16 == 0 (whole 16-byte row pieces), k = {k}"),
+            ));
         }
         if let GemmKind::W4A16 { group_size, .. } = kind {
             if !matches!(group_size, 32 | 64 | 128) {
-                return Err(Error::invalid(OP, format!("int4 group size {group_size}: the kernels take 32, 64 or 128")));
+                return Err(Error::invalid(
+                    OP,
+                    format!("int4 group size {group_size}: the kernels take 32, 64 or 128"),
+                ));
             }
         }
         let decode = match kind {
@@ -103,24 +118,38 @@ impl GemmPlan {
                 9..=16 => 2,
                 _ => 4,
             };
-            let blocks = n.div_ceil(16).div_ceil(DECODE_WARPS) * m.max(1).div_ceil(8 * token_tiles as usize);
+            let blocks =
+                n.div_ceil(16).div_ceil(DECODE_WARPS) * m.max(1).div_ceil(8 * token_tiles as usize);
             let slabs = k.div_ceil(SLAB_K);
             let want = (DECODE_BLOCKS_PER_SM * dev.sm_count as usize).div_ceil(blocks);
             let max_split = (slabs / DECODE_MIN_SLABS_PER_SPLIT).max(1);
             let split_k = want.clamp(1, max_split.min(64)) as u32;
-            GemmPath::Decode { token_tiles, split_k }
+            GemmPath::Decode {
+                token_tiles,
+                split_k,
+            }
         } else if dev.cc == (9, 0) {
             GemmPath::PrefillWgmma
         } else {
             GemmPath::PrefillMma
         };
-        Ok(GemmPlan { kind, m, n, k, cc: dev.cc, path })
+        Ok(GemmPlan {
+            kind,
+            m,
+            n,
+            k,
+            cc: dev.cc,
+            path,
+        })
     }
 
     /// The main kernel's grid (x, y, z).
     pub fn grid(&self) -> (u32, u32, u32) {
         match self.path {
-            GemmPath::Decode { token_tiles, split_k } => (
+            GemmPath::Decode {
+                token_tiles,
+                split_k,
+            } => (
                 self.n.div_ceil(16).div_ceil(DECODE_WARPS) as u32,
                 split_k,
                 self.m.max(1).div_ceil(8 * token_tiles as usize) as u32,
@@ -153,8 +182,14 @@ impl GemmPlan {
 impl fmt::Display for GemmKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            GemmKind::W4A16 { act: Act16::BF16, group_size } => write!(f, "w4a16-bf16-g{group_size}"),
-            GemmKind::W4A16 { act: Act16::F16, group_size } => write!(f, "w4a16-f16-g{group_size}"),
+            GemmKind::W4A16 {
+                act: Act16::BF16,
+                group_size,
+            } => write!(f, "w4a16-bf16-g{group_size}"),
+            GemmKind::W4A16 {
+                act: Act16::F16,
+                group_size,
+            } => write!(f, "w4a16-f16-g{group_size}"),
             GemmKind::Fp8W8A16 => f.write_str("fp8-w8a16"),
             GemmKind::Fp8W8A8 => f.write_str("fp8-w8a8"),
         }
@@ -165,11 +200,16 @@ impl fmt::Display for GemmPlan {
     /// e.g. `w4a16-bf16-g128 m=1 n=5120 k=5120 sm_90: decode tokens=8 split_k=7 grid=80x7x1`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (gx, gy, gz) = self.grid();
-        write!(f, "{} m={} n={} k={} sm_{}{}: ", self.kind, self.m, self.n, self.k, self.cc.0, self.cc.1)?;
+        write!(
+            f,
+            "{} m={} n={} k={} sm_{}{}: ",
+            self.kind, self.m, self.n, self.k, self.cc.0, self.cc.1
+        )?;
         match self.path {
-            GemmPath::Decode { token_tiles, split_k } => {
-                write!(f, "decode tokens={} split_k={split_k}", 8 * token_tiles)?
-            }
+            GemmPath::Decode {
+                token_tiles,
+                split_k,
+            } => write!(f, "decode tokens={} split_k={split_k}", 8 * token_tiles)?,
             GemmPath::PrefillMma => write!(f, "prefill mma.sync 128x128x64")?,
             GemmPath::PrefillWgmma => write!(f, "prefill wgmma 128x128x64")?,
         }
@@ -184,10 +224,20 @@ impl fmt::Display for GemmPlan {
 mod tests {
     use super::*;
 
-    const BF16_G128: GemmKind = GemmKind::W4A16 { act: Act16::BF16, group_size: 128 };
+    const BF16_G128: GemmKind = GemmKind::W4A16 {
+        act: Act16::BF16,
+        group_size: 128,
+    };
     /// Llama 4 projections: (n, k).
-    const SHAPES: [(usize, usize); 7] =
-        [(1024, 5120), (5120, 5120), (8192, 5120), (16384, 5120), (202048, 5120), (5120, 8192), (5120, 16384)];
+    const SHAPES: [(usize, usize); 7] = [
+        (1024, 5120),
+        (5120, 5120),
+        (8192, 5120),
+        (16384, 5120),
+        (202048, 5120),
+        (5120, 8192),
+        (5120, 16384),
+    ];
     const MS: [usize; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 512, 2048, 8192];
 
     #[test]
@@ -199,7 +249,10 @@ mod tests {
                         let p = GemmPlan::new(kind, m, n, k, dev).unwrap();
                         let decode = m <= DECODE_MAX_M || kind == GemmKind::Fp8W8A16;
                         match p.path {
-                            GemmPath::Decode { token_tiles, split_k } => {
+                            GemmPath::Decode {
+                                token_tiles,
+                                split_k,
+                            } => {
                                 assert!(decode, "{p}");
                                 assert!(8 * token_tiles as usize >= m.min(32), "{p}");
                                 let slabs_per_split = k.div_ceil(64).div_ceil(split_k as usize);
@@ -209,10 +262,18 @@ mod tests {
                                 let blocks = (gx * gy * gz) as usize;
                                 assert!(
                                     blocks >= 2 * dev.sm_count as usize
-                                        || k.div_ceil(64) / (split_k as usize) < 2 * DECODE_MIN_SLABS_PER_SPLIT,
+                                        || k.div_ceil(64) / (split_k as usize)
+                                            < 2 * DECODE_MIN_SLABS_PER_SPLIT,
                                     "{p}"
                                 );
-                                assert_eq!(p.workspace_len(), if split_k > 1 { split_k as usize * m * n } else { 0 });
+                                assert_eq!(
+                                    p.workspace_len(),
+                                    if split_k > 1 {
+                                        split_k as usize * m * n
+                                    } else {
+                                        0
+                                    }
+                                );
                             }
                             GemmPath::PrefillWgmma => assert!(!decode && dev.cc == (9, 0), "{p}"),
                             GemmPath::PrefillMma => assert!(!decode && dev.cc == (8, 0), "{p}"),
@@ -226,11 +287,20 @@ mod tests {
     #[test]
     fn display_names_the_choice() {
         let p = GemmPlan::new(BF16_G128, 1, 5120, 5120, DeviceInfo::H100).unwrap();
-        assert_eq!(p.to_string(), "w4a16-bf16-g128 m=1 n=5120 k=5120 sm_90: decode tokens=8 split_k=7 grid=80x7x1");
+        assert_eq!(
+            p.to_string(),
+            "w4a16-bf16-g128 m=1 n=5120 k=5120 sm_90: decode tokens=8 split_k=7 grid=80x7x1"
+        );
         let p = GemmPlan::new(BF16_G128, 2048, 8192, 5120, DeviceInfo::H100).unwrap();
-        assert_eq!(p.to_string(), "w4a16-bf16-g128 m=2048 n=8192 k=5120 sm_90: prefill wgmma 128x128x64 grid=64x16x1");
+        assert_eq!(
+            p.to_string(),
+            "w4a16-bf16-g128 m=2048 n=8192 k=5120 sm_90: prefill wgmma 128x128x64 grid=64x16x1"
+        );
         let p = GemmPlan::new(GemmKind::Fp8W8A8, 512, 5120, 16384, DeviceInfo::A100).unwrap();
-        assert_eq!(p.to_string(), "fp8-w8a8 m=512 n=5120 k=16384 sm_80: prefill mma.sync 128x128x64 grid=40x4x1");
+        assert_eq!(
+            p.to_string(),
+            "fp8-w8a8 m=512 n=5120 k=16384 sm_80: prefill mma.sync 128x128x64 grid=40x4x1"
+        );
         let p = GemmPlan::new(GemmKind::Fp8W8A8, 4, 202048, 5120, DeviceInfo::H100).unwrap();
         assert_eq!(p.to_string(), "fp8-w8a8 m=4 n=202048 k=5120 sm_90: decode tokens=8 split_k=1 (quantize+decode) grid=3157x1x1");
     }
@@ -239,18 +309,43 @@ mod tests {
     fn odd_shapes_and_errors() {
         // k not a multiple of 8 forces the decode path for int4 at any m.
         let p = GemmPlan::new(BF16_G128, 300, 100, 384 + 3, DeviceInfo::H100).unwrap();
-        assert!(matches!(p.path, GemmPath::Decode { token_tiles: 4, .. }), "{p}");
+        assert!(
+            matches!(p.path, GemmPath::Decode { token_tiles: 4, .. }),
+            "{p}"
+        );
         assert_eq!(p.grid().2, 10);
         // m = 0 plans (the launch is a no-op).
         assert!(GemmPlan::new(BF16_G128, 0, 64, 64, DeviceInfo::A100).is_ok());
-        assert!(matches!(GemmPlan::new(GemmKind::Fp8W8A8, 4, 64, 40, DeviceInfo::H100), Err(Error::InvalidArgument { .. })));
-        assert!(matches!(GemmPlan::new(BF16_G128, 4, 0, 64, DeviceInfo::H100), Err(Error::Shape { .. })));
-        let g96 = GemmKind::W4A16 { act: Act16::F16, group_size: 96 };
+        assert!(matches!(
+            GemmPlan::new(GemmKind::Fp8W8A8, 4, 64, 40, DeviceInfo::H100),
+            Err(Error::InvalidArgument { .. })
+        ));
+        assert!(matches!(
+            GemmPlan::new(BF16_G128, 4, 0, 64, DeviceInfo::H100),
+            Err(Error::Shape { .. })
+        ));
+        let g96 = GemmKind::W4A16 {
+            act: Act16::F16,
+            group_size: 96,
+        };
         assert!(GemmPlan::new(g96, 4, 64, 64, DeviceInfo::H100).is_err());
-        let volta = DeviceInfo { cc: (7, 0), sm_count: 80 };
+        let volta = DeviceInfo {
+            cc: (7, 0),
+            sm_count: 80,
+        };
         assert!(GemmPlan::new(BF16_G128, 4, 64, 64, volta).is_err());
         // Other GPUs than 9.0 (e.g. sm_89, sm_100) run the mma.sync body.
-        let p = GemmPlan::new(BF16_G128, 256, 5120, 5120, DeviceInfo { cc: (10, 0), sm_count: 148 }).unwrap();
+        let p = GemmPlan::new(
+            BF16_G128,
+            256,
+            5120,
+            5120,
+            DeviceInfo {
+                cc: (10, 0),
+                sm_count: 148,
+            },
+        )
+        .unwrap();
         assert_eq!(p.path, GemmPath::PrefillMma);
     }
 }
