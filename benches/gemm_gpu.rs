@@ -16,7 +16,9 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
-use llama4_cuda::ops::gemm::{self, device_info, DeviceInfo, Fp8Mode, GpuFp8Weight, GpuInt4Weight};
+use llama4_cuda::ops::gemm::{
+    self, device_info, DeviceInfo, Fp8Mode, GemmScratch, GpuFp8Weight, GpuInt4Weight,
+};
 use llama4_cuda::quant::repack::{Act16, RepackedInt4, SLAB_WORDS};
 use llama4_cuda::quant::{Int4Config, ScaleDType};
 
@@ -139,6 +141,7 @@ fn bench(c: &mut Criterion) {
         return;
     };
     let dev: DeviceInfo = device_info(&s).expect("device info");
+    let mut scratch = GemmScratch::new();
     let bw = copy_bandwidth(&s);
     let (peak_bf16, peak_fp8) = if dev.cc == (9, 0) {
         (989e12, 1979e12)
@@ -179,15 +182,24 @@ fn bench(c: &mut Criterion) {
             .map(|_| GpuInt4Weight::upload(&s, &int4).expect("upload"))
             .collect();
         for &m in &ms {
-            let plan = gemm::gemm_w4a16(&s, &x, m, &ws[0], None, &mut out).expect("w4a16");
+            let plan =
+                gemm::gemm_w4a16(&s, &x, m, &ws[0], None, &mut out, &mut scratch).expect("w4a16");
             let name = format!("w4a16 m={m} n={n} k={k}");
             g.throughput(Throughput::Bytes(int4.nbytes() as u64));
             let mut best = f64::INFINITY;
             g.bench_function(BenchmarkId::new("w4a16", format!("{m}x{n}x{k}")), |b| {
                 b.iter_custom(|iters| {
                     let t = event_time(&s, iters, |i| {
-                        gemm::gemm_w4a16(&s, &x, m, &ws[i as usize % copies], None, &mut out)
-                            .expect("w4a16");
+                        gemm::gemm_w4a16(
+                            &s,
+                            &x,
+                            m,
+                            &ws[i as usize % copies],
+                            None,
+                            &mut out,
+                            &mut scratch,
+                        )
+                        .expect("w4a16");
                     });
                     best = best.min(t.as_secs_f64() / iters as f64);
                     t
@@ -214,7 +226,8 @@ fn bench(c: &mut Criterion) {
                 if mode == Fp8Mode::W8A16 && m > gemm::DECODE_MAX_M {
                     continue; // the decode format
                 }
-                let plan = gemm::gemm_fp8(&s, &x, m, &ws[0], mode, None, &mut out).expect("fp8");
+                let plan = gemm::gemm_fp8(&s, &x, m, &ws[0], mode, None, &mut out, &mut scratch)
+                    .expect("fp8");
                 let tag = if mode == Fp8Mode::W8A8 {
                     "fp8-w8a8"
                 } else {

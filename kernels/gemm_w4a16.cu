@@ -210,11 +210,9 @@ __global__ void __launch_bounds__(kPreThreads, 1)
     cp_async16(ws + tid * 16, p.qweight + ((ok ? t : 0) * nslabs + s) * 128 + (tid % 32) * 4, ok ? 16 : 0);
   };
 
-#if L4C_WGMMA
-  constexpr int kAhead = kPreStages - 2;  // a stage is rewritten only after the wgmmas reading it retire
-#else
+  // Every MMA reading a stage has retired before the barrier that precedes its rewrite (mma.sync is
+  // synchronous; the wgmma body waits for all groups each slab), so 3 stages load ahead.
   constexpr int kAhead = kPreStages - 1;
-#endif
 #pragma unroll
   for (int st = 0; st < kAhead; ++st) {
     if (st < nslabs) load_stage(st, st);
@@ -246,13 +244,13 @@ __global__ void __launch_bounds__(kPreThreads, 1)
     wgmma_fence();
     const uint64_t desc = wgmma_desc_sw128(xs);
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      wgmma_m64n128k16_rs(acc, a[j], desc + 2 * j, 1, T());  // +32 bytes along K per k16 step
-    }
+    for (int j = 0; j < 4; ++j) wgmma_m64n128k16_rs(acc, a[j], desc + 2 * j, 1, T());  // +32 B per k16
     wgmma_commit();
-    wgmma_wait<1>();
+    // wgmma reads its register A operands asynchronously and the next slab's dequant rewrites the
+    // same (PTX) registers, so the slab's wgmmas retire here (wait_group 0). Overlap comes from the
+    // other warpgroup; a producer/consumer split would recover the rest (docs/GEMM.md).
+    wgmma_wait<0>();
   }
-  wgmma_wait<0>();
   cp_async_wait<0>();
   __syncthreads();
   // acc[4j + r]: W row 64wg + 16(warp%4) + g + 8(r>>1) = 16*warp + g + 8(r>>1), token 8j + 2c + (r&1).

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use half::bf16;
 use llama4_cuda::error::Error;
-use llama4_cuda::ops::gemm::{self, Fp8Mode, GemmPath, GpuFp8Weight, GpuInt4Weight};
+use llama4_cuda::ops::gemm::{self, Fp8Mode, GemmPath, GemmScratch, GpuFp8Weight, GpuInt4Weight};
 use llama4_cuda::quant::repack::{repack_int4, unpack_int4, Act16};
 use llama4_cuda::quant::{fp8, Fp8Scaling, Fp8Weight, Int4Config, Int4Weight, ScaleDType, Weight};
 use llama4_cuda::reference::gemm as reference;
@@ -159,7 +159,8 @@ fn w4a16_case(
         .as_ref()
         .map(|r| stream.clone_htod(&r.0).expect("residual"));
     let mut out = stream.clone_htod(&vec![POISON; m * n]).expect("out");
-    let plan = match gemm::gemm_w4a16(stream, &gx, m, &gw, gr.as_ref(), &mut out) {
+    let mut scratch = GemmScratch::new();
+    let plan = match gemm::gemm_w4a16(stream, &gx, m, &gw, gr.as_ref(), &mut out, &mut scratch) {
         Err(Error::KernelsNotBuilt(why)) => {
             println!("skipped: kernels not built ({why})");
             return None;
@@ -247,9 +248,10 @@ fn w4a16_split_k_is_deterministic() {
         .clone_htod(&to_act(&rng.vec(m * k, 1.0), Act16::BF16).0)
         .expect("x");
     let mut runs = Vec::new();
+    let mut scratch = GemmScratch::new();
     for _ in 0..2 {
         let mut out = stream.clone_htod(&vec![POISON; m * n]).expect("out");
-        match gemm::gemm_w4a16(&stream, &gx, m, &gw, None, &mut out) {
+        match gemm::gemm_w4a16(&stream, &gx, m, &gw, None, &mut out, &mut scratch) {
             Err(Error::KernelsNotBuilt(_)) => return println!("skipped: kernels not built"),
             r => assert!(
                 matches!(r.expect("gemm").path, GemmPath::Decode { split_k, .. } if split_k > 1)
@@ -326,7 +328,17 @@ fn fp8_case(
         .as_ref()
         .map(|r| stream.clone_htod(&r.0).expect("residual"));
     let mut out = stream.clone_htod(&vec![POISON; m * n]).expect("out");
-    let plan = match gemm::gemm_fp8(stream, &gx, m, &gw, mode, gr.as_ref(), &mut out) {
+    let mut scratch = GemmScratch::new();
+    let plan = match gemm::gemm_fp8(
+        stream,
+        &gx,
+        m,
+        &gw,
+        mode,
+        gr.as_ref(),
+        &mut out,
+        &mut scratch,
+    ) {
         Err(Error::KernelsNotBuilt(why)) => {
             println!("skipped: kernels not built ({why})");
             return None;
@@ -399,9 +411,10 @@ fn rejects_bad_shapes() {
         .expect("upload");
     let gx = stream.clone_htod(&vec![0x3f80u16; 2 * 128]).expect("x");
     let mut out = stream.clone_htod(&vec![POISON; 2 * 32]).expect("out");
+    let mut scratch = GemmScratch::new();
     // x too short for m = 3.
     assert!(matches!(
-        gemm::gemm_w4a16(&stream, &gx, 3, &gw, None, &mut out),
+        gemm::gemm_w4a16(&stream, &gx, 3, &gw, None, &mut out, &mut scratch),
         Err(Error::Shape { .. })
     ));
     let fw = Fp8Weight::quantize(
@@ -415,7 +428,16 @@ fn rejects_bad_shapes() {
     let gx = stream.clone_htod(&vec![0x3f80u16; 2 * 40]).expect("x");
     // k = 40 is not a multiple of 16.
     assert!(matches!(
-        gemm::gemm_fp8(&stream, &gx, 2, &gfw, Fp8Mode::W8A8, None, &mut out),
+        gemm::gemm_fp8(
+            &stream,
+            &gx,
+            2,
+            &gfw,
+            Fp8Mode::W8A8,
+            None,
+            &mut out,
+            &mut scratch
+        ),
         Err(Error::InvalidArgument { .. }) | Err(Error::KernelsNotBuilt(_))
     ));
 }

@@ -97,6 +97,48 @@ impl GpuInt4Weight {
     }
 }
 
+impl GpuInt4Weight {
+    /// The buffer lengths agree with (n, k, group size): the kernels index by these.
+    fn check(&self) -> Result<()> {
+        const OP: &str = "gemm_w4a16";
+        use crate::quant::repack::{SLAB_K, SLAB_WORDS, TILE_ROWS};
+        if self.n == 0 || self.k == 0 || !matches!(self.group_size, 32 | 64 | 128) {
+            return Err(Error::invalid(
+                OP,
+                format!("weight [{}, {}] group {}", self.n, self.k, self.group_size),
+            ));
+        }
+        if self.k_slabs != self.k.div_ceil(SLAB_K)
+            || self.groups != (self.k_slabs * SLAB_K).div_ceil(self.group_size)
+        {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "k_slabs {} / groups {} do not match k {}",
+                    self.k_slabs, self.groups, self.k
+                ),
+            ));
+        }
+        let tiles = self.n.div_ceil(TILE_ROWS);
+        crate::error::check_len(
+            OP,
+            "qweight",
+            self.qweight.len(),
+            tiles * self.k_slabs * SLAB_WORDS,
+        )?;
+        crate::error::check_len(
+            OP,
+            "scales",
+            self.scales.len(),
+            tiles * self.groups * TILE_ROWS,
+        )?;
+        if let Some(z) = &self.zero_bias {
+            crate::error::check_len(OP, "zero_bias", z.len(), self.scales.len())?;
+        }
+        Ok(())
+    }
+}
+
 impl GpuFp8Weight {
     /// Copies an fp8 weight to the device.
     pub fn upload(stream: &Arc<CudaStream>, w: &Fp8Weight) -> Result<Self> {
@@ -154,6 +196,49 @@ fn check_io(
     Ok(())
 }
 
+/// Reusable device scratch of the GEMMs (split-K partials, W8A8 activation codes and scales) and the
+/// device's [`DeviceInfo`]; buffers grow on demand and are reused, so steady-state calls allocate
+/// nothing. One per stream.
+#[derive(Default)]
+pub struct GemmScratch {
+    dev: Option<DeviceInfo>,
+    partials: Option<CudaSlice<f32>>,
+    codes: Option<CudaSlice<u8>>,
+    x_scales: Option<CudaSlice<f32>>,
+    decoded: Option<CudaSlice<u16>>,
+}
+
+impl GemmScratch {
+    /// An empty scratch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    fn device(&mut self, stream: &Arc<CudaStream>) -> Result<DeviceInfo> {
+        match self.dev {
+            Some(d) => Ok(d),
+            None => {
+                let d = device_info(stream)?;
+                self.dev = Some(d);
+                Ok(d)
+            }
+        }
+    }
+}
+
+/// Makes `slot` hold at least `len` elements (zeroed when newly allocated).
+#[cfg(llama4_kernels)]
+fn grow<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+    slot: &mut Option<CudaSlice<T>>,
+    stream: &Arc<CudaStream>,
+    len: usize,
+    op: &'static str,
+) -> Result<()> {
+    if !matches!(slot, Some(b) if b.len() >= len) {
+        *slot = Some(stream.alloc_zeros::<T>(len.max(1)).map_err(cuda_err(op))?);
+    }
+    Ok(())
+}
+
 /// `out[m, n] = x[m, k] · Wᵀ (+ residual)` for an int4 weight; `x` holds `w.act` bits, `out` and
 /// `residual` bf16 bits, all row-major and contiguous. Returns the plan it ran.
 pub fn gemm_w4a16(
@@ -163,6 +248,7 @@ pub fn gemm_w4a16(
     w: &GpuInt4Weight,
     residual: Option<&CudaSlice<u16>>,
     out: &mut CudaSlice<u16>,
+    scratch: &mut GemmScratch,
 ) -> Result<GemmPlan> {
     const OP: &str = "gemm_w4a16";
     check_io(
@@ -174,7 +260,8 @@ pub fn gemm_w4a16(
         out.len(),
         residual.map(|r| r.len()),
     )?;
-    let dev = device_info(stream)?;
+    w.check()?;
+    let dev = scratch.device(stream)?;
     let plan = GemmPlan::new(
         GemmKind::W4A16 {
             act: w.act,
@@ -188,12 +275,14 @@ pub fn gemm_w4a16(
     if m == 0 {
         return Ok(plan);
     }
-    launch::w4a16(stream, x, m, w, residual, out, &plan)?;
+    launch::w4a16(stream, x, m, w, residual, out, &plan, scratch)?;
     Ok(plan)
 }
 
 /// `out[m, n] = x[m, k] · Wᵀ (+ residual)` for an fp8 weight; `x`, `out`, `residual` bf16 bits.
 /// W8A8 first quantizes `x` per token on the stream. Returns the plan it ran.
+// The inputs of one linear layer call; a params struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub fn gemm_fp8(
     stream: &Arc<CudaStream>,
     x: &CudaSlice<u16>,
@@ -202,6 +291,7 @@ pub fn gemm_fp8(
     mode: Fp8Mode,
     residual: Option<&CudaSlice<u16>>,
     out: &mut CudaSlice<u16>,
+    scratch: &mut GemmScratch,
 ) -> Result<GemmPlan> {
     const OP: &str = "gemm_fp8";
     check_io(
@@ -213,7 +303,9 @@ pub fn gemm_fp8(
         out.len(),
         residual.map(|r| r.len()),
     )?;
-    let dev = device_info(stream)?;
+    crate::error::check_len(OP, "weight codes", w.codes.len(), w.n * w.k)?;
+    crate::error::check_len(OP, "weight scales", w.scales.len(), w.n)?;
+    let dev = scratch.device(stream)?;
     let kind = match mode {
         Fp8Mode::W8A16 => GemmKind::Fp8W8A16,
         Fp8Mode::W8A8 => GemmKind::Fp8W8A8,
@@ -222,7 +314,7 @@ pub fn gemm_fp8(
     if m == 0 {
         return Ok(plan);
     }
-    launch::fp8(stream, x, m, w, mode, residual, out, &plan)?;
+    launch::fp8(stream, x, m, w, mode, residual, out, &plan, scratch)?;
     Ok(plan)
 }
 
@@ -254,6 +346,7 @@ mod launch {
     use super::*;
     const WHY: &str = "built without nvcc";
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn w4a16(
         _: &Arc<CudaStream>,
         _: &CudaSlice<u16>,
@@ -262,6 +355,7 @@ mod launch {
         _: Option<&CudaSlice<u16>>,
         _: &mut CudaSlice<u16>,
         _: &GemmPlan,
+        _: &mut GemmScratch,
     ) -> Result<()> {
         Err(Error::KernelsNotBuilt(WHY))
     }
@@ -275,6 +369,7 @@ mod launch {
         _: Option<&CudaSlice<u16>>,
         _: &mut CudaSlice<u16>,
         _: &GemmPlan,
+        _: &mut GemmScratch,
     ) -> Result<()> {
         Err(Error::KernelsNotBuilt(WHY))
     }
@@ -300,6 +395,7 @@ mod launch {
         ffi::check(op, st)
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn w4a16(
         stream: &Arc<CudaStream>,
         x: &CudaSlice<u16>,
@@ -308,11 +404,15 @@ mod launch {
         residual: Option<&CudaSlice<u16>>,
         out: &mut CudaSlice<u16>,
         plan: &GemmPlan,
+        scratch: &mut GemmScratch,
     ) -> Result<()> {
         const OP: &str = "gemm_w4a16";
-        let mut ws = match plan.workspace_len() {
+        let ws = match plan.workspace_len() {
             0 => None,
-            len => Some(stream.alloc_zeros::<f32>(len).map_err(cuda_err(OP))?),
+            len => {
+                grow(&mut scratch.partials, stream, len, OP)?;
+                scratch.partials.as_mut()
+            }
         };
         let (token_tiles, split_k) = match plan.path {
             GemmPath::Decode {
@@ -326,7 +426,7 @@ mod launch {
         let (sp, _gs) = w.scales.device_ptr(stream);
         let zb = w.zero_bias.as_ref().map(|z| z.device_ptr(stream));
         let rp = residual.map(|r| r.device_ptr(stream));
-        let wsp = ws.as_mut().map(|b| b.device_ptr_mut(stream));
+        let wsp = ws.map(|b| b.device_ptr_mut(stream));
         let (op_, _go) = out.device_ptr_mut(stream);
         let p = ffi::l4c_gemm_w4a16_params {
             x: xp as usize as *const _,
@@ -378,6 +478,7 @@ mod launch {
         residual: Option<&CudaSlice<u16>>,
         out: &mut CudaSlice<u16>,
         plan: &GemmPlan,
+        scratch: &mut GemmScratch,
     ) -> Result<()> {
         const OP: &str = "gemm_fp8";
         let decode = matches!(plan.path, GemmPath::Decode { .. });
@@ -390,67 +491,76 @@ mod launch {
         };
         let k = w.k;
         let ldc = k.div_ceil(16) * 16;
+        let GemmScratch {
+            partials,
+            codes,
+            x_scales,
+            decoded,
+            ..
+        } = scratch;
         // W8A8: quantize X first (decoded bf16 values for the decode path, codes for prefill).
-        let mut scales = None;
-        let mut codes = None;
-        let mut decoded = None;
-        if mode == Fp8Mode::W8A8 {
-            let mut s = stream.alloc_zeros::<f32>(m).map_err(cuda_err(OP))?;
-            let mut c = if decode {
-                None
+        let w8a8 = mode == Fp8Mode::W8A8;
+        if w8a8 {
+            grow(x_scales, stream, m, OP)?;
+            if decode {
+                grow(decoded, stream, m * k, OP)?;
             } else {
-                Some(stream.alloc_zeros::<u8>(m * ldc).map_err(cuda_err(OP))?)
-            };
-            let mut d = if decode {
-                Some(stream.alloc_zeros::<u16>(m * k).map_err(cuda_err(OP))?)
-            } else {
-                None
-            };
-            {
-                let (xp, _gx) = x.device_ptr(stream);
-                let (sp, _gs) = s.device_ptr_mut(stream);
-                let cp = c.as_mut().map(|c| c.device_ptr_mut(stream));
-                let dp = d.as_mut().map(|d| d.device_ptr_mut(stream));
-                let q = ffi::l4c_fp8_quantize_params {
-                    x: xp as usize as *const _,
-                    codes: cp
-                        .as_ref()
-                        .map_or(std::ptr::null_mut(), |c| c.0 as usize as *mut u8),
-                    scales: sp as usize as *mut f32,
-                    decoded: dp
-                        .as_ref()
-                        .map_or(std::ptr::null_mut(), |d| d.0 as usize as *mut _),
-                    m: m as i64,
-                    k: k as i64,
-                    ldx: k as i64,
-                    ldc: ldc as i64,
-                };
-                // SAFETY: x holds m*k bf16 (checked), s m floats, c m*ldc bytes, d m*k bf16, all
-                // live on this stream through the guards; the launcher only enqueues work.
-                let st = unsafe { ffi::l4c_fp8_quantize_per_token(&q, stream.cu_stream() as _) };
-                status("fp8_quantize_per_token", st)?;
+                grow(codes, stream, m * ldc, OP)?;
             }
-            scales = Some(s);
-            codes = c;
-            decoded = d;
+            let (xp, _gx) = x.device_ptr(stream);
+            let (sp, _gs) = x_scales.as_mut().expect("grown").device_ptr_mut(stream);
+            let cp = if decode {
+                None
+            } else {
+                codes.as_mut().map(|c| c.device_ptr_mut(stream))
+            };
+            let dp = if decode {
+                decoded.as_mut().map(|d| d.device_ptr_mut(stream))
+            } else {
+                None
+            };
+            let q = ffi::l4c_fp8_quantize_params {
+                x: xp as usize as *const _,
+                codes: cp
+                    .as_ref()
+                    .map_or(std::ptr::null_mut(), |c| c.0 as usize as *mut u8),
+                scales: sp as usize as *mut f32,
+                decoded: dp
+                    .as_ref()
+                    .map_or(std::ptr::null_mut(), |d| d.0 as usize as *mut _),
+                m: m as i64,
+                k: k as i64,
+                ldx: k as i64,
+                ldc: ldc as i64,
+            };
+            // SAFETY: x holds m*k bf16 (checked), the scratch holds >= m scales and >= m*ldc codes
+            // or >= m*k decoded values (grown above), all alive on this stream through the guards;
+            // the launcher only enqueues work.
+            let st = unsafe { ffi::l4c_fp8_quantize_per_token(&q, stream.cu_stream() as _) };
+            status("fp8_quantize_per_token", st)?;
         }
-        let mut ws = match plan.workspace_len() {
+        let ws = match plan.workspace_len() {
             0 => None,
-            len => Some(stream.alloc_zeros::<f32>(len).map_err(cuda_err(OP))?),
+            len => {
+                grow(partials, stream, len, OP)?;
+                partials.as_mut()
+            }
         };
-        let (xg, _gxg) = if let Some(c) = &codes {
-            c.device_ptr(stream)
-        } else if let Some(d) = &decoded {
-            d.device_ptr(stream)
+        let (xg, _gxg) = match (w8a8, decode) {
+            (true, false) => codes.as_ref().expect("grown").device_ptr(stream),
+            (true, true) => decoded.as_ref().expect("grown").device_ptr(stream),
+            (false, _) => x.device_ptr(stream),
+        };
+        let ldx = if w8a8 && !decode { ldc } else { k };
+        let xs = if w8a8 {
+            x_scales.as_ref().map(|s| s.device_ptr(stream))
         } else {
-            x.device_ptr(stream)
+            None
         };
-        let ldx = if codes.is_some() { ldc } else { k };
-        let xs = scales.as_ref().map(|s| s.device_ptr(stream));
         let (wp, _gw) = w.codes.device_ptr(stream);
         let (wsc, _gws) = w.scales.device_ptr(stream);
         let rp = residual.map(|r| r.device_ptr(stream));
-        let wsp = ws.as_mut().map(|b| b.device_ptr_mut(stream));
+        let wsp = ws.map(|b| b.device_ptr_mut(stream));
         let (op_, _go) = out.device_ptr_mut(stream);
         let p = ffi::l4c_gemm_fp8_params {
             x: xg as usize as *const _,
@@ -477,8 +587,8 @@ mod launch {
             token_tiles,
             split_k,
         };
-        // SAFETY: as in w4a16: live, length-checked buffers on this stream; the temporaries
-        // (codes / decoded / scales / workspace) outlive the enqueue and are freed stream-ordered.
+        // SAFETY: as in w4a16: live, length-checked buffers on this stream (x / out / residual by
+        // check_io, the weight by gemm_fp8, the scratch grown above to what the plan needs).
         let st = unsafe { ffi::l4c_gemm_fp8(&p, stream.cu_stream() as _) };
         status(OP, st)
     }
