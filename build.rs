@@ -20,7 +20,14 @@ const GENCODE: [&str; 3] = [
     "arch=compute_90a,code=sm_90a",
     "arch=compute_80,code=compute_80",
 ];
-const ENV_VARS: [&str; 6] = ["NVCC", "CUDA_HOME", "CUDA_PATH", "PATH", "L4C_REQUIRE_KERNELS", "NVCC_CCBIN"];
+const ENV_VARS: [&str; 6] = [
+    "NVCC",
+    "CUDA_HOME",
+    "CUDA_PATH",
+    "PATH",
+    "L4C_REQUIRE_KERNELS",
+    "NVCC_CCBIN",
+];
 /// Where tools/cuda-toolchain.sh puts the pip-installed toolkit, relative to the repository.
 const LOCAL_CU13: &str = ".cuda/py/nvidia/cu13";
 
@@ -32,7 +39,8 @@ fn main() {
     for var in ENV_VARS {
         println!("cargo:rerun-if-env-changed={var}");
     }
-    let repo = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let repo =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
 
     let nvcc = match find_nvcc(&repo) {
@@ -49,12 +57,27 @@ fn main() {
             return;
         }
     };
-    let cuda_root = nvcc.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
-    let cudart_dir = ["lib64", "lib", "targets/x86_64-linux/lib", "targets/sbsa-linux/lib"]
-        .iter()
-        .map(|d| cuda_root.join(d))
-        .find(|d| d.join("libcudart_static.a").is_file())
-        .unwrap_or_else(|| panic!("libcudart_static.a not found under {} (nvcc {})", cuda_root.display(), nvcc.display()));
+    let cuda_root = nvcc
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let cudart_dir = [
+        "lib64",
+        "lib",
+        "targets/x86_64-linux/lib",
+        "targets/sbsa-linux/lib",
+    ]
+    .iter()
+    .map(|d| cuda_root.join(d))
+    .find(|d| d.join("libcudart_static.a").is_file())
+    .unwrap_or_else(|| {
+        panic!(
+            "libcudart_static.a not found under {} (nvcc {})",
+            cuda_root.display(),
+            nvcc.display()
+        )
+    });
 
     let mut sources: Vec<PathBuf> = fs::read_dir(repo.join("kernels"))
         .expect("kernels/ exists")
@@ -84,21 +107,37 @@ fn main() {
         build.flag("-gencode").flag(g);
     }
     let tool = build.get_compiler();
-    let flags: Vec<String> = tool.args().iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    let flags: Vec<String> = tool
+        .args()
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
 
     // One object per .cu (whole-program device compilation: no -rdc), compiled in parallel and cached
     // by a hash of the source, every header and the flags, so editing one kernel rebuilds only it.
-    let jobs: usize = env::var("NUM_JOBS").ok().and_then(|j| j.parse().ok()).unwrap_or(2).max(1);
+    let jobs: usize = env::var("NUM_JOBS")
+        .ok()
+        .and_then(|j| j.parse().ok())
+        .unwrap_or(2)
+        .max(1);
     let results: Vec<(PathBuf, String)> = std::thread::scope(|s| {
         let mut handles = Vec::new();
         for chunk in sources.chunks(sources.len().div_ceil(jobs).max(1)) {
             let (tool, flags, out) = (&tool, &flags, &out);
             handles.push(s.spawn(move || {
-                chunk.iter().map(|src| compile_one(tool, flags, src, out, headers_hash)).collect::<Vec<_>>()
+                chunk
+                    .iter()
+                    .map(|src| compile_one(tool, flags, src, out, headers_hash))
+                    .collect::<Vec<_>>()
             }));
         }
-        handles.into_iter().flat_map(|h| h.join().expect("nvcc worker thread")).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("nvcc worker thread"))
+            .collect()
     });
+
+    remove_stale(&out, &results);
 
     // Archive through cc (plain, no device link: every object is already fully linked device code).
     let mut ar = cc::Build::new();
@@ -126,8 +165,14 @@ fn main() {
     println!("cargo:rustc-cfg=llama4_kernels");
     println!("cargo:rustc-env=L4C_KERNEL_LIB_DIR={}", out.display());
     println!("cargo:rustc-env=L4C_CUDA_LIB_DIR={}", cudart_dir.display());
-    println!("cargo:rustc-env=L4C_CUDA_BIN_DIR={}", nvcc.parent().unwrap_or(Path::new("")).display());
-    println!("cargo:rustc-env=L4C_PTXAS_REPORT={}", out.join("kernels-ptxas.txt").display());
+    println!(
+        "cargo:rustc-env=L4C_CUDA_BIN_DIR={}",
+        nvcc.parent().unwrap_or(Path::new("")).display()
+    );
+    println!(
+        "cargo:rustc-env=L4C_PTXAS_REPORT={}",
+        out.join("kernels-ptxas.txt").display()
+    );
 }
 
 /// The nvcc to use, or why there is none.
@@ -135,8 +180,16 @@ fn find_nvcc(repo: &Path) -> Result<PathBuf, String> {
     if let Some(v) = env::var_os("NVCC").filter(|v| !v.is_empty()) {
         // An explicit NVCC is taken as given (no fallback): NVCC=/nonexistent builds CPU-only on purpose.
         let p = PathBuf::from(&v);
-        let p = if p.components().count() == 1 { which(&p).unwrap_or(p) } else { p };
-        return if p.is_file() { Ok(p) } else { Err(format!("NVCC={} does not exist", v.to_string_lossy())) };
+        let p = if p.components().count() == 1 {
+            which(&p).unwrap_or(p)
+        } else {
+            p
+        };
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("NVCC={} does not exist", v.to_string_lossy()))
+        };
     }
     for var in ["CUDA_HOME", "CUDA_PATH"] {
         if let Some(root) = env::var_os(var).filter(|v| !v.is_empty()) {
@@ -153,18 +206,39 @@ fn find_nvcc(repo: &Path) -> Result<PathBuf, String> {
     if local.is_file() {
         return Ok(local);
     }
-    Err(format!("no nvcc in NVCC, CUDA_HOME, CUDA_PATH, PATH or {}", local.display()))
+    Err(format!(
+        "no nvcc in NVCC, CUDA_HOME, CUDA_PATH, PATH or {}",
+        local.display()
+    ))
 }
 
 fn which(name: &Path) -> Option<PathBuf> {
-    env::split_paths(&env::var_os("PATH")?).map(|d| d.join(name)).find(|p| p.is_file())
+    env::split_paths(&env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 /// Compiles `src` to an object (reusing a cached one with the same inputs); returns it and ptxas's report.
-fn compile_one(tool: &cc::Tool, flags: &[String], src: &Path, out: &Path, headers_hash: u64) -> (PathBuf, String) {
-    let stem = src.file_stem().expect("a .cu file has a stem").to_string_lossy().into_owned();
+fn compile_one(
+    tool: &cc::Tool,
+    flags: &[String],
+    src: &Path,
+    out: &Path,
+    headers_hash: u64,
+) -> (PathBuf, String) {
+    let stem = src
+        .file_stem()
+        .expect("a .cu file has a stem")
+        .to_string_lossy()
+        .into_owned();
     let mut h = DefaultHasher::new();
-    (fs::read(src).expect("read kernel source"), headers_hash, flags, tool.path()).hash(&mut h);
+    (
+        fs::read(src).expect("read kernel source"),
+        headers_hash,
+        flags,
+        tool.path(),
+    )
+        .hash(&mut h);
     let tag = format!("{stem}-{:016x}", h.finish());
     let obj = out.join(format!("{tag}.o"));
     let log = out.join(format!("{tag}.ptxas.txt"));
@@ -173,17 +247,52 @@ fn compile_one(tool: &cc::Tool, flags: &[String], src: &Path, out: &Path, header
     }
     let mut cmd = tool.to_command();
     cmd.arg("-c").arg(src).arg("-o").arg(&obj);
-    let output = cmd.output().unwrap_or_else(|e| panic!("running {}: {e}", tool.path().display()));
+    let output = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", tool.path().display()));
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     if !output.status.success() {
         let _ = fs::remove_file(&obj);
         let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
-        panic!("nvcc failed on {}:\n{} {}\n{stdout}{stderr}", src.display(), tool.path().display(), args.join(" "));
+        panic!(
+            "nvcc failed on {}:\n{} {}\n{stdout}{stderr}",
+            src.display(),
+            tool.path().display(),
+            args.join(" ")
+        );
     }
     let text = format!("{stdout}{stderr}");
     fs::write(&log, &text).expect("write ptxas log");
     (obj, text)
+}
+
+/// Deletes cached objects and logs of earlier kernel versions, so OUT_DIR does not grow with every edit.
+fn remove_stale(out: &Path, results: &[(PathBuf, String)]) {
+    let keep: Vec<&Path> = results.iter().map(|(obj, _)| obj.as_path()).collect();
+    for e in fs::read_dir(out).into_iter().flatten().flatten() {
+        let p = e.path();
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let Some(base) = name
+            .strip_suffix(".ptxas.txt")
+            .or_else(|| name.strip_suffix(".o"))
+        else {
+            continue;
+        };
+        let is_cached = base
+            .rsplit_once('-')
+            .is_some_and(|(_, h)| h.len() == 16 && h.chars().all(|c| c.is_ascii_hexdigit()));
+        if is_cached
+            && !keep
+                .iter()
+                .any(|k| k.file_stem().is_some_and(|s| s.to_string_lossy() == base))
+        {
+            let _ = fs::remove_file(&p);
+        }
+    }
 }
 
 /// Hash of the contents of every file under `dir` with one of `exts`, in path order.
@@ -203,7 +312,11 @@ fn hash_tree(dir: &Path, exts: &[&str]) -> u64 {
     files.sort();
     let mut h = DefaultHasher::new();
     for f in files {
-        (f.strip_prefix(dir).unwrap_or(&f), fs::read(&f).unwrap_or_default()).hash(&mut h);
+        (
+            f.strip_prefix(dir).unwrap_or(&f),
+            fs::read(&f).unwrap_or_default(),
+        )
+            .hash(&mut h);
     }
     h.finish()
 }
@@ -212,8 +325,13 @@ fn hash_tree(dir: &Path, exts: &[&str]) -> u64 {
 fn ptxas_report(results: &[(PathBuf, String)]) -> String {
     let mut rows = Vec::new();
     for (obj, text) in results {
-        let file = obj.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        let file = file.rsplit_once('-').map_or(file.clone(), |(stem, _)| stem.to_string());
+        let file = obj
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let file = file
+            .rsplit_once('-')
+            .map_or(file.clone(), |(stem, _)| stem.to_string());
         let (mut func, mut arch, mut props) = (String::new(), String::new(), String::new());
         for line in text.lines() {
             if let Some(rest) = line.split("Compiling entry function '").nth(1) {
@@ -224,14 +342,22 @@ fn ptxas_report(results: &[(PathBuf, String)]) -> String {
                 props = line.trim().to_string();
             } else if let Some(used) = line.split("info    : Used ").nth(1) {
                 if !func.is_empty() {
-                    rows.push(format!("{file:<14} {arch:<7} {used:<44} {props:<70} {}", demangle(&func)));
+                    rows.push(format!(
+                        "{file:<14} {arch:<7} {used:<44} {props:<70} {}",
+                        demangle(&func)
+                    ));
                     func.clear();
                 }
             }
         }
     }
-    let mut s = String::from("# ptxas -v summary: file, arch, resources, stack/spills, kernel (raw output below)\n");
-    let spills = rows.iter().filter(|r| !r.contains(" 0 bytes spill stores, 0 bytes spill loads")).count();
+    let mut s = String::from(
+        "# ptxas -v summary: file, arch, resources, stack/spills, kernel (raw output below)\n",
+    );
+    let spills = rows
+        .iter()
+        .filter(|r| !r.contains(" 0 bytes spill stores, 0 bytes spill loads"))
+        .count();
     s += &format!("# kernels x archs: {}, with spills: {spills}\n", rows.len());
     for r in rows {
         s += &r;

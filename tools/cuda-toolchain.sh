@@ -42,6 +42,10 @@ fi
 cu="$dest/nvidia/cu13"
 # Smoke test: nvcc must find cicc (nvvm), the crt headers and gcc as host compiler.
 "$cu/bin/nvcc" --version | tail -n 2
-echo "cuda-toolchain: nvcc      $cu/bin/nvcc (build.rs finds it here by itself)"
+if [[ "$dest" == "$repo/.cuda/py" ]]; then
+  echo "cuda-toolchain: nvcc      $cu/bin/nvcc (build.rs finds it here by itself)"
+else
+  echo "cuda-toolchain: nvcc      $cu/bin/nvcc (outside the repository: export NVCC=$cu/bin/nvcc)"
+fi
 echo "cuda-toolchain: cuobjdump $cu/bin/cuobjdump"
-echo "cuda-toolchain: libclang  $dest/clang/native (tests/bindings_fresh.rs finds it here; or export LIBCLANG_PATH=$dest/clang/native)"
+echo "cuda-toolchain: libclang  $dest/clang/native (tests/bindings_fresh.rs looks in <repo>/.cuda; elsewhere export LIBCLANG_PATH=$dest/clang/native)"
