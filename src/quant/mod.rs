@@ -7,6 +7,8 @@ pub mod fp8;
 pub mod int4;
 pub mod repack;
 
+use crate::error::{check_len, Result};
+
 pub use fp8::{Fp8Format, Fp8Scaling, Fp8Weight};
 pub use int4::{Int4Config, Int4Weight, ScaleDType};
 
@@ -43,7 +45,25 @@ impl Weight {
             Weight::Fp8(w) => w.k,
         }
     }
+    /// Checks the fields agree (lengths, scales, codes); see each format's `validate`.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Weight::Dense(w) => check_len("DenseWeight", "data", w.data.len(), w.n * w.k),
+            Weight::Int4(w) => w.validate(),
+            Weight::Fp8(w) => w.validate(),
+        }
+    }
+    /// Row `i` (output feature) as f32 into `out[..k]`, exactly as [`Self::dequantize`] gives it.
+    /// Expects a valid weight ([`Self::validate`]).
+    pub fn dequantize_row(&self, i: usize, out: &mut [f32]) {
+        match self {
+            Weight::Dense(w) => out[..w.k].copy_from_slice(&w.data[i * w.k..(i + 1) * w.k]),
+            Weight::Int4(w) => w.dequantize_row(i, out),
+            Weight::Fp8(w) => w.dequantize_row(i, out),
+        }
+    }
     /// The weight as dense f32 `[n, k]` (exactly what the kernels compute with).
+    /// Expects a valid weight ([`Self::validate`]).
     pub fn dequantize(&self) -> Vec<f32> {
         match self {
             Weight::Dense(w) => w.data.clone(),

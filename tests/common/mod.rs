@@ -1,0 +1,130 @@
+//! Test helpers shared by the quant / gemm / moe tests: a seeded generator and naive f64 evaluations
+//! written independently of the library (they read the stored formats field by field).
+#![allow(dead_code)]
+
+use llama4_cuda::quant::{Fp8Scaling, Weight};
+
+/// splitmix64: proptest picks the seed, so every case gets fresh data and a failure reproduces.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-1, 1).
+    pub fn uniform(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    /// `len` values uniform in [-amp, amp), never all zero.
+    pub fn vec(&mut self, len: usize, amp: f32) -> Vec<f32> {
+        (0..len).map(|_| self.uniform() * amp).collect()
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+/// The value of an fp8 code from the textbook formula: (-1)^s 2^(e - bias) (1 + m / 2^mbits), or
+/// the subnormal m / 2^mbits 2^(1 - bias); e4m3fn has no infinities and NaN at S.1111.111.
+pub fn fp8_value(code: u8, e4m3: bool) -> f64 {
+    let (mbits, ebits, bias) = if e4m3 { (3, 4, 7) } else { (2, 5, 15) };
+    let s = if code & 0x80 != 0 { -1.0 } else { 1.0 };
+    let e = ((code >> mbits) & ((1 << ebits) - 1)) as i32;
+    let m = (code & ((1 << mbits) - 1)) as f64;
+    let frac = m / f64::from(1u32 << mbits);
+    let emax = (1 << ebits) - 1;
+    if e4m3 && code & 0x7f == 0x7f {
+        return f64::NAN;
+    }
+    if !e4m3 && e == emax {
+        return if m == 0.0 {
+            s * f64::INFINITY
+        } else {
+            f64::NAN
+        };
+    }
+    if e == 0 {
+        s * frac * 2f64.powi(1 - bias)
+    } else {
+        s * (1.0 + frac) * 2f64.powi(e - bias)
+    }
+}
+
+/// A weight as f64 `[n, k]`, decoded from its stored fields by the documented layout.
+pub fn naive_dequant(w: &Weight) -> Vec<f64> {
+    match w {
+        Weight::Dense(d) => d.data.iter().map(|&v| v as f64).collect(),
+        Weight::Fp8(f) => (0..f.n * f.k)
+            .map(|idx| {
+                let i = idx / f.k;
+                let s = match f.scaling {
+                    Fp8Scaling::PerTensor => f.scales[0],
+                    Fp8Scaling::PerChannel => f.scales[i],
+                };
+                fp8_value(f.codes[idx], true) * s as f64
+            })
+            .collect(),
+        Weight::Int4(q) => {
+            let groups = q.k.div_ceil(q.config.group_size);
+            let row_bytes = q.k.div_ceil(2);
+            let mut out = Vec::with_capacity(q.n * q.k);
+            for i in 0..q.n {
+                for j in 0..q.k {
+                    let byte = q.packed[i * row_bytes + j / 2];
+                    let u = if j % 2 == 0 { byte & 15 } else { byte >> 4 } as f64;
+                    let g = i * groups + j / q.config.group_size;
+                    let zero = q.zeros.as_ref().map_or(8.0, |z| z[g] as f64);
+                    out.push((u - zero) * q.scales[g] as f64);
+                }
+            }
+            out
+        }
+    }
+}
+
+/// `Y[m, n] = X[m, k] · Wᵀ` with W `[n, k]`, triple loop in f64.
+pub fn naive_matmul_t(x: &[f64], m: usize, k: usize, w: &[f64], n: usize) -> Vec<f64> {
+    let mut y = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = 0.0;
+            for l in 0..k {
+                acc += x[i * k + l] * w[j * k + l];
+            }
+            y[i * n + j] = acc;
+        }
+    }
+    y
+}
+
+pub fn to_f64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+pub fn sigmoid64(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+pub fn silu64(x: f64) -> f64 {
+    x * sigmoid64(x)
+}
+
+/// `max|got - want| / max|want|` (0 when both are empty; `want` must not be all zero).
+pub fn rel_err(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len(), "length");
+    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let err = got
+        .iter()
+        .zip(want)
+        .fold(0.0f64, |m, (&g, &w)| m.max((g as f64 - w).abs()));
+    if want.is_empty() {
+        0.0
+    } else {
+        assert!(scale > 0.0, "reference is all zero: the test cannot fail");
+        err / scale
+    }
+}
