@@ -16,6 +16,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use half::bf16;
 use llama4_cuda::ops::gemm::{
     self, device_info, DeviceInfo, Fp8Mode, GemmScratch, GpuFp8Weight, GpuInt4Weight,
 };
@@ -173,8 +174,10 @@ fn bench(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(1));
     for &(n, k) in &shapes {
         let max_m = *ms.iter().max().unwrap_or(&1);
-        let x: CudaSlice<u16> = s.clone_htod(&vec![0x3c00u16; max_m * k]).expect("x"); // bf16 ~0.0078
-        let mut out = s.alloc_zeros::<u16>(max_m * n).expect("out");
+        let x: CudaSlice<bf16> = s
+            .clone_htod(&vec![bf16::from_f32(0.0078125); max_m * k])
+            .expect("x");
+        let mut out = s.alloc_zeros::<bf16>(max_m * n).expect("out");
 
         let int4 = random_int4(n, k, 1);
         let copies = ROTATE_BYTES.div_ceil(int4.nbytes()).clamp(1, 32);
@@ -246,6 +249,7 @@ fn bench(c: &mut Criterion) {
                                 mode,
                                 None,
                                 &mut out,
+                                &mut scratch,
                             )
                             .expect("fp8");
                         });

@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
-use half::bf16;
+use cudarc::driver::{CudaSlice, CudaStream};
+use half::{bf16, f16};
 use llama4_cuda::error::Error;
 use llama4_cuda::ops::gemm::{self, Fp8Mode, GemmPath, GemmScratch, GpuFp8Weight, GpuInt4Weight};
 use llama4_cuda::quant::repack::{repack_int4, unpack_int4, Act16};
@@ -22,21 +22,10 @@ const TOL_W4A16: f32 = 1e-2;
 /// rounding (2^-9 relative) differ from the reference.
 const TOL_FP8: f32 = 5e-3;
 
-static POISON: u16 = 0x7fc0; // bf16 NaN
+const POISON: bf16 = bf16::from_bits(0x7fc0); // NaN
 
-fn gpu() -> Option<Arc<CudaStream>> {
-    // SAFETY: only tries to dlopen the driver library; no CUDA call is made.
-    if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        println!("skipped: no CUDA device (no driver library)");
-        return None;
-    }
-    match CudaContext::new(0) {
-        Ok(ctx) => Some(ctx.default_stream()),
-        Err(e) => {
-            println!("skipped: no CUDA device ({e})");
-            None
-        }
-    }
+fn gpu(test: &str) -> Option<Arc<CudaStream>> {
+    llama4_cuda::device::device_for_test(test).map(|d| d.stream().clone())
 }
 
 /// SplitMix64, seeded per case from the clock (printed on failure so a case can be replayed).
@@ -71,8 +60,8 @@ fn to_act(x: &[f32], act: Act16) -> (Vec<u16>, Vec<f32>) {
     (bits, vals)
 }
 
-fn bf16_vals(bits: &[u16]) -> Vec<f32> {
-    bits.iter().map(|&b| bf16::from_bits(b).to_f32()).collect()
+fn as_bf16(bits: &[u16]) -> Vec<bf16> {
+    bits.iter().map(|&b| bf16::from_bits(b)).collect()
 }
 
 /// Rows of the output checked against the reference: all of them for small m, else 16 sampled
@@ -92,13 +81,18 @@ fn check_rows(m: usize, rng: &mut Rng) -> Vec<usize> {
 fn compare(
     what: &str,
     stream: &Arc<CudaStream>,
-    out: &CudaSlice<u16>,
+    out: &CudaSlice<bf16>,
     n: usize,
     rows: &[usize],
     want: &[f32],
     tol: f32,
 ) {
-    let got = bf16_vals(&stream.clone_dtoh(out).expect("download"));
+    let got: Vec<f32> = stream
+        .clone_dtoh(out)
+        .expect("download")
+        .iter()
+        .map(|v| v.to_f32())
+        .collect();
     let unwritten = got.iter().filter(|v| v.is_nan()).count();
     assert_eq!(
         unwritten, 0,
@@ -154,13 +148,23 @@ fn w4a16_case(
     let res = with_residual.then(|| to_act(&rng.vec(m * n, 1.0), Act16::BF16));
 
     let gw = GpuInt4Weight::upload(stream, &packed).expect("upload");
-    let gx = stream.clone_htod(&xbits).expect("x");
     let gr = res
         .as_ref()
-        .map(|r| stream.clone_htod(&r.0).expect("residual"));
+        .map(|r| stream.clone_htod(&as_bf16(&r.0)).expect("residual"));
     let mut out = stream.clone_htod(&vec![POISON; m * n]).expect("out");
     let mut scratch = GemmScratch::new();
-    let plan = match gemm::gemm_w4a16(stream, &gx, m, &gw, gr.as_ref(), &mut out, &mut scratch) {
+    let run = match act {
+        Act16::BF16 => {
+            let gx = stream.clone_htod(&as_bf16(&xbits)).expect("x");
+            gemm::gemm_w4a16(stream, &gx, m, &gw, gr.as_ref(), &mut out, &mut scratch)
+        }
+        Act16::F16 => {
+            let xh: Vec<f16> = xbits.iter().map(|&b| f16::from_bits(b)).collect();
+            let gx = stream.clone_htod(&xh).expect("x");
+            gemm::gemm_w4a16(stream, &gx, m, &gw, gr.as_ref(), &mut out, &mut scratch)
+        }
+    };
+    let plan = match run {
         Err(Error::KernelsNotBuilt(why)) => {
             println!("skipped: kernels not built ({why})");
             return None;
@@ -194,7 +198,9 @@ fn w4a16_case(
 /// split-K, prefill) meets K = 5120, 8192 and 16384. N is kept <= 8192 so the CPU side stays small.
 #[test]
 fn w4a16_llama_shapes() {
-    let Some(stream) = gpu() else { return };
+    let Some(stream) = gpu("w4a16_llama_shapes") else {
+        return;
+    };
     let cases = [
         (1, 5120, 5120),
         (2, 1024, 5120),
@@ -216,7 +222,9 @@ fn w4a16_llama_shapes() {
 /// multiple of 64 or of 8 (decode fallback); every group size; asymmetric; f16; residual.
 #[test]
 fn w4a16_odd_shapes() {
-    let Some(stream) = gpu() else { return };
+    let Some(stream) = gpu("w4a16_odd_shapes") else {
+        return;
+    };
     let cases = [
         (1, 17, 384, 128, true, Act16::BF16, false),
         (3, 129, 320, 64, false, Act16::BF16, true),
@@ -237,7 +245,9 @@ fn w4a16_odd_shapes() {
 /// Split-K partials are reduced in a fixed order: two runs give identical bits.
 #[test]
 fn w4a16_split_k_is_deterministic() {
-    let Some(stream) = gpu() else { return };
+    let Some(stream) = gpu("w4a16_split_k_is_deterministic") else {
+        return;
+    };
     let (m, n, k) = (4, 1024, 16384);
     let mut rng = Rng::fresh();
     let w = rng.vec(n * k, 0.05);
@@ -245,7 +255,7 @@ fn w4a16_split_k_is_deterministic() {
     let gw = GpuInt4Weight::upload(&stream, &repack_int4(&q, Act16::BF16).expect("repack"))
         .expect("upload");
     let gx = stream
-        .clone_htod(&to_act(&rng.vec(m * k, 1.0), Act16::BF16).0)
+        .clone_htod(&as_bf16(&to_act(&rng.vec(m * k, 1.0), Act16::BF16).0))
         .expect("x");
     let mut runs = Vec::new();
     let mut scratch = GemmScratch::new();
@@ -266,7 +276,9 @@ fn w4a16_split_k_is_deterministic() {
 /// rows with mixed magnitudes, a row of zeros and k not a multiple of 16 (zero padding).
 #[test]
 fn fp8_quantize_bit_exact() {
-    let Some(stream) = gpu() else { return };
+    let Some(stream) = gpu("fp8_quantize_bit_exact") else {
+        return;
+    };
     let mut rng = Rng::fresh();
     for (m, k) in [(1, 5120), (7, 100), (33, 4096)] {
         let mut x = rng.vec(m * k, 1.0);
@@ -277,7 +289,7 @@ fn fp8_quantize_bit_exact() {
             x[k..2 * k].iter_mut().for_each(|v| *v = 0.0);
         }
         let (bits, vals) = to_act(&x, Act16::BF16);
-        let gx = stream.clone_htod(&bits).expect("x");
+        let gx = stream.clone_htod(&as_bf16(&bits)).expect("x");
         let (codes, scales) = match gemm::fp8_quantize_per_token(&stream, &gx, m, k) {
             Err(Error::KernelsNotBuilt(_)) => return println!("skipped: kernels not built"),
             r => r.expect("quantize"),
@@ -323,10 +335,10 @@ fn fp8_case(
     let (xbits, xvals) = to_act(&rng.vec(m * k, 1.0), Act16::BF16);
     let res = with_residual.then(|| to_act(&rng.vec(m * n, 1.0), Act16::BF16));
     let gw = GpuFp8Weight::upload(stream, &q).expect("upload");
-    let gx = stream.clone_htod(&xbits).expect("x");
+    let gx = stream.clone_htod(&as_bf16(&xbits)).expect("x");
     let gr = res
         .as_ref()
-        .map(|r| stream.clone_htod(&r.0).expect("residual"));
+        .map(|r| stream.clone_htod(&as_bf16(&r.0)).expect("residual"));
     let mut out = stream.clone_htod(&vec![POISON; m * n]).expect("out");
     let mut scratch = GemmScratch::new();
     let plan = match gemm::gemm_fp8(
@@ -375,7 +387,9 @@ fn fp8_case(
 /// W8A8 on decode (quantize + GEMV) and prefill (wgmma / mma.sync) shapes, W8A16 decode, odd shapes.
 #[test]
 fn fp8_shapes() {
-    let Some(stream) = gpu() else { return };
+    let Some(stream) = gpu("fp8_shapes") else {
+        return;
+    };
     let cases = [
         (1, 5120, 5120, Fp8Mode::W8A8, false),
         (4, 1024, 16384, Fp8Mode::W8A8, true),
@@ -399,7 +413,9 @@ fn fp8_shapes() {
 /// Bad input is a typed error before anything is launched.
 #[test]
 fn rejects_bad_shapes() {
-    let Some(stream) = gpu() else { return };
+    let Some(stream) = gpu("rejects_bad_shapes") else {
+        return;
+    };
     let w = Int4Weight::quantize(
         &Rng::fresh().vec(32 * 128, 0.1),
         32,
@@ -409,7 +425,7 @@ fn rejects_bad_shapes() {
     .expect("quantize");
     let gw = GpuInt4Weight::upload(&stream, &repack_int4(&w, Act16::BF16).expect("repack"))
         .expect("upload");
-    let gx = stream.clone_htod(&vec![0x3f80u16; 2 * 128]).expect("x");
+    let gx = stream.clone_htod(&vec![bf16::ONE; 2 * 128]).expect("x");
     let mut out = stream.clone_htod(&vec![POISON; 2 * 32]).expect("out");
     let mut scratch = GemmScratch::new();
     // x too short for m = 3.
@@ -425,7 +441,7 @@ fn rejects_bad_shapes() {
     )
     .expect("quantize");
     let gfw = GpuFp8Weight::upload(&stream, &fw).expect("upload");
-    let gx = stream.clone_htod(&vec![0x3f80u16; 2 * 40]).expect("x");
+    let gx = stream.clone_htod(&vec![bf16::ONE; 2 * 40]).expect("x");
     // k = 40 is not a multiple of 16.
     assert!(matches!(
         gemm::gemm_fp8(

@@ -5,8 +5,9 @@
 //!   token on the GPU, bit-exact with [`crate::quant::fp8::quantize_per_token`]).
 //!
 //! Every entry point validates shapes on the host, picks a [`GemmPlan`] from M and the device,
-//! launches on the given stream and returns the plan. 16-bit device tensors are `CudaSlice<u16>`
-//! holding bf16 / f16 bits. Without compiled kernels every call returns [`Error::KernelsNotBuilt`].
+//! launches on the given stream and returns the plan. Activations are `CudaSlice<bf16>` (or
+//! `CudaSlice<f16>` for an f16 int4 weight), outputs and residuals `CudaSlice<bf16>`. Without
+//! compiled kernels every call returns [`Error::KernelsNotBuilt`].
 //! The CPU specification is [`crate::reference::gemm`]; docs/GEMM.md has the design.
 
 pub mod plan;
@@ -14,9 +15,12 @@ pub mod plan;
 use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream};
+use half::bf16;
 
 pub use plan::{DeviceInfo, GemmKind, GemmPath, GemmPlan, DECODE_MAX_M};
 
+use crate::device::{DeviceElem, DriverResultExt};
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::quant::repack::{Act16, RepackedInt4};
 use crate::quant::{Fp8Scaling, Fp8Weight};
@@ -52,22 +56,14 @@ pub enum Fp8Mode {
     W8A8,
 }
 
-fn cuda_err(op: &'static str) -> impl Fn(cudarc::driver::DriverError) -> Error {
-    move |e| Error::Cuda {
-        op,
-        name: format!("{:?}", e.0),
-        message: e.to_string(),
-    }
-}
-
 /// Compute capability and SM count of the stream's device.
 pub fn device_info(stream: &Arc<CudaStream>) -> Result<DeviceInfo> {
     use cudarc::driver::sys::CUdevice_attribute as A;
     let ctx = stream.context();
-    let (major, minor) = ctx.compute_capability().map_err(cuda_err("device_info"))?;
+    let (major, minor) = ctx.compute_capability().op("device_info")?;
     let sms = ctx
         .attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-        .map_err(cuda_err("device_info"))?;
+        .op("device_info")?;
     Ok(DeviceInfo {
         cc: (major as u32, minor as u32),
         sm_count: sms as u32,
@@ -85,14 +81,14 @@ impl GpuInt4Weight {
             act: r.act,
             k_slabs: r.k_slabs,
             groups: r.groups,
-            qweight: stream.clone_htod(&r.qweight).map_err(cuda_err(op))?,
-            scales: stream.clone_htod(&r.scales).map_err(cuda_err(op))?,
+            qweight: stream.clone_htod(&r.qweight).op(op)?,
+            scales: stream.clone_htod(&r.scales).op(op)?,
             zero_bias: r
                 .zero_bias
                 .as_ref()
                 .map(|z| stream.clone_htod(z))
                 .transpose()
-                .map_err(cuda_err(op))?,
+                .op(op)?,
         })
     }
 }
@@ -157,8 +153,8 @@ impl GpuFp8Weight {
         Ok(GpuFp8Weight {
             n: w.n,
             k: w.k,
-            codes: stream.clone_htod(&w.codes).map_err(cuda_err(op))?,
-            scales: stream.clone_htod(&scales).map_err(cuda_err(op))?,
+            codes: stream.clone_htod(&w.codes).op(op)?,
+            scales: stream.clone_htod(&scales).op(op)?,
         })
     }
 }
@@ -205,7 +201,7 @@ pub struct GemmScratch {
     partials: Option<CudaSlice<f32>>,
     codes: Option<CudaSlice<u8>>,
     x_scales: Option<CudaSlice<f32>>,
-    decoded: Option<CudaSlice<u16>>,
+    decoded: Option<CudaSlice<bf16>>,
 }
 
 impl GemmScratch {
@@ -234,20 +230,20 @@ fn grow<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
     op: &'static str,
 ) -> Result<()> {
     if !matches!(slot, Some(b) if b.len() >= len) {
-        *slot = Some(stream.alloc_zeros::<T>(len.max(1)).map_err(cuda_err(op))?);
+        *slot = Some(stream.alloc_zeros::<T>(len.max(1)).op(op)?);
     }
     Ok(())
 }
 
 /// `out[m, n] = x[m, k] · Wᵀ (+ residual)` for an int4 weight; `x` holds `w.act` bits, `out` and
 /// `residual` bf16 bits, all row-major and contiguous. Returns the plan it ran.
-pub fn gemm_w4a16(
+pub fn gemm_w4a16<T: DeviceElem>(
     stream: &Arc<CudaStream>,
-    x: &CudaSlice<u16>,
+    x: &CudaSlice<T>,
     m: usize,
     w: &GpuInt4Weight,
-    residual: Option<&CudaSlice<u16>>,
-    out: &mut CudaSlice<u16>,
+    residual: Option<&CudaSlice<bf16>>,
+    out: &mut CudaSlice<bf16>,
     scratch: &mut GemmScratch,
 ) -> Result<GemmPlan> {
     const OP: &str = "gemm_w4a16";
@@ -261,6 +257,19 @@ pub fn gemm_w4a16(
         residual.map(|r| r.len()),
     )?;
     w.check()?;
+    let want = match w.act {
+        Act16::BF16 => DType::BF16,
+        Act16::F16 => DType::F16,
+    };
+    if T::DTYPE != want {
+        return Err(Error::DType {
+            op: OP,
+            msg: format!(
+                "x is {}, the weight was repacked for {want} activations",
+                T::DTYPE
+            ),
+        });
+    }
     let dev = scratch.device(stream)?;
     let plan = GemmPlan::new(
         GemmKind::W4A16 {
@@ -285,12 +294,12 @@ pub fn gemm_w4a16(
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_fp8(
     stream: &Arc<CudaStream>,
-    x: &CudaSlice<u16>,
+    x: &CudaSlice<bf16>,
     m: usize,
     w: &GpuFp8Weight,
     mode: Fp8Mode,
-    residual: Option<&CudaSlice<u16>>,
-    out: &mut CudaSlice<u16>,
+    residual: Option<&CudaSlice<bf16>>,
+    out: &mut CudaSlice<bf16>,
     scratch: &mut GemmScratch,
 ) -> Result<GemmPlan> {
     const OP: &str = "gemm_fp8";
@@ -323,7 +332,7 @@ pub fn gemm_fp8(
 /// (bf16-valued) input.
 pub fn fp8_quantize_per_token(
     stream: &Arc<CudaStream>,
-    x: &CudaSlice<u16>,
+    x: &CudaSlice<bf16>,
     m: usize,
     k: usize,
 ) -> Result<(CudaSlice<u8>, CudaSlice<f32>)> {
@@ -347,13 +356,13 @@ mod launch {
     const WHY: &str = "built without nvcc";
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn w4a16(
+    pub(super) fn w4a16<T: DeviceElem>(
         _: &Arc<CudaStream>,
-        _: &CudaSlice<u16>,
+        _: &CudaSlice<T>,
         _: usize,
         _: &GpuInt4Weight,
-        _: Option<&CudaSlice<u16>>,
-        _: &mut CudaSlice<u16>,
+        _: Option<&CudaSlice<bf16>>,
+        _: &mut CudaSlice<bf16>,
         _: &GemmPlan,
         _: &mut GemmScratch,
     ) -> Result<()> {
@@ -362,12 +371,12 @@ mod launch {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn fp8(
         _: &Arc<CudaStream>,
-        _: &CudaSlice<u16>,
+        _: &CudaSlice<bf16>,
         _: usize,
         _: &GpuFp8Weight,
         _: Fp8Mode,
-        _: Option<&CudaSlice<u16>>,
-        _: &mut CudaSlice<u16>,
+        _: Option<&CudaSlice<bf16>>,
+        _: &mut CudaSlice<bf16>,
         _: &GemmPlan,
         _: &mut GemmScratch,
     ) -> Result<()> {
@@ -375,7 +384,7 @@ mod launch {
     }
     pub(super) fn quantize(
         _: &Arc<CudaStream>,
-        _: &CudaSlice<u16>,
+        _: &CudaSlice<bf16>,
         _: usize,
         _: usize,
     ) -> Result<(CudaSlice<u8>, CudaSlice<f32>)> {
@@ -388,21 +397,18 @@ mod launch {
     //! Fills the C ABI's params structs and calls the launchers.
     use cudarc::driver::{DevicePtr, DevicePtrMut};
 
-    use super::ffi;
     use super::*;
-
-    fn status(op: &'static str, st: ffi::l4c_status) -> Result<()> {
-        ffi::check(op, st)
-    }
+    use crate::ops::launch;
+    use crate::sys;
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn w4a16(
+    pub(super) fn w4a16<T: DeviceElem>(
         stream: &Arc<CudaStream>,
-        x: &CudaSlice<u16>,
+        x: &CudaSlice<T>,
         m: usize,
         w: &GpuInt4Weight,
-        residual: Option<&CudaSlice<u16>>,
-        out: &mut CudaSlice<u16>,
+        residual: Option<&CudaSlice<bf16>>,
+        out: &mut CudaSlice<bf16>,
         plan: &GemmPlan,
         scratch: &mut GemmScratch,
     ) -> Result<()> {
@@ -428,7 +434,7 @@ mod launch {
         let rp = residual.map(|r| r.device_ptr(stream));
         let wsp = ws.map(|b| b.device_ptr_mut(stream));
         let (op_, _go) = out.device_ptr_mut(stream);
-        let p = ffi::l4c_gemm_w4a16_params {
+        let p = sys::l4c_gemm_w4a16_params {
             x: xp as usize as *const _,
             qweight: qp as usize as *const u32,
             scales: sp as usize as *const _,
@@ -452,31 +458,32 @@ mod launch {
             groups: w.groups as i64,
             group_size: w.group_size as i32,
             act_dtype: match w.act {
-                Act16::BF16 => ffi::L4C_DTYPE_BF16,
-                Act16::F16 => ffi::L4C_DTYPE_F16,
+                Act16::BF16 => sys::l4c_dtype::L4C_DTYPE_BF16,
+                Act16::F16 => sys::l4c_dtype::L4C_DTYPE_F16,
             },
             path: plan.path_code(),
             token_tiles,
             split_k,
         };
-        // SAFETY: every pointer comes from a live CudaSlice on this stream whose length was checked
-        // against (m, n, k) by the caller (check_io) or sized by the repack (qweight, scales,
-        // zero_bias) or by the plan (workspace); the guards keep them alive until after the launch
-        // is enqueued, and the launcher only enqueues work on `stream`.
-        let st = unsafe { ffi::l4c_gemm_w4a16(&p, stream.cu_stream() as _) };
-        status(OP, st)
+        launch(OP, stream, |st| {
+            // SAFETY: every pointer comes from a live CudaSlice on this stream whose length was checked
+            // against (m, n, k) by the caller (check_io) or sized by the repack (qweight, scales,
+            // zero_bias) or by the plan (workspace); the guards keep them alive until after the launch
+            // is enqueued, and the launcher only enqueues work on `stream`.
+            unsafe { sys::l4c_gemm_w4a16(&p, st) }
+        })
         // `ws` is freed on the stream after the kernels that use it (stream-ordered free).
     }
 
     #[allow(clippy::too_many_arguments)]
     pub(super) fn fp8(
         stream: &Arc<CudaStream>,
-        x: &CudaSlice<u16>,
+        x: &CudaSlice<bf16>,
         m: usize,
         w: &GpuFp8Weight,
         mode: Fp8Mode,
-        residual: Option<&CudaSlice<u16>>,
-        out: &mut CudaSlice<u16>,
+        residual: Option<&CudaSlice<bf16>>,
+        out: &mut CudaSlice<bf16>,
         plan: &GemmPlan,
         scratch: &mut GemmScratch,
     ) -> Result<()> {
@@ -519,7 +526,7 @@ mod launch {
             } else {
                 None
             };
-            let q = ffi::l4c_fp8_quantize_params {
+            let q = sys::l4c_fp8_quantize_params {
                 x: xp as usize as *const _,
                 codes: cp
                     .as_ref()
@@ -533,11 +540,12 @@ mod launch {
                 ldx: k as i64,
                 ldc: ldc as i64,
             };
-            // SAFETY: x holds m*k bf16 (checked), the scratch holds >= m scales and >= m*ldc codes
-            // or >= m*k decoded values (grown above), all alive on this stream through the guards;
-            // the launcher only enqueues work.
-            let st = unsafe { ffi::l4c_fp8_quantize_per_token(&q, stream.cu_stream() as _) };
-            status("fp8_quantize_per_token", st)?;
+            launch("fp8_quantize_per_token", stream, |st| {
+                // SAFETY: x holds m*k bf16 (checked), the scratch holds >= m scales and >= m*ldc codes
+                // or >= m*k decoded values (grown above), all alive on this stream through the guards;
+                // the launcher only enqueues work.
+                unsafe { sys::l4c_fp8_quantize_per_token(&q, st) }
+            })?;
         }
         let ws = match plan.workspace_len() {
             0 => None,
@@ -562,7 +570,7 @@ mod launch {
         let rp = residual.map(|r| r.device_ptr(stream));
         let wsp = ws.map(|b| b.device_ptr_mut(stream));
         let (op_, _go) = out.device_ptr_mut(stream);
-        let p = ffi::l4c_gemm_fp8_params {
+        let p = sys::l4c_gemm_fp8_params {
             x: xg as usize as *const _,
             x_scales: xs
                 .as_ref()
@@ -587,27 +595,28 @@ mod launch {
             token_tiles,
             split_k,
         };
-        // SAFETY: as in w4a16: live, length-checked buffers on this stream (x / out / residual by
-        // check_io, the weight by gemm_fp8, the scratch grown above to what the plan needs).
-        let st = unsafe { ffi::l4c_gemm_fp8(&p, stream.cu_stream() as _) };
-        status(OP, st)
+        launch(OP, stream, |st| {
+            // SAFETY: as in w4a16: live, length-checked buffers on this stream (x / out / residual by
+            // check_io, the weight by gemm_fp8, the scratch grown above to what the plan needs).
+            unsafe { sys::l4c_gemm_fp8(&p, st) }
+        })
     }
 
     pub(super) fn quantize(
         stream: &Arc<CudaStream>,
-        x: &CudaSlice<u16>,
+        x: &CudaSlice<bf16>,
         m: usize,
         k: usize,
     ) -> Result<(CudaSlice<u8>, CudaSlice<f32>)> {
         const OP: &str = "fp8_quantize_per_token";
         let ldc = k.div_ceil(16) * 16;
-        let mut codes = stream.alloc_zeros::<u8>(m * ldc).map_err(cuda_err(OP))?;
-        let mut scales = stream.alloc_zeros::<f32>(m).map_err(cuda_err(OP))?;
+        let mut codes = stream.alloc_zeros::<u8>(m * ldc).op(OP)?;
+        let mut scales = stream.alloc_zeros::<f32>(m).op(OP)?;
         {
             let (xp, _gx) = x.device_ptr(stream);
             let (cp, _gc) = codes.device_ptr_mut(stream);
             let (sp, _gs) = scales.device_ptr_mut(stream);
-            let q = ffi::l4c_fp8_quantize_params {
+            let q = sys::l4c_fp8_quantize_params {
                 x: xp as usize as *const _,
                 codes: cp as usize as *mut u8,
                 scales: sp as usize as *mut f32,
@@ -617,13 +626,11 @@ mod launch {
                 ldx: k as i64,
                 ldc: ldc as i64,
             };
-            // SAFETY: x holds m*k bf16 (checked by the caller), codes m*ldc bytes, scales m floats.
-            let st = unsafe { ffi::l4c_fp8_quantize_per_token(&q, stream.cu_stream() as _) };
-            status(OP, st)?;
+            launch(OP, stream, |st| {
+                // SAFETY: x holds m*k bf16 (checked by the caller), codes m*ldc bytes, scales m floats.
+                unsafe { sys::l4c_fp8_quantize_per_token(&q, st) }
+            })?;
         }
         Ok((codes, scales))
     }
 }
-
-#[cfg(llama4_kernels)]
-mod ffi;

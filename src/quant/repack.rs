@@ -422,6 +422,65 @@ mod tests {
         }
     }
 
+    /// The quantizer's own weights: what the kernel reconstructs from the repacked arrays,
+    /// `(magic + q - zero_bias) * scale` before its single bf16 rounding, equals
+    /// `Int4Weight::dequantize` exactly (symmetric and asymmetric, every group size, ragged k).
+    #[test]
+    fn kernel_dequant_equals_the_quantizer() {
+        for (gs, sym, n, k) in [
+            (128, true, 20, 300),
+            (64, false, 33, 130),
+            (32, false, 16, 64),
+            (32, true, 7, 45),
+        ] {
+            let mut seed = 0x1234_5678_9abc_def1u64 ^ (n * k) as u64;
+            let dense: Vec<f32> = (0..n * k)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    (seed % 2001) as f32 / 1000.0 - 1.0
+                })
+                .collect();
+            let config = Int4Config {
+                group_size: gs,
+                symmetric: sym,
+                scale_dtype: ScaleDType::BF16,
+            };
+            let w = Int4Weight::quantize(&dense, n, k, config).unwrap();
+            let want = w.dequantize();
+            let r = repack_int4(&w, Act16::BF16).unwrap();
+            assert_eq!(unpack_int4(&r).unwrap(), w);
+            for tile in 0..n.div_ceil(16) {
+                for slab in 0..r.k_slabs {
+                    for lane in 0..32 {
+                        for j in 0..4 {
+                            let word = r.qweight[((tile * r.k_slabs + slab) * 32 + lane) * 4 + j];
+                            for i in 0..8 {
+                                let (row, col) = nibble_coords(tile, slab, lane, j, i);
+                                if row >= n || col >= k {
+                                    continue;
+                                }
+                                let q = ((word >> (4 * i)) & 15) as f32;
+                                let at = (tile * r.groups + col / gs) * 16 + scale_slot(row % 16);
+                                let zb = r
+                                    .zero_bias
+                                    .as_ref()
+                                    .map_or(r.act.magic() + 8.0, |z| r.act.from_bits(z[at]));
+                                let got = (r.act.magic() + q - zb) * r.act.from_bits(r.scales[at]);
+                                assert_eq!(
+                                    got,
+                                    want[row * k + col],
+                                    "g{gs} sym={sym} ({row}, {col})"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn rejects_inconsistent_weights() {
         let mut w = random_weight(16, 64, 128, true, 1);
