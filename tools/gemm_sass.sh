@@ -48,3 +48,4 @@ for f in ["gemm_w4a16", "gemm_fp8"]:
             r = res.get(name, ("?",) * 5)
             print(f"{short(name):<34} sm_{a:<3} {r[0]:>4} {r[1]:>5} {r[2]+'/'+r[3]:>11} {r[4]:>6} {c['HMMA']:>5} {c['HGMMA']:>5} {c['QGMMA']:>5} {c['LDL']+c['STL']:>7}")
 PY
+echo "wgmma serialization notices (ptxas C75xx): $(cat "$out"/*.ptxas.txt | grep -c "Potential Performance Loss" || true)"

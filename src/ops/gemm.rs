@@ -196,6 +196,7 @@ fn check_io(
 /// device's [`DeviceInfo`]; buffers grow on demand and are reused, so steady-state calls allocate
 /// nothing. One per stream.
 #[derive(Default)]
+#[cfg_attr(not(llama4_kernels), allow(dead_code))] // the buffers are used by launches only
 pub struct GemmScratch {
     dev: Option<DeviceInfo>,
     partials: Option<CudaSlice<f32>>,
