@@ -137,6 +137,10 @@ fn random_fp8(n: usize, k: usize, seed: u64) -> llama4_cuda::quant::Fp8Weight {
 }
 
 fn bench(c: &mut Criterion) {
+    if !llama4_cuda::sys::KERNELS_BUILT {
+        println!("skipped: no CUDA kernels in this build (run tools/cuda-toolchain.sh)");
+        return;
+    }
     let Some(s) = stream() else {
         println!("skipped: no CUDA device");
         return;
