@@ -7,6 +7,7 @@
 
 pub mod elementwise;
 pub mod norm_rope;
+pub mod gemm;
 
 pub use elementwise::{
     cast, embedding, embedding_host_ids, residual_add, silu_mul, silu_mul_fused,

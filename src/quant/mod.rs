@@ -5,6 +5,7 @@
 
 pub mod fp8;
 pub mod int4;
+pub mod repack;
 
 use crate::error::{check_len, Result};
 

@@ -4,6 +4,8 @@
 // Regenerate with `L4C_UPDATE_BINDINGS=1 cargo test --test bindings_fresh`.
 
 pub const L4C_VERSION: u32 = 100;
+pub const L4C_GEMM_PATH_DECODE: u32 = 1;
+pub const L4C_GEMM_PATH_PREFILL: u32 = 2;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct CUstream_st {
@@ -418,6 +420,243 @@ extern "C" {
     /// RoPE then weightless qk norm on q and k (Llama 4 RoPE layers with use_qk_norm), one pass.
     pub fn l4c_rope_qk_norm(
         p: *const l4c_rope_params,
+        stream: l4c_stream_t,
+    ) -> l4c_status;
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct l4c_gemm_w4a16_params {
+    pub x: *const ::std::os::raw::c_void,
+    pub qweight: *const u32,
+    pub scales: *const ::std::os::raw::c_void,
+    pub zero_bias: *const ::std::os::raw::c_void,
+    pub residual: *const ::std::os::raw::c_void,
+    pub out: *mut ::std::os::raw::c_void,
+    pub workspace: *mut f32,
+    pub m: i64,
+    pub n: i64,
+    pub k: i64,
+    pub ldx: i64,
+    pub ldo: i64,
+    pub ldr: i64,
+    pub k_slabs: i64,
+    pub groups: i64,
+    pub group_size: i32,
+    pub act_dtype: l4c_dtype,
+    pub path: i32,
+    pub token_tiles: i32,
+    pub split_k: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of l4c_gemm_w4a16_params",
+    ][::std::mem::size_of::<l4c_gemm_w4a16_params>() - 144usize];
+    [
+        "Alignment of l4c_gemm_w4a16_params",
+    ][::std::mem::align_of::<l4c_gemm_w4a16_params>() - 8usize];
+    [
+        "Offset of field: l4c_gemm_w4a16_params::x",
+    ][::std::mem::offset_of!(l4c_gemm_w4a16_params, x) - 0usize];
+    [
+        "Offset of field: l4c_gemm_w4a16_params::qweight",
+    ][::std::mem::offset_of!(l4c_gemm_w4a16_params, qweight) - 8usize];
+    [
+        "Offset of field: l4c_gemm_w4a16_params::scales",
+    ][::std::mem::offset_of!(l4c_gemm_w4a16_params, scales) - 16usize];
+    [
+        "Offset of field: l4c_gemm_w4a16_params::zero_bias",
+    ][::std::mem::offset_of!(l4c_gemm_w4a16_params, zero_bias) - 24usize];
+    [
+        "Offset of field: l4c_gemm_w4a16_params::residual",
+    ][::std::mem::offset_of!(l4c_gemm_w4a16_params, residual) - 32usize];
+    [
+        "Offset of field: l4c_gemm_w4a16_params::out",
+    ][::std::mem::offset_of!(l4c_gemm_w4a16_params, out) - 40usize];
+    [
+        "Offset of field: l4c_gemm_w4a16_params::workspace",
+    ][::std::mem::offset_of!(l4c_gemm_w4a16_params, workspace) - 48usize];
+    [
+        "Offset of field: l4c_gemm_w4a16_params::m",
+    ][::std::mem::offset_of!(l4c_gemm_w4a16_params, m) - 56usize];
+    [
+        "Offset of field: l4c_gemm_w4a16_params::n",
+    ][::std::mem::offset_of!(l4c_gemm_w4a16_params, n) - 64usize];
+    [
+        "Offset of field: l4c_gemm_w4a16_params::k",
+    ][::std::mem::offset_of!(l4c_gemm_w4a16_params, k) - 72usize];
+    [
+        "Offset of field: l4c_gemm_w4a16_params::ldx",
+    ][::std::mem::offset_of!(l4c_gemm_w4a16_params, ldx) - 80usize];
+    [
+        "Offset of field: l4c_gemm_w4a16_params::ldo",
+    ][::std::mem::offset_of!(l4c_gemm_w4a16_params, ldo) - 88usize];
+    [
+        "Offset of field: l4c_gemm_w4a16_params::ldr",
+    ][::std::mem::offset_of!(l4c_gemm_w4a16_params, ldr) - 96usize];
+    [
+        "Offset of field: l4c_gemm_w4a16_params::k_slabs",
+    ][::std::mem::offset_of!(l4c_gemm_w4a16_params, k_slabs) - 104usize];
+    [
+        "Offset of field: l4c_gemm_w4a16_params::groups",
+    ][::std::mem::offset_of!(l4c_gemm_w4a16_params, groups) - 112usize];
+    [
+        "Offset of field: l4c_gemm_w4a16_params::group_size",
+    ][::std::mem::offset_of!(l4c_gemm_w4a16_params, group_size) - 120usize];
+    [
+        "Offset of field: l4c_gemm_w4a16_params::act_dtype",
+    ][::std::mem::offset_of!(l4c_gemm_w4a16_params, act_dtype) - 124usize];
+    [
+        "Offset of field: l4c_gemm_w4a16_params::path",
+    ][::std::mem::offset_of!(l4c_gemm_w4a16_params, path) - 128usize];
+    [
+        "Offset of field: l4c_gemm_w4a16_params::token_tiles",
+    ][::std::mem::offset_of!(l4c_gemm_w4a16_params, token_tiles) - 132usize];
+    [
+        "Offset of field: l4c_gemm_w4a16_params::split_k",
+    ][::std::mem::offset_of!(l4c_gemm_w4a16_params, split_k) - 136usize];
+};
+extern "C" {
+    pub fn l4c_gemm_w4a16(
+        p: *const l4c_gemm_w4a16_params,
+        stream: l4c_stream_t,
+    ) -> l4c_status;
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct l4c_fp8_quantize_params {
+    pub x: *const ::std::os::raw::c_void,
+    pub codes: *mut u8,
+    pub scales: *mut f32,
+    pub decoded: *mut ::std::os::raw::c_void,
+    pub m: i64,
+    pub k: i64,
+    pub ldx: i64,
+    pub ldc: i64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of l4c_fp8_quantize_params",
+    ][::std::mem::size_of::<l4c_fp8_quantize_params>() - 64usize];
+    [
+        "Alignment of l4c_fp8_quantize_params",
+    ][::std::mem::align_of::<l4c_fp8_quantize_params>() - 8usize];
+    [
+        "Offset of field: l4c_fp8_quantize_params::x",
+    ][::std::mem::offset_of!(l4c_fp8_quantize_params, x) - 0usize];
+    [
+        "Offset of field: l4c_fp8_quantize_params::codes",
+    ][::std::mem::offset_of!(l4c_fp8_quantize_params, codes) - 8usize];
+    [
+        "Offset of field: l4c_fp8_quantize_params::scales",
+    ][::std::mem::offset_of!(l4c_fp8_quantize_params, scales) - 16usize];
+    [
+        "Offset of field: l4c_fp8_quantize_params::decoded",
+    ][::std::mem::offset_of!(l4c_fp8_quantize_params, decoded) - 24usize];
+    [
+        "Offset of field: l4c_fp8_quantize_params::m",
+    ][::std::mem::offset_of!(l4c_fp8_quantize_params, m) - 32usize];
+    [
+        "Offset of field: l4c_fp8_quantize_params::k",
+    ][::std::mem::offset_of!(l4c_fp8_quantize_params, k) - 40usize];
+    [
+        "Offset of field: l4c_fp8_quantize_params::ldx",
+    ][::std::mem::offset_of!(l4c_fp8_quantize_params, ldx) - 48usize];
+    [
+        "Offset of field: l4c_fp8_quantize_params::ldc",
+    ][::std::mem::offset_of!(l4c_fp8_quantize_params, ldc) - 56usize];
+};
+extern "C" {
+    pub fn l4c_fp8_quantize_per_token(
+        p: *const l4c_fp8_quantize_params,
+        stream: l4c_stream_t,
+    ) -> l4c_status;
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct l4c_gemm_fp8_params {
+    pub x: *const ::std::os::raw::c_void,
+    pub x_scales: *const f32,
+    pub w: *const u8,
+    pub w_scales: *const f32,
+    pub residual: *const ::std::os::raw::c_void,
+    pub out: *mut ::std::os::raw::c_void,
+    pub workspace: *mut f32,
+    pub m: i64,
+    pub n: i64,
+    pub k: i64,
+    pub ldx: i64,
+    pub ldw: i64,
+    pub ldo: i64,
+    pub ldr: i64,
+    pub path: i32,
+    pub token_tiles: i32,
+    pub split_k: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of l4c_gemm_fp8_params",
+    ][::std::mem::size_of::<l4c_gemm_fp8_params>() - 128usize];
+    [
+        "Alignment of l4c_gemm_fp8_params",
+    ][::std::mem::align_of::<l4c_gemm_fp8_params>() - 8usize];
+    [
+        "Offset of field: l4c_gemm_fp8_params::x",
+    ][::std::mem::offset_of!(l4c_gemm_fp8_params, x) - 0usize];
+    [
+        "Offset of field: l4c_gemm_fp8_params::x_scales",
+    ][::std::mem::offset_of!(l4c_gemm_fp8_params, x_scales) - 8usize];
+    [
+        "Offset of field: l4c_gemm_fp8_params::w",
+    ][::std::mem::offset_of!(l4c_gemm_fp8_params, w) - 16usize];
+    [
+        "Offset of field: l4c_gemm_fp8_params::w_scales",
+    ][::std::mem::offset_of!(l4c_gemm_fp8_params, w_scales) - 24usize];
+    [
+        "Offset of field: l4c_gemm_fp8_params::residual",
+    ][::std::mem::offset_of!(l4c_gemm_fp8_params, residual) - 32usize];
+    [
+        "Offset of field: l4c_gemm_fp8_params::out",
+    ][::std::mem::offset_of!(l4c_gemm_fp8_params, out) - 40usize];
+    [
+        "Offset of field: l4c_gemm_fp8_params::workspace",
+    ][::std::mem::offset_of!(l4c_gemm_fp8_params, workspace) - 48usize];
+    [
+        "Offset of field: l4c_gemm_fp8_params::m",
+    ][::std::mem::offset_of!(l4c_gemm_fp8_params, m) - 56usize];
+    [
+        "Offset of field: l4c_gemm_fp8_params::n",
+    ][::std::mem::offset_of!(l4c_gemm_fp8_params, n) - 64usize];
+    [
+        "Offset of field: l4c_gemm_fp8_params::k",
+    ][::std::mem::offset_of!(l4c_gemm_fp8_params, k) - 72usize];
+    [
+        "Offset of field: l4c_gemm_fp8_params::ldx",
+    ][::std::mem::offset_of!(l4c_gemm_fp8_params, ldx) - 80usize];
+    [
+        "Offset of field: l4c_gemm_fp8_params::ldw",
+    ][::std::mem::offset_of!(l4c_gemm_fp8_params, ldw) - 88usize];
+    [
+        "Offset of field: l4c_gemm_fp8_params::ldo",
+    ][::std::mem::offset_of!(l4c_gemm_fp8_params, ldo) - 96usize];
+    [
+        "Offset of field: l4c_gemm_fp8_params::ldr",
+    ][::std::mem::offset_of!(l4c_gemm_fp8_params, ldr) - 104usize];
+    [
+        "Offset of field: l4c_gemm_fp8_params::path",
+    ][::std::mem::offset_of!(l4c_gemm_fp8_params, path) - 112usize];
+    [
+        "Offset of field: l4c_gemm_fp8_params::token_tiles",
+    ][::std::mem::offset_of!(l4c_gemm_fp8_params, token_tiles) - 116usize];
+    [
+        "Offset of field: l4c_gemm_fp8_params::split_k",
+    ][::std::mem::offset_of!(l4c_gemm_fp8_params, split_k) - 120usize];
+};
+extern "C" {
+    pub fn l4c_gemm_fp8(
+        p: *const l4c_gemm_fp8_params,
         stream: l4c_stream_t,
     ) -> l4c_status;
 }

@@ -1,0 +1,300 @@
+//! Quantized GEMMs on the GPU at the Llama 4 shapes, timed with CUDA events (`iter_custom`).
+//!
+//! For each (kind, m, n, k): weight GB/s, TFLOP/s and the fraction of the floor, where the floor is
+//! max(bytes / measured copy bandwidth, flops / tensor peak). The bandwidth is measured in the same
+//! run (a 1 GiB device-to-device copy, read + write bytes); the tensor peaks are datasheet numbers
+//! for dense math (H100 SXM: 989 TFLOP/s bf16, 1979 fp8; A100: 312 bf16), stated, not measured here:
+//! tools/peers_gemm.py measures cuBLAS bf16 at the same shapes for the achieved ceiling.
+//! Weights rotate over enough copies to exceed L2, so decode shapes read DRAM as in a real model.
+//!
+//! `L4C_GEMM_M=1,16,2048` and `L4C_GEMM_SHAPES=5120x5120,...` narrow the grid. Without a CUDA device
+//! the bench prints "skipped: no CUDA device".
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use half::bf16;
+use llama4_cuda::ops::gemm::{
+    self, device_info, DeviceInfo, Fp8Mode, GemmScratch, GpuFp8Weight, GpuInt4Weight,
+};
+use llama4_cuda::quant::repack::{Act16, RepackedInt4, SLAB_WORDS};
+use llama4_cuda::quant::{Int4Config, ScaleDType};
+
+const SHAPES: [(usize, usize); 7] = [
+    (1024, 5120),
+    (5120, 5120),
+    (8192, 5120),
+    (16384, 5120),
+    (202048, 5120),
+    (5120, 8192),
+    (5120, 16384),
+];
+const MS: [usize; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 512, 2048, 8192];
+/// Total weight bytes the rotation spans (H100 L2 is 50 MB).
+const ROTATE_BYTES: usize = 256 << 20;
+
+struct Row {
+    name: String,
+    secs: f64,
+    bytes: f64,
+    flops: f64,
+    peak: f64,
+}
+static ROWS: Mutex<Vec<Row>> = Mutex::new(Vec::new());
+
+fn env_list(var: &str) -> Option<Vec<String>> {
+    std::env::var(var)
+        .ok()
+        .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
+}
+
+fn stream() -> Option<Arc<CudaStream>> {
+    // SAFETY: only tries to dlopen the driver library.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return None;
+    }
+    CudaContext::new(0).ok().map(|c| c.default_stream())
+}
+
+/// Times `iters` calls of `f` with CUDA events; returns the elapsed wall time of the GPU work.
+fn event_time(s: &Arc<CudaStream>, iters: u64, mut f: impl FnMut(u64)) -> Duration {
+    let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
+    let a = s.record_event(flags).expect("event");
+    for i in 0..iters {
+        f(i);
+    }
+    let b = s.record_event(flags).expect("event");
+    b.synchronize().expect("sync");
+    Duration::from_secs_f64(a.elapsed_ms(&b).expect("elapsed") as f64 / 1e3)
+}
+
+/// Measured copy bandwidth (bytes read + written per second).
+fn copy_bandwidth(s: &Arc<CudaStream>) -> f64 {
+    let n = 1usize << 30;
+    let src = s.alloc_zeros::<u8>(n).expect("alloc");
+    let mut dst = s.alloc_zeros::<u8>(n).expect("alloc");
+    s.memcpy_dtod(&src, &mut dst).expect("copy");
+    let t = event_time(s, 10, |_| s.memcpy_dtod(&src, &mut dst).expect("copy"));
+    2.0 * n as f64 * 10.0 / t.as_secs_f64()
+}
+
+fn xorshift(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+/// A random repacked int4 weight (random nibbles, small bf16 scales): timing needs no quantizer.
+fn random_int4(n: usize, k: usize, seed: u64) -> RepackedInt4 {
+    let mut s = seed | 1;
+    let k_slabs = k.div_ceil(64);
+    let groups = (k_slabs * 64).div_ceil(128);
+    let tiles = n.div_ceil(16);
+    let qweight = (0..tiles * k_slabs * SLAB_WORDS)
+        .map(|_| xorshift(&mut s) as u32)
+        .collect();
+    let scales = (0..tiles * groups * 16)
+        .map(|_| Act16::BF16.to_bits(1e-3 * (1 + xorshift(&mut s) % 8) as f32))
+        .collect();
+    let config = Int4Config {
+        group_size: 128,
+        symmetric: true,
+        scale_dtype: ScaleDType::BF16,
+    };
+    RepackedInt4 {
+        n,
+        k,
+        config,
+        act: Act16::BF16,
+        k_slabs,
+        groups,
+        qweight,
+        scales,
+        zero_bias: None,
+    }
+}
+
+fn random_fp8(n: usize, k: usize, seed: u64) -> llama4_cuda::quant::Fp8Weight {
+    let mut s = seed | 1;
+    let codes = (0..n * k)
+        .map(|_| {
+            let c = xorshift(&mut s) as u8 & 0xf7; // clears a mantissa bit: never the NaN codes 0x7f / 0xff
+            c & !0x40 // and keep magnitudes below 2^0 so sums stay finite
+        })
+        .collect();
+    let scales = (0..n).map(|i| 1e-3 * (1 + i % 7) as f32).collect();
+    llama4_cuda::quant::Fp8Weight {
+        n,
+        k,
+        codes,
+        scaling: llama4_cuda::quant::Fp8Scaling::PerChannel,
+        scales,
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    if !llama4_cuda::sys::KERNELS_BUILT {
+        println!("skipped: no CUDA kernels in this build (run tools/cuda-toolchain.sh)");
+        return;
+    }
+    let Some(s) = stream() else {
+        println!("skipped: no CUDA device");
+        return;
+    };
+    let dev: DeviceInfo = device_info(&s).expect("device info");
+    let mut scratch = GemmScratch::new();
+    let bw = copy_bandwidth(&s);
+    let (peak_bf16, peak_fp8) = if dev.cc == (9, 0) {
+        (989e12, 1979e12)
+    } else {
+        (312e12, 312e12)
+    };
+    println!(
+        "device sm_{}{} ({} SMs): copy bandwidth {:.0} GB/s",
+        dev.cc.0,
+        dev.cc.1,
+        dev.sm_count,
+        bw / 1e9
+    );
+    let ms: Vec<usize> = env_list("L4C_GEMM_M").map_or(MS.to_vec(), |v| {
+        v.iter().filter_map(|s| s.parse().ok()).collect()
+    });
+    let shapes: Vec<(usize, usize)> = env_list("L4C_GEMM_SHAPES").map_or(SHAPES.to_vec(), |v| {
+        v.iter()
+            .filter_map(|s| {
+                s.split_once('x')
+                    .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+            })
+            .collect()
+    });
+
+    let mut g = c.benchmark_group("gemm_gpu");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
+    for &(n, k) in &shapes {
+        let max_m = *ms.iter().max().unwrap_or(&1);
+        let x: CudaSlice<bf16> = s
+            .clone_htod(&vec![bf16::from_f32(0.0078125); max_m * k])
+            .expect("x");
+        let mut out = s.alloc_zeros::<bf16>(max_m * n).expect("out");
+
+        let int4 = random_int4(n, k, 1);
+        let copies = ROTATE_BYTES.div_ceil(int4.nbytes()).clamp(1, 32);
+        let ws: Vec<GpuInt4Weight> = (0..copies)
+            .map(|_| GpuInt4Weight::upload(&s, &int4).expect("upload"))
+            .collect();
+        for &m in &ms {
+            let plan =
+                gemm::gemm_w4a16(&s, &x, m, &ws[0], None, &mut out, &mut scratch).expect("w4a16");
+            let name = format!("w4a16 m={m} n={n} k={k}");
+            g.throughput(Throughput::Bytes(int4.nbytes() as u64));
+            let mut best = f64::INFINITY;
+            g.bench_function(BenchmarkId::new("w4a16", format!("{m}x{n}x{k}")), |b| {
+                b.iter_custom(|iters| {
+                    let t = event_time(&s, iters, |i| {
+                        gemm::gemm_w4a16(
+                            &s,
+                            &x,
+                            m,
+                            &ws[i as usize % copies],
+                            None,
+                            &mut out,
+                            &mut scratch,
+                        )
+                        .expect("w4a16");
+                    });
+                    best = best.min(t.as_secs_f64() / iters as f64);
+                    t
+                })
+            });
+            let bytes = (int4.nbytes() + 2 * m * (k + n)) as f64;
+            ROWS.lock().unwrap().push(Row {
+                name: format!("{name} [{plan}]"),
+                secs: best,
+                bytes,
+                flops: 2.0 * (m * n * k) as f64,
+                peak: peak_bf16,
+            });
+        }
+        drop(ws);
+
+        let f8 = random_fp8(n, k, 2);
+        let copies = ROTATE_BYTES.div_ceil(n * k).clamp(1, 32);
+        let ws: Vec<GpuFp8Weight> = (0..copies)
+            .map(|_| GpuFp8Weight::upload(&s, &f8).expect("upload"))
+            .collect();
+        for &m in &ms {
+            for mode in [Fp8Mode::W8A8, Fp8Mode::W8A16] {
+                if mode == Fp8Mode::W8A16 && m > gemm::DECODE_MAX_M {
+                    continue; // the decode format
+                }
+                let plan = gemm::gemm_fp8(&s, &x, m, &ws[0], mode, None, &mut out, &mut scratch)
+                    .expect("fp8");
+                let tag = if mode == Fp8Mode::W8A8 {
+                    "fp8-w8a8"
+                } else {
+                    "fp8-w8a16"
+                };
+                g.throughput(Throughput::Bytes((n * k) as u64));
+                let mut best = f64::INFINITY;
+                g.bench_function(BenchmarkId::new(tag, format!("{m}x{n}x{k}")), |b| {
+                    b.iter_custom(|iters| {
+                        let t = event_time(&s, iters, |i| {
+                            gemm::gemm_fp8(
+                                &s,
+                                &x,
+                                m,
+                                &ws[i as usize % copies],
+                                mode,
+                                None,
+                                &mut out,
+                                &mut scratch,
+                            )
+                            .expect("fp8");
+                        });
+                        best = best.min(t.as_secs_f64() / iters as f64);
+                        t
+                    })
+                });
+                let bytes = (n * k + 4 * n + 2 * m * (k + n)) as f64;
+                let peak = if mode == Fp8Mode::W8A8 {
+                    peak_fp8
+                } else {
+                    peak_bf16
+                };
+                ROWS.lock().unwrap().push(Row {
+                    name: format!("{tag} m={m} n={n} k={k} [{plan}]"),
+                    secs: best,
+                    bytes,
+                    flops: 2.0 * (m * n * k) as f64,
+                    peak,
+                });
+            }
+        }
+    }
+    g.finish();
+
+    println!(
+        "\n{:<100} {:>9} {:>8} {:>8} {:>6}",
+        "case [plan]", "us", "GB/s", "TFLOP/s", "floor"
+    );
+    for r in ROWS.lock().unwrap().iter() {
+        let floor = (r.bytes / bw).max(r.flops / r.peak);
+        println!(
+            "{:<100} {:>9.2} {:>8.0} {:>8.1} {:>5.0}%",
+            r.name,
+            r.secs * 1e6,
+            r.bytes / r.secs / 1e9,
+            r.flops / r.secs / 1e12,
+            100.0 * floor / r.secs
+        );
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,459 @@
+//! GPU quantized GEMMs against the CPU reference (`reference::gemm`), on random inputs fresh per
+//! case. Without a CUDA device (or without compiled kernels) every test prints one "skipped" line.
+//!
+//! Error metric: `max |out - ref| / max |ref|` over the checked rows. Every output is poisoned with
+//! NaN (bf16 0x7fc0) before the launch and every element is checked to be written.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream};
+use half::{bf16, f16};
+use llama4_cuda::error::Error;
+use llama4_cuda::ops::gemm::{self, Fp8Mode, GemmPath, GemmScratch, GpuFp8Weight, GpuInt4Weight};
+use llama4_cuda::quant::repack::{repack_int4, unpack_int4, Act16};
+use llama4_cuda::quant::{fp8, Fp8Scaling, Fp8Weight, Int4Config, Int4Weight, ScaleDType, Weight};
+use llama4_cuda::reference::gemm as reference;
+
+/// bf16 operands and bf16 output: the weight rounds to bf16 once ((q - z) * s, 2^-9 relative), the
+/// output rounds once (2^-9), f32 accumulation differs only in order. 1e-2 leaves a 2.5x margin over
+/// the worst case of the two roundings stacked, and is far below what a wrong index produces (O(1)).
+const TOL_W4A16: f32 = 1e-2;
+/// fp8 x fp8 (or fp8 x bf16) products are exact in f32; only summation order and the final bf16
+/// rounding (2^-9 relative) differ from the reference.
+const TOL_FP8: f32 = 5e-3;
+
+const POISON: bf16 = bf16::from_bits(0x7fc0); // NaN
+
+fn gpu(test: &str) -> Option<Arc<CudaStream>> {
+    llama4_cuda::device::device_for_test(test).map(|d| d.stream().clone())
+}
+
+/// SplitMix64, seeded per case from the clock (printed on failure so a case can be replayed).
+struct Rng(u64);
+impl Rng {
+    fn fresh() -> Self {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        Rng(t)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-1, 1).
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    fn vec(&mut self, len: usize, scale: f32) -> Vec<f32> {
+        (0..len).map(|_| self.unit() * scale).collect()
+    }
+}
+
+/// Rounds to the activation dtype; returns (bits for the GPU, the rounded values for the reference).
+fn to_act(x: &[f32], act: Act16) -> (Vec<u16>, Vec<f32>) {
+    let bits: Vec<u16> = x.iter().map(|&v| act.to_bits(v)).collect();
+    let vals = bits.iter().map(|&b| act.from_bits(b)).collect();
+    (bits, vals)
+}
+
+fn as_bf16(bits: &[u16]) -> Vec<bf16> {
+    bits.iter().map(|&b| bf16::from_bits(b)).collect()
+}
+
+/// Rows of the output checked against the reference: all of them for small m, else 16 sampled
+/// (always including the first and the last).
+fn check_rows(m: usize, rng: &mut Rng) -> Vec<usize> {
+    if m <= 64 {
+        return (0..m).collect();
+    }
+    let mut rows: Vec<usize> = (0..14).map(|_| (rng.next() % m as u64) as usize).collect();
+    rows.extend([0, m - 1]);
+    rows.sort_unstable();
+    rows.dedup();
+    rows
+}
+
+/// Downloads `out`, checks every element was written, and compares `rows` with `reference(rows)`.
+fn compare(
+    what: &str,
+    stream: &Arc<CudaStream>,
+    out: &CudaSlice<bf16>,
+    n: usize,
+    rows: &[usize],
+    want: &[f32],
+    tol: f32,
+) {
+    let got: Vec<f32> = stream
+        .clone_dtoh(out)
+        .expect("download")
+        .iter()
+        .map(|v| v.to_f32())
+        .collect();
+    let unwritten = got.iter().filter(|v| v.is_nan()).count();
+    assert_eq!(
+        unwritten, 0,
+        "{what}: {unwritten} outputs not written (still NaN)"
+    );
+    let (mut err, mut mag) = (0f32, 0f32);
+    for (i, &r) in rows.iter().enumerate() {
+        for j in 0..n {
+            let (g, w) = (got[r * n + j], want[i * n + j]);
+            err = err.max((g - w).abs());
+            mag = mag.max(w.abs());
+        }
+    }
+    let rel = err / mag.max(f32::MIN_POSITIVE);
+    assert!(
+        rel <= tol,
+        "{what}: max|out-ref|/max|ref| = {rel:.3e} > {tol:e}"
+    );
+}
+
+fn gather_rows(x: &[f32], k: usize, rows: &[usize]) -> Vec<f32> {
+    rows.iter()
+        .flat_map(|&r| x[r * k..(r + 1) * k].iter().copied())
+        .collect()
+}
+
+/// Runs one W4A16 case and checks it; returns the plan's path.
+#[allow(clippy::too_many_arguments)]
+fn w4a16_case(
+    stream: &Arc<CudaStream>,
+    m: usize,
+    n: usize,
+    k: usize,
+    group_size: usize,
+    symmetric: bool,
+    act: Act16,
+    with_residual: bool,
+) -> Option<GemmPath> {
+    let mut rng = Rng::fresh();
+    let seed = rng.0;
+    let what = format!("w4a16 m={m} n={n} k={k} g={group_size} sym={symmetric} {act:?} res={with_residual} seed={seed}");
+    let w = rng.vec(n * k, 0.05);
+    let config = Int4Config {
+        group_size,
+        symmetric,
+        scale_dtype: ScaleDType::BF16,
+    };
+    let q = Int4Weight::quantize(&w, n, k, config).expect("quantize");
+    let packed = repack_int4(&q, act).expect("repack");
+    // The reference uses exactly the weight the kernel sees (scales in the activation dtype).
+    let kernel_weight = Weight::Int4(unpack_int4(&packed).expect("unpack"));
+    let (xbits, xvals) = to_act(&rng.vec(m * k, 1.0), act);
+    let res = with_residual.then(|| to_act(&rng.vec(m * n, 1.0), Act16::BF16));
+
+    let gw = GpuInt4Weight::upload(stream, &packed).expect("upload");
+    let gr = res
+        .as_ref()
+        .map(|r| stream.clone_htod(&as_bf16(&r.0)).expect("residual"));
+    let mut out = stream.clone_htod(&vec![POISON; m * n]).expect("out");
+    let mut scratch = GemmScratch::new();
+    let run = match act {
+        Act16::BF16 => {
+            let gx = stream.clone_htod(&as_bf16(&xbits)).expect("x");
+            gemm::gemm_w4a16(stream, &gx, m, &gw, gr.as_ref(), &mut out, &mut scratch)
+        }
+        Act16::F16 => {
+            let xh: Vec<f16> = xbits.iter().map(|&b| f16::from_bits(b)).collect();
+            let gx = stream.clone_htod(&xh).expect("x");
+            gemm::gemm_w4a16(stream, &gx, m, &gw, gr.as_ref(), &mut out, &mut scratch)
+        }
+    };
+    let plan = match run {
+        Err(Error::KernelsNotBuilt(why)) => {
+            println!("skipped: kernels not built ({why})");
+            return None;
+        }
+        r => r.expect(&what),
+    };
+    stream.synchronize().expect(&what);
+    let rows = check_rows(m, &mut rng);
+    let mut want = reference::gemm(&gather_rows(&xvals, k, &rows), rows.len(), &kernel_weight)
+        .expect("reference");
+    if let Some((_, rv)) = &res {
+        for (i, &r) in rows.iter().enumerate() {
+            for j in 0..n {
+                want[i * n + j] += rv[r * n + j];
+            }
+        }
+    }
+    compare(
+        &format!("{what} [{plan}]"),
+        stream,
+        &out,
+        n,
+        &rows,
+        &want,
+        TOL_W4A16,
+    );
+    Some(plan.path)
+}
+
+/// The Llama 4 projections, sampled: every M class (decode token tiles 1/2/4 with and without
+/// split-K, prefill) meets K = 5120, 8192 and 16384. N is kept <= 8192 so the CPU side stays small.
+#[test]
+fn w4a16_llama_shapes() {
+    let Some(stream) = gpu("w4a16_llama_shapes") else {
+        return;
+    };
+    let cases = [
+        (1, 5120, 5120),
+        (2, 1024, 5120),
+        (8, 8192, 5120),
+        (16, 1024, 16384),
+        (32, 5120, 8192),
+        (128, 1024, 5120),
+        (512, 5120, 5120),
+        (2048, 1024, 16384),
+    ];
+    for (m, n, k) in cases {
+        if w4a16_case(&stream, m, n, k, 128, true, Act16::BF16, false).is_none() {
+            return;
+        }
+    }
+}
+
+/// Odd shapes: m = 1, 3, 17, 33, 130; n one off a tile; k a group times an odd number, k not a
+/// multiple of 64 or of 8 (decode fallback); every group size; asymmetric; f16; residual.
+#[test]
+fn w4a16_odd_shapes() {
+    let Some(stream) = gpu("w4a16_odd_shapes") else {
+        return;
+    };
+    let cases = [
+        (1, 17, 384, 128, true, Act16::BF16, false),
+        (3, 129, 320, 64, false, Act16::BF16, true),
+        (17, 200, 96, 32, true, Act16::F16, false),
+        (33, 15, 1000, 128, false, Act16::F16, true),
+        (130, 143, 384 * 3, 128, true, Act16::BF16, true),
+        (130, 257, 136, 32, false, Act16::BF16, false),
+        (70, 100, 100, 32, true, Act16::BF16, false), // k % 8 != 0: decode at any m
+        (257, 1, 640, 64, false, Act16::F16, false),
+    ];
+    for (m, n, k, g, sym, act, res) in cases {
+        if w4a16_case(&stream, m, n, k, g, sym, act, res).is_none() {
+            return;
+        }
+    }
+}
+
+/// Split-K partials are reduced in a fixed order: two runs give identical bits.
+#[test]
+fn w4a16_split_k_is_deterministic() {
+    let Some(stream) = gpu("w4a16_split_k_is_deterministic") else {
+        return;
+    };
+    let (m, n, k) = (4, 1024, 16384);
+    let mut rng = Rng::fresh();
+    let w = rng.vec(n * k, 0.05);
+    let q = Int4Weight::quantize(&w, n, k, Int4Config::default()).expect("quantize");
+    let gw = GpuInt4Weight::upload(&stream, &repack_int4(&q, Act16::BF16).expect("repack"))
+        .expect("upload");
+    let gx = stream
+        .clone_htod(&as_bf16(&to_act(&rng.vec(m * k, 1.0), Act16::BF16).0))
+        .expect("x");
+    let mut runs = Vec::new();
+    let mut scratch = GemmScratch::new();
+    for _ in 0..2 {
+        let mut out = stream.clone_htod(&vec![POISON; m * n]).expect("out");
+        match gemm::gemm_w4a16(&stream, &gx, m, &gw, None, &mut out, &mut scratch) {
+            Err(Error::KernelsNotBuilt(_)) => return println!("skipped: kernels not built"),
+            r => assert!(
+                matches!(r.expect("gemm").path, GemmPath::Decode { split_k, .. } if split_k > 1)
+            ),
+        }
+        runs.push(stream.clone_dtoh(&out).expect("download"));
+    }
+    assert_eq!(runs[0], runs[1]);
+}
+
+/// The GPU quantizer is bit-exact with `quant::fp8::quantize_per_token` (codes and scales), on
+/// rows with mixed magnitudes, a row of zeros and k not a multiple of 16 (zero padding).
+#[test]
+fn fp8_quantize_bit_exact() {
+    let Some(stream) = gpu("fp8_quantize_bit_exact") else {
+        return;
+    };
+    let mut rng = Rng::fresh();
+    for (m, k) in [(1, 5120), (7, 100), (33, 4096)] {
+        let mut x = rng.vec(m * k, 1.0);
+        for (i, v) in x.iter_mut().enumerate() {
+            *v *= [1e-3, 1.0, 300.0][(i / k) % 3];
+        }
+        if m > 2 {
+            x[k..2 * k].iter_mut().for_each(|v| *v = 0.0);
+        }
+        let (bits, vals) = to_act(&x, Act16::BF16);
+        let gx = stream.clone_htod(&as_bf16(&bits)).expect("x");
+        let (codes, scales) = match gemm::fp8_quantize_per_token(&stream, &gx, m, k) {
+            Err(Error::KernelsNotBuilt(_)) => return println!("skipped: kernels not built"),
+            r => r.expect("quantize"),
+        };
+        let (want_codes, want_scales) = fp8::quantize_per_token(&vals, m, k).expect("reference");
+        let codes = stream.clone_dtoh(&codes).expect("codes");
+        let scales = stream.clone_dtoh(&scales).expect("scales");
+        let ldc = k.div_ceil(16) * 16;
+        for r in 0..m {
+            assert_eq!(
+                scales[r].to_bits(),
+                want_scales[r].to_bits(),
+                "m={m} k={k} row {r} scale"
+            );
+            assert_eq!(
+                &codes[r * ldc..r * ldc + k],
+                &want_codes[r * k..(r + 1) * k],
+                "m={m} k={k} row {r}"
+            );
+            assert!(
+                codes[r * ldc + k..(r + 1) * ldc].iter().all(|&c| c == 0),
+                "padding not zeroed"
+            );
+        }
+    }
+}
+
+fn fp8_case(
+    stream: &Arc<CudaStream>,
+    m: usize,
+    n: usize,
+    k: usize,
+    mode: Fp8Mode,
+    with_residual: bool,
+) -> Option<GemmPath> {
+    let mut rng = Rng::fresh();
+    let what = format!(
+        "fp8 {mode:?} m={m} n={n} k={k} res={with_residual} seed={}",
+        rng.0
+    );
+    let w = rng.vec(n * k, 0.05);
+    let q = Fp8Weight::quantize(&w, n, k, Fp8Scaling::PerChannel).expect("quantize");
+    let (xbits, xvals) = to_act(&rng.vec(m * k, 1.0), Act16::BF16);
+    let res = with_residual.then(|| to_act(&rng.vec(m * n, 1.0), Act16::BF16));
+    let gw = GpuFp8Weight::upload(stream, &q).expect("upload");
+    let gx = stream.clone_htod(&as_bf16(&xbits)).expect("x");
+    let gr = res
+        .as_ref()
+        .map(|r| stream.clone_htod(&as_bf16(&r.0)).expect("residual"));
+    let mut out = stream.clone_htod(&vec![POISON; m * n]).expect("out");
+    let mut scratch = GemmScratch::new();
+    let plan = match gemm::gemm_fp8(
+        stream,
+        &gx,
+        m,
+        &gw,
+        mode,
+        gr.as_ref(),
+        &mut out,
+        &mut scratch,
+    ) {
+        Err(Error::KernelsNotBuilt(why)) => {
+            println!("skipped: kernels not built ({why})");
+            return None;
+        }
+        r => r.expect(&what),
+    };
+    stream.synchronize().expect(&what);
+    let rows = check_rows(m, &mut rng);
+    let xr = gather_rows(&xvals, k, &rows);
+    let mut want = match mode {
+        Fp8Mode::W8A16 => reference::gemm(&xr, rows.len(), &Weight::Fp8(q.clone())),
+        Fp8Mode::W8A8 => reference::gemm_w8a8(&xr, rows.len(), &q),
+    }
+    .expect("reference");
+    if let Some((_, rv)) = &res {
+        for (i, &r) in rows.iter().enumerate() {
+            for j in 0..n {
+                want[i * n + j] += rv[r * n + j];
+            }
+        }
+    }
+    compare(
+        &format!("{what} [{plan}]"),
+        stream,
+        &out,
+        n,
+        &rows,
+        &want,
+        TOL_FP8,
+    );
+    Some(plan.path)
+}
+
+/// W8A8 on decode (quantize + GEMV) and prefill (wgmma / mma.sync) shapes, W8A16 decode, odd shapes.
+#[test]
+fn fp8_shapes() {
+    let Some(stream) = gpu("fp8_shapes") else {
+        return;
+    };
+    let cases = [
+        (1, 5120, 5120, Fp8Mode::W8A8, false),
+        (4, 1024, 16384, Fp8Mode::W8A8, true),
+        (32, 8192, 5120, Fp8Mode::W8A8, false),
+        (128, 1024, 5120, Fp8Mode::W8A8, true),
+        (2048, 5120, 8192, Fp8Mode::W8A8, false),
+        (1, 5120, 5120, Fp8Mode::W8A16, false),
+        (16, 1024, 8192, Fp8Mode::W8A16, true),
+        (3, 129, 16 * 33, Fp8Mode::W8A8, false),
+        (17, 200, 16 * 5, Fp8Mode::W8A16, false),
+        (130, 143, 16 * 71, Fp8Mode::W8A8, true),
+        (33, 17, 48, Fp8Mode::W8A16, true),
+    ];
+    for (m, n, k, mode, res) in cases {
+        if fp8_case(&stream, m, n, k, mode, res).is_none() {
+            return;
+        }
+    }
+}
+
+/// Bad input is a typed error before anything is launched.
+#[test]
+fn rejects_bad_shapes() {
+    let Some(stream) = gpu("rejects_bad_shapes") else {
+        return;
+    };
+    let w = Int4Weight::quantize(
+        &Rng::fresh().vec(32 * 128, 0.1),
+        32,
+        128,
+        Int4Config::default(),
+    )
+    .expect("quantize");
+    let gw = GpuInt4Weight::upload(&stream, &repack_int4(&w, Act16::BF16).expect("repack"))
+        .expect("upload");
+    let gx = stream.clone_htod(&vec![bf16::ONE; 2 * 128]).expect("x");
+    let mut out = stream.clone_htod(&vec![POISON; 2 * 32]).expect("out");
+    let mut scratch = GemmScratch::new();
+    // x too short for m = 3.
+    assert!(matches!(
+        gemm::gemm_w4a16(&stream, &gx, 3, &gw, None, &mut out, &mut scratch),
+        Err(Error::Shape { .. })
+    ));
+    let fw = Fp8Weight::quantize(
+        &Rng::fresh().vec(32 * 40, 0.1),
+        32,
+        40,
+        Fp8Scaling::PerChannel,
+    )
+    .expect("quantize");
+    let gfw = GpuFp8Weight::upload(&stream, &fw).expect("upload");
+    let gx = stream.clone_htod(&vec![bf16::ONE; 2 * 40]).expect("x");
+    // k = 40 is not a multiple of 16.
+    assert!(matches!(
+        gemm::gemm_fp8(
+            &stream,
+            &gx,
+            2,
+            &gfw,
+            Fp8Mode::W8A8,
+            None,
+            &mut out,
+            &mut scratch
+        ),
+        Err(Error::InvalidArgument { .. }) | Err(Error::KernelsNotBuilt(_))
+    ));
+}
