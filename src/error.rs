@@ -16,7 +16,11 @@ pub enum Error {
     InvalidArgument { op: &'static str, msg: String },
     /// A configuration value this build cannot run.
     #[error("config: `{key}` = {value}: {msg}")]
-    Config { key: String, value: String, msg: String },
+    Config {
+        key: String,
+        value: String,
+        msg: String,
+    },
     /// A checkpoint file or tensor is missing, truncated or malformed.
     #[error("checkpoint {path}: {msg}")]
     Checkpoint { path: PathBuf, msg: String },
@@ -32,7 +36,11 @@ pub enum Error {
     Tokenizer(String),
     /// The KV cache has no free chunk left; nothing stored was touched.
     #[error("KV cache full: need {needed} more chunk(s), {free} free of {total}")]
-    CacheFull { needed: usize, free: usize, total: usize },
+    CacheFull {
+        needed: usize,
+        free: usize,
+        total: usize,
+    },
     /// A prompt or generation longer than the configured context.
     #[error("context too long: {needed} tokens, the limit is {limit}")]
     ContextTooLong { needed: usize, limit: usize },
@@ -44,10 +52,18 @@ pub enum Error {
     KernelsNotBuilt(&'static str),
     /// The GPU ran out of memory.
     #[error("{op}: out of GPU memory: needed {needed} bytes, {free} free")]
-    OutOfMemory { op: &'static str, needed: usize, free: usize },
+    OutOfMemory {
+        op: &'static str,
+        needed: usize,
+        free: usize,
+    },
     /// A CUDA call or kernel launch failed.
     #[error("{op}: CUDA error {name}: {message}")]
-    Cuda { op: &'static str, name: String, message: String },
+    Cuda {
+        op: &'static str,
+        name: String,
+        message: String,
+    },
 }
 
 /// The crate's result type.
@@ -56,19 +72,32 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// Shorthand for [`Error::Shape`].
     pub fn shape(op: &'static str, msg: impl Into<String>) -> Self {
-        Error::Shape { op, msg: msg.into() }
+        Error::Shape {
+            op,
+            msg: msg.into(),
+        }
     }
     /// Shorthand for [`Error::InvalidArgument`].
     pub fn invalid(op: &'static str, msg: impl Into<String>) -> Self {
-        Error::InvalidArgument { op, msg: msg.into() }
+        Error::InvalidArgument {
+            op,
+            msg: msg.into(),
+        }
     }
     /// Shorthand for [`Error::Checkpoint`].
     pub fn checkpoint(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        Error::Checkpoint { path: path.into(), msg: msg.into() }
+        Error::Checkpoint {
+            path: path.into(),
+            msg: msg.into(),
+        }
     }
     /// Shorthand for [`Error::Config`].
     pub fn config(key: impl Into<String>, value: impl ToString, msg: impl Into<String>) -> Self {
-        Error::Config { key: key.into(), value: value.to_string(), msg: msg.into() }
+        Error::Config {
+            key: key.into(),
+            value: value.to_string(),
+            msg: msg.into(),
+        }
     }
 }
 
@@ -77,6 +106,9 @@ pub fn check_len(op: &'static str, what: &str, got: usize, want: usize) -> Resul
     if got == want {
         Ok(())
     } else {
-        Err(Error::shape(op, format!("{what} has {got} elements, expected {want}")))
+        Err(Error::shape(
+            op,
+            format!("{what} has {got} elements, expected {want}"),
+        ))
     }
 }

@@ -8,7 +8,11 @@ pub enum Ffn {
     /// Dense SwiGLU MLP (intermediate_size_mlp).
     Dense(SwiGlu),
     /// MoE: router `[experts, hidden]` (kept dense), routed experts, the shared expert.
-    Moe { router: DenseWeight, experts: Vec<SwiGlu>, shared: SwiGlu },
+    Moe {
+        router: DenseWeight,
+        experts: Vec<SwiGlu>,
+        shared: SwiGlu,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -6,8 +6,8 @@
 //! arguments, then returns [`Error::KernelsNotBuilt`].
 
 pub mod elementwise;
-pub mod norm_rope;
 pub mod gemm;
+pub mod norm_rope;
 
 pub use elementwise::{
     cast, embedding, embedding_host_ids, residual_add, silu_mul, silu_mul_fused,

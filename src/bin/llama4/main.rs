@@ -9,7 +9,11 @@ mod logits;
 mod quantize;
 
 #[derive(Parser)]
-#[command(name = "llama4", version, about = "Run Llama 4 Scout and Maverick (llama4-cuda)")]
+#[command(
+    name = "llama4",
+    version,
+    about = "Run Llama 4 Scout and Maverick (llama4-cuda)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
