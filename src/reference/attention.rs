@@ -9,6 +9,7 @@
 //! split boundaries are fixed, so results do not depend on the thread count.
 use crate::error::{Error, Result};
 use crate::kv_cache::{KvPart, SeqView};
+use crate::reference::gemm::dot;
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -252,24 +253,6 @@ fn merge(parts: &[Partial], d: usize, out: &mut [f32]) {
         }
         o.iter_mut().for_each(|x| *x /= l);
     }
-}
-
-/// `a . b` with eight independent accumulators (so the compiler can vectorise it).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 /// `y += a * x`.
