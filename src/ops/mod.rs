@@ -6,10 +6,12 @@
 //! arguments, then returns [`Error::KernelsNotBuilt`].
 
 pub mod elementwise;
+pub mod moe_gate;
 
 pub use elementwise::{
     cast, embedding, embedding_host_ids, residual_add, silu_mul, silu_mul_fused,
 };
+pub use moe_gate::{moe_gate, MoeGateBuffers};
 
 use cudarc::driver::CudaStream;
 
