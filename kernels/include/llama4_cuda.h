@@ -287,6 +287,50 @@ typedef struct l4c_gemm_fp8_params {
 
 l4c_status l4c_gemm_fp8(const l4c_gemm_fp8_params* p, l4c_stream_t stream);
 
+/* ------------------------------------------------------------------------------------------------
+ * MoE gating (kernels/moe_gate.cu). A "slot" is t * k + j, the j-th choice of token t.
+ * ---------------------------------------------------------------------------------------------- */
+
+/** Router logits [tokens, experts] (F32, F16 or BF16, row stride logits_row_stride) -> top-k routing,
+ *  the contract of the CPU reference reference::moe::top_k_gating:
+ *   - topk_ids[tokens * k]: experts of each slot, best first, ties to the lower index; NaN ranks as -inf;
+ *   - topk_scores[tokens * k]: sigmoid of the chosen raw logit (f32);
+ *   - counts[experts]: slots routed to each expert (not padded);
+ *   - offsets[experts + 1]: offsets[0] = 0, offsets[e + 1] = offsets[e] + round_up(counts[e], pad), so each
+ *     expert's group starts on a multiple of `pad` (a GEMM row tile); pad = 1 gives plain prefix sums;
+ *   - sorted_slots[sorted_capacity]: positions offsets[e] .. offsets[e] + counts[e] hold expert e's slots in
+ *     ascending slot order (stable); the padding positions up to offsets[e + 1] hold UINT32_MAX; positions
+ *     from offsets[experts] on are not written. sorted_capacity must be >= tokens * k + experts * (pad - 1);
+ *   - inverse[tokens * k]: sorted_slots[inverse[s]] == s.
+ *  Limits: 1 <= experts <= 8192, 1 <= k <= min(8, experts), 1 <= pad <= 1024, and
+ *  tokens * k + experts * (pad - 1) < 2^32 - 1. `workspace` is caller-allocated device scratch of at least
+ *  l4c_moe_gate_workspace_size(tokens, experts) bytes, 4-byte aligned; it need not be initialised and must
+ *  not be shared by launches in flight at once. Three kernel launches, no host synchronisation (CUDA
+ *  graph capturable). tokens = 0 writes zero counts and offsets only. */
+typedef struct l4c_moe_gate_params {
+    const void *logits;
+    uint32_t *topk_ids;
+    float *topk_scores;
+    uint32_t *counts;
+    uint32_t *offsets;
+    uint32_t *sorted_slots;
+    uint32_t *inverse;
+    void *workspace;
+    int64_t workspace_bytes;
+    int64_t tokens;
+    int64_t experts;
+    int64_t k;
+    int64_t pad;
+    int64_t logits_row_stride;
+    int64_t sorted_capacity;
+    l4c_dtype logits_dtype;
+} l4c_moe_gate_params;
+
+/** *bytes = the workspace l4c_moe_gate needs for this many tokens and experts. */
+l4c_status l4c_moe_gate_workspace_size(int64_t tokens, int64_t experts, int64_t *bytes);
+
+l4c_status l4c_moe_gate(const l4c_moe_gate_params *p, l4c_stream_t stream);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

@@ -8,10 +8,12 @@
 pub mod elementwise;
 pub mod gemm;
 pub mod norm_rope;
+pub mod moe_gate;
 
 pub use elementwise::{
     cast, embedding, embedding_host_ids, residual_add, silu_mul, silu_mul_fused,
 };
+pub use moe_gate::{moe_gate, MoeGateBuffers};
 
 use cudarc::driver::CudaStream;
 

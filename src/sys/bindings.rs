@@ -660,3 +660,110 @@ extern "C" {
         stream: l4c_stream_t,
     ) -> l4c_status;
 }
+/** Router logits [tokens, experts] (F32, F16 or BF16, row stride logits_row_stride) -> top-k routing,
+  the contract of the CPU reference reference::moe::top_k_gating:
+   - topk_ids[tokens * k]: experts of each slot, best first, ties to the lower index; NaN ranks as -inf;
+   - topk_scores[tokens * k]: sigmoid of the chosen raw logit (f32);
+   - counts[experts]: slots routed to each expert (not padded);
+   - offsets[experts + 1]: offsets[0] = 0, offsets[e + 1] = offsets[e] + round_up(counts[e], pad), so each
+     expert's group starts on a multiple of `pad` (a GEMM row tile); pad = 1 gives plain prefix sums;
+   - sorted_slots[sorted_capacity]: positions offsets[e] .. offsets[e] + counts[e] hold expert e's slots in
+     ascending slot order (stable); the padding positions up to offsets[e + 1] hold UINT32_MAX; positions
+     from offsets[experts] on are not written. sorted_capacity must be >= tokens * k + experts * (pad - 1);
+   - inverse[tokens * k]: sorted_slots[inverse[s]] == s.
+  Limits: 1 <= experts <= 8192, 1 <= k <= min(8, experts), 1 <= pad <= 1024, and
+  tokens * k + experts * (pad - 1) < 2^32 - 1. `workspace` is caller-allocated device scratch of at least
+  l4c_moe_gate_workspace_size(tokens, experts) bytes, 4-byte aligned; it need not be initialised and must
+  not be shared by launches in flight at once. Three kernel launches, no host synchronisation (CUDA
+  graph capturable). tokens = 0 writes zero counts and offsets only.*/
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct l4c_moe_gate_params {
+    pub logits: *const ::std::os::raw::c_void,
+    pub topk_ids: *mut u32,
+    pub topk_scores: *mut f32,
+    pub counts: *mut u32,
+    pub offsets: *mut u32,
+    pub sorted_slots: *mut u32,
+    pub inverse: *mut u32,
+    pub workspace: *mut ::std::os::raw::c_void,
+    pub workspace_bytes: i64,
+    pub tokens: i64,
+    pub experts: i64,
+    pub k: i64,
+    pub pad: i64,
+    pub logits_row_stride: i64,
+    pub sorted_capacity: i64,
+    pub logits_dtype: l4c_dtype,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of l4c_moe_gate_params",
+    ][::std::mem::size_of::<l4c_moe_gate_params>() - 128usize];
+    [
+        "Alignment of l4c_moe_gate_params",
+    ][::std::mem::align_of::<l4c_moe_gate_params>() - 8usize];
+    [
+        "Offset of field: l4c_moe_gate_params::logits",
+    ][::std::mem::offset_of!(l4c_moe_gate_params, logits) - 0usize];
+    [
+        "Offset of field: l4c_moe_gate_params::topk_ids",
+    ][::std::mem::offset_of!(l4c_moe_gate_params, topk_ids) - 8usize];
+    [
+        "Offset of field: l4c_moe_gate_params::topk_scores",
+    ][::std::mem::offset_of!(l4c_moe_gate_params, topk_scores) - 16usize];
+    [
+        "Offset of field: l4c_moe_gate_params::counts",
+    ][::std::mem::offset_of!(l4c_moe_gate_params, counts) - 24usize];
+    [
+        "Offset of field: l4c_moe_gate_params::offsets",
+    ][::std::mem::offset_of!(l4c_moe_gate_params, offsets) - 32usize];
+    [
+        "Offset of field: l4c_moe_gate_params::sorted_slots",
+    ][::std::mem::offset_of!(l4c_moe_gate_params, sorted_slots) - 40usize];
+    [
+        "Offset of field: l4c_moe_gate_params::inverse",
+    ][::std::mem::offset_of!(l4c_moe_gate_params, inverse) - 48usize];
+    [
+        "Offset of field: l4c_moe_gate_params::workspace",
+    ][::std::mem::offset_of!(l4c_moe_gate_params, workspace) - 56usize];
+    [
+        "Offset of field: l4c_moe_gate_params::workspace_bytes",
+    ][::std::mem::offset_of!(l4c_moe_gate_params, workspace_bytes) - 64usize];
+    [
+        "Offset of field: l4c_moe_gate_params::tokens",
+    ][::std::mem::offset_of!(l4c_moe_gate_params, tokens) - 72usize];
+    [
+        "Offset of field: l4c_moe_gate_params::experts",
+    ][::std::mem::offset_of!(l4c_moe_gate_params, experts) - 80usize];
+    [
+        "Offset of field: l4c_moe_gate_params::k",
+    ][::std::mem::offset_of!(l4c_moe_gate_params, k) - 88usize];
+    [
+        "Offset of field: l4c_moe_gate_params::pad",
+    ][::std::mem::offset_of!(l4c_moe_gate_params, pad) - 96usize];
+    [
+        "Offset of field: l4c_moe_gate_params::logits_row_stride",
+    ][::std::mem::offset_of!(l4c_moe_gate_params, logits_row_stride) - 104usize];
+    [
+        "Offset of field: l4c_moe_gate_params::sorted_capacity",
+    ][::std::mem::offset_of!(l4c_moe_gate_params, sorted_capacity) - 112usize];
+    [
+        "Offset of field: l4c_moe_gate_params::logits_dtype",
+    ][::std::mem::offset_of!(l4c_moe_gate_params, logits_dtype) - 120usize];
+};
+extern "C" {
+    /// *bytes = the workspace l4c_moe_gate needs for this many tokens and experts.
+    pub fn l4c_moe_gate_workspace_size(
+        tokens: i64,
+        experts: i64,
+        bytes: *mut i64,
+    ) -> l4c_status;
+}
+extern "C" {
+    pub fn l4c_moe_gate(
+        p: *const l4c_moe_gate_params,
+        stream: l4c_stream_t,
+    ) -> l4c_status;
+}
