@@ -7,8 +7,8 @@
 
 pub mod elementwise;
 pub mod gemm;
-pub mod norm_rope;
 pub mod moe_gate;
+pub mod norm_rope;
 
 pub use elementwise::{
     cast, embedding, embedding_host_ids, residual_add, silu_mul, silu_mul_fused,
