@@ -331,6 +331,38 @@ l4c_status l4c_moe_gate_workspace_size(int64_t tokens, int64_t experts, int64_t 
 
 l4c_status l4c_moe_gate(const l4c_moe_gate_params *p, l4c_stream_t stream);
 
+/* ------------------------------------------------------------------------------------------------
+ * Paged KV cache as the attention kernels see it (kernels/attn_prefill.cu, kernels/attn_decode.cu).
+ * One layer, a batch of sequences. A chunk (page) holds `chunk_tokens` tokens of one layer's K (or V):
+ * [kv_heads][chunk_tokens][head_dim] elements of `dtype`, and for F8E4M3 then [kv_heads] f32 scales
+ * (stored value = e4m3_decode(code) * scale; a power of two, grow-only: crate::kv_cache docs), so a
+ * chunk is self-describing and may live in device memory or in mapped pinned host memory (the
+ * overflow tier): kernels only follow its address. Page p (= position / chunk_tokens) of sequence b
+ * is entry page_indptr[b] + p % (page_indptr[b + 1] - page_indptr[b]) of k_pages / v_pages: a table
+ * that covers every page is a plain table, a shorter one is a ring (chunked-local layers); writers
+ * never overwrite a page a query in flight can see. All arrays are device memory, so a step that
+ * advances seq_lens on the device can be replayed from a CUDA graph.
+ * ---------------------------------------------------------------------------------------------- */
+
+/** Bytes of one chunk of K (or V): kv_heads * chunk_tokens * head_dim * elem, + kv_heads * 4 for
+ *  F8E4M3. */
+typedef struct l4c_kv_pages {
+    /** [page_indptr[batch]] chunk addresses (device or mapped pinned host), 16-byte aligned. */
+    const uint64_t *k_pages;
+    const uint64_t *v_pages;
+    /** [batch + 1], page_indptr[0] = 0, non-decreasing, each sequence >= 1 entry. */
+    const int64_t *page_indptr;
+    /** [batch] tokens held (= the next position); positions 0 .. seq_lens[b] - 1 are readable, except
+     *  ring pages already reused. */
+    int64_t *seq_lens;
+    int64_t batch;
+    int64_t kv_heads;
+    int64_t head_dim;
+    int64_t chunk_tokens;
+    /** L4C_DTYPE_BF16, L4C_DTYPE_F16 or L4C_DTYPE_F8E4M3. */
+    l4c_dtype dtype;
+} l4c_kv_pages;
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

@@ -767,3 +767,55 @@ extern "C" {
         stream: l4c_stream_t,
     ) -> l4c_status;
 }
+/** Bytes of one chunk of K (or V): kv_heads * chunk_tokens * head_dim * elem, + kv_heads * 4 for
+  F8E4M3.*/
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct l4c_kv_pages {
+    /// [page_indptr[batch]] chunk addresses (device or mapped pinned host), 16-byte aligned.
+    pub k_pages: *const u64,
+    pub v_pages: *const u64,
+    /// [batch + 1], page_indptr[0] = 0, non-decreasing, each sequence >= 1 entry.
+    pub page_indptr: *const i64,
+    /** [batch] tokens held (= the next position); positions 0 .. seq_lens[b] - 1 are readable, except
+  ring pages already reused.*/
+    pub seq_lens: *mut i64,
+    pub batch: i64,
+    pub kv_heads: i64,
+    pub head_dim: i64,
+    pub chunk_tokens: i64,
+    /// L4C_DTYPE_BF16, L4C_DTYPE_F16 or L4C_DTYPE_F8E4M3.
+    pub dtype: l4c_dtype,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of l4c_kv_pages"][::std::mem::size_of::<l4c_kv_pages>() - 72usize];
+    ["Alignment of l4c_kv_pages"][::std::mem::align_of::<l4c_kv_pages>() - 8usize];
+    [
+        "Offset of field: l4c_kv_pages::k_pages",
+    ][::std::mem::offset_of!(l4c_kv_pages, k_pages) - 0usize];
+    [
+        "Offset of field: l4c_kv_pages::v_pages",
+    ][::std::mem::offset_of!(l4c_kv_pages, v_pages) - 8usize];
+    [
+        "Offset of field: l4c_kv_pages::page_indptr",
+    ][::std::mem::offset_of!(l4c_kv_pages, page_indptr) - 16usize];
+    [
+        "Offset of field: l4c_kv_pages::seq_lens",
+    ][::std::mem::offset_of!(l4c_kv_pages, seq_lens) - 24usize];
+    [
+        "Offset of field: l4c_kv_pages::batch",
+    ][::std::mem::offset_of!(l4c_kv_pages, batch) - 32usize];
+    [
+        "Offset of field: l4c_kv_pages::kv_heads",
+    ][::std::mem::offset_of!(l4c_kv_pages, kv_heads) - 40usize];
+    [
+        "Offset of field: l4c_kv_pages::head_dim",
+    ][::std::mem::offset_of!(l4c_kv_pages, head_dim) - 48usize];
+    [
+        "Offset of field: l4c_kv_pages::chunk_tokens",
+    ][::std::mem::offset_of!(l4c_kv_pages, chunk_tokens) - 56usize];
+    [
+        "Offset of field: l4c_kv_pages::dtype",
+    ][::std::mem::offset_of!(l4c_kv_pages, dtype) - 64usize];
+};
