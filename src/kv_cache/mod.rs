@@ -34,6 +34,7 @@
 //! whose tokens cross an attention-chunk boundary keeps the older attention chunk until the next
 //! append; append a long prompt in pieces aligned to `C` to bound the memory of a chunked layer.
 
+pub mod gpu;
 mod storage;
 mod view;
 

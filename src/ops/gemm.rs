@@ -635,3 +635,71 @@ mod launch {
         Ok((codes, scales))
     }
 }
+
+/// A bf16 weight `[n, k]` on the GPU (attention projections, the router, the lm_head in Meta's int4
+/// recipe). CONTRACT (owner: helper A).
+pub struct GpuBf16Weight {
+    pub n: usize,
+    pub k: usize,
+    pub data: CudaSlice<bf16>,
+}
+
+impl GpuBf16Weight {
+    /// Rounds a dense f32 weight to bf16 and copies it to the device.
+    pub fn upload(stream: &Arc<CudaStream>, w: &crate::quant::DenseWeight) -> Result<Self> {
+        let _ = (stream, w);
+        todo!("helper A")
+    }
+}
+
+/// `out[m, n] = x[m, k] · Wᵀ (+ residual)` for a bf16 weight (tensor cores; the dense case of the
+/// grouped expert GEMM). Returns the plan it ran. CONTRACT (owner: helper A).
+pub fn gemm_bf16(
+    stream: &Arc<CudaStream>,
+    x: &CudaSlice<bf16>,
+    m: usize,
+    w: &GpuBf16Weight,
+    residual: Option<&CudaSlice<bf16>>,
+    out: &mut CudaSlice<bf16>,
+    scratch: &mut GemmScratch,
+) -> Result<GemmPlan> {
+    let _ = (stream, x, m, w, residual, out, scratch);
+    todo!("helper A")
+}
+
+/// A linear layer's weight on the GPU in any format. CONTRACT (owner: helper A).
+pub enum GpuLinear {
+    Bf16(GpuBf16Weight),
+    Int4(GpuInt4Weight),
+    Fp8(GpuFp8Weight),
+}
+
+impl GpuLinear {
+    /// Uploads a host weight in its own format (int4 is repacked for bf16 activations).
+    pub fn upload(stream: &Arc<CudaStream>, w: &crate::quant::Weight) -> Result<Self> {
+        let _ = (stream, w);
+        todo!("helper A")
+    }
+    /// Output features.
+    pub fn n(&self) -> usize {
+        todo!("helper A")
+    }
+    /// Input features.
+    pub fn k(&self) -> usize {
+        todo!("helper A")
+    }
+    /// `out = x · Wᵀ (+ residual)` through the format's GEMM (fp8: W8A8 where the device has fp8
+    /// tensor cores and m is large, W8A16 otherwise). Returns the plan it ran.
+    pub fn gemm(
+        &self,
+        stream: &Arc<CudaStream>,
+        x: &CudaSlice<bf16>,
+        m: usize,
+        residual: Option<&CudaSlice<bf16>>,
+        out: &mut CudaSlice<bf16>,
+        scratch: &mut GemmScratch,
+    ) -> Result<GemmPlan> {
+        let _ = (stream, x, m, residual, out, scratch);
+        todo!("helper A")
+    }
+}

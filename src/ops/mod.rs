@@ -5,8 +5,11 @@
 //! Without the kernels in the binary (no nvcc at build time) every entry point still validates its
 //! arguments, then returns [`Error::KernelsNotBuilt`].
 
+pub mod attn_decode;
+pub mod attn_prefill;
 pub mod elementwise;
 pub mod gemm;
+pub mod moe;
 pub mod moe_gate;
 pub mod norm_rope;
 
