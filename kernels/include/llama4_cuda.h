@@ -363,6 +363,38 @@ typedef struct l4c_kv_pages {
     l4c_dtype dtype;
 } l4c_kv_pages;
 
+/* ------------------------------------------------------------------------------------------------
+ * Synthetic weights (kernels/synthetic.cu): fills a buffer from a counter-based hash, so that a
+ * model at the real shapes can be measured with no checkpoint. Element i depends only on
+ * (seed, tensor, i): the same bits for any grid, and reproducible on the host.
+ * ---------------------------------------------------------------------------------------------- */
+
+/** What l4c_synthetic_fill writes. */
+typedef enum l4c_synth_kind {
+    /** bf16 uniform in [lo, hi) (weights: lo = -hi). */
+    L4C_SYNTH_BF16_UNIFORM = 0,
+    /** bf16 uniform in [lo, hi), for positive ranges (int4 group scales, norm weights). */
+    L4C_SYNTH_BF16_RANGE = 1,
+    /** Raw 32-bit words (packed int4: every nibble is a valid value in any layout). */
+    L4C_SYNTH_U32_BITS = 2,
+    /** e4m3 codes with exponent field 3..10 (|v| in [1/16, 15]), never the NaN codes 0x7f / 0xff. */
+    L4C_SYNTH_FP8_CODES = 3
+} l4c_synth_kind;
+
+/** out[i] for i < n, elements of the kind's type (bf16, uint32 or uint8). */
+typedef struct l4c_synthetic_params {
+    void *out;
+    int64_t n;
+    uint64_t seed;
+    /** Distinguishes the tensors of one model (a different stream of values per tensor). */
+    uint64_t tensor;
+    float lo;
+    float hi;
+    l4c_synth_kind kind;
+} l4c_synthetic_params;
+
+l4c_status l4c_synthetic_fill(const l4c_synthetic_params *p, l4c_stream_t stream);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

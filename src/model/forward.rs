@@ -19,20 +19,23 @@ pub enum Logits {
     Last,
 }
 
-enum LayerFfn<B: Backend> {
+/// A layer's feed-forward part, prepared for a backend.
+pub enum LayerFfn<B: Backend> {
     Dense(B::Mlp),
     Moe(B::Moe),
 }
 
-struct Layer<B: Backend> {
-    kind: LayerKind,
-    input_norm: B::Vector,
-    post_attention_norm: B::Vector,
-    q: B::Linear,
-    k: B::Linear,
-    v: B::Linear,
-    o: B::Linear,
-    ffn: LayerFfn<B>,
+/// One decoder layer's weights, prepared for a backend (what [`Model::from_prepared`] takes when the
+/// weights were made on the device, e.g. `synthetic_gpu`).
+pub struct Layer<B: Backend> {
+    pub kind: LayerKind,
+    pub input_norm: B::Vector,
+    pub post_attention_norm: B::Vector,
+    pub q: B::Linear,
+    pub k: B::Linear,
+    pub v: B::Linear,
+    pub o: B::Linear,
+    pub ffn: LayerFfn<B>,
 }
 
 /// A Llama 4 text model on a backend.
@@ -78,8 +81,67 @@ impl<B: Backend> Model<B> {
         })
     }
 
+    /// A model from weights already prepared for `backend` (no host copy of them exists), after
+    /// checking the layer count and kinds against the config.
+    pub fn from_prepared(
+        config: Config,
+        backend: B,
+        embed: B::Table,
+        layers: Vec<Layer<B>>,
+        norm: B::Vector,
+        lm_head: B::Linear,
+    ) -> Result<Self> {
+        config.validate()?;
+        if layers.len() != config.layers.len()
+            || layers.iter().zip(&config.layers).any(|(l, k)| l.kind != *k)
+        {
+            return Err(Error::shape(
+                "model",
+                format!(
+                    "{} prepared layers do not match the config's {} layer kinds",
+                    layers.len(),
+                    config.layers.len()
+                ),
+            ));
+        }
+        let freqs = inv_freq(
+            config.head_dim,
+            config.rope_theta,
+            config.rope_scaling.as_ref(),
+        );
+        Ok(Model {
+            inv_freq: backend.prepare_vector(freqs)?,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            config,
+            backend,
+        })
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
+    }
+    /// The embedding table.
+    pub fn embed(&self) -> &B::Table {
+        &self.embed
+    }
+    /// The decoder layers.
+    pub fn layers(&self) -> &[Layer<B>] {
+        &self.layers
+    }
+    /// The final norm's weight.
+    pub fn final_norm(&self) -> &B::Vector {
+        &self.norm
+    }
+    /// The output projection.
+    pub fn lm_head(&self) -> &B::Linear {
+        &self.lm_head
+    }
+    /// RoPE inverse frequencies (llama3-scaled), `[head_dim / 2]`.
+    pub fn inv_freq(&self) -> &B::Vector {
+        &self.inv_freq
     }
     pub fn backend(&self) -> &B {
         &self.backend
@@ -203,7 +265,7 @@ impl<B: Backend> Model<B> {
 
     /// Chunked-local attention on RoPE layers; global causal attention with temperature tuning on NoPE
     /// layers.
-    fn attn_params(&self, kind: LayerKind) -> AttnParams {
+    pub fn attn_params(&self, kind: LayerKind) -> AttnParams {
         let c = &self.config;
         let (mask, temp) = if kind.rope {
             (

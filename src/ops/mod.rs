@@ -12,6 +12,7 @@ pub mod gemm;
 pub mod moe;
 pub mod moe_gate;
 pub mod norm_rope;
+pub mod synthetic;
 
 pub use elementwise::{
     cast, embedding, embedding_host_ids, residual_add, silu_mul, silu_mul_fused,

@@ -819,3 +819,66 @@ const _: () = {
         "Offset of field: l4c_kv_pages::dtype",
     ][::std::mem::offset_of!(l4c_kv_pages, dtype) - 64usize];
 };
+impl l4c_synth_kind {
+    /// bf16 uniform in [lo, hi) (weights: lo = -hi).
+    pub const L4C_SYNTH_BF16_UNIFORM: l4c_synth_kind = l4c_synth_kind(0);
+    /// bf16 uniform in [lo, hi), for positive ranges (int4 group scales, norm weights).
+    pub const L4C_SYNTH_BF16_RANGE: l4c_synth_kind = l4c_synth_kind(1);
+    /// Raw 32-bit words (packed int4: every nibble is a valid value in any layout).
+    pub const L4C_SYNTH_U32_BITS: l4c_synth_kind = l4c_synth_kind(2);
+    /// e4m3 codes with exponent field 3..10 (|v| in [1/16, 15]), never the NaN codes 0x7f / 0xff.
+    pub const L4C_SYNTH_FP8_CODES: l4c_synth_kind = l4c_synth_kind(3);
+}
+#[repr(transparent)]
+/// What l4c_synthetic_fill writes.
+#[derive(Debug, Copy, Clone, Hash, PartialEq, Eq)]
+pub struct l4c_synth_kind(pub ::std::os::raw::c_uint);
+/// out[i] for i < n, elements of the kind's type (bf16, uint32 or uint8).
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct l4c_synthetic_params {
+    pub out: *mut ::std::os::raw::c_void,
+    pub n: i64,
+    pub seed: u64,
+    /// Distinguishes the tensors of one model (a different stream of values per tensor).
+    pub tensor: u64,
+    pub lo: f32,
+    pub hi: f32,
+    pub kind: l4c_synth_kind,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of l4c_synthetic_params",
+    ][::std::mem::size_of::<l4c_synthetic_params>() - 48usize];
+    [
+        "Alignment of l4c_synthetic_params",
+    ][::std::mem::align_of::<l4c_synthetic_params>() - 8usize];
+    [
+        "Offset of field: l4c_synthetic_params::out",
+    ][::std::mem::offset_of!(l4c_synthetic_params, out) - 0usize];
+    [
+        "Offset of field: l4c_synthetic_params::n",
+    ][::std::mem::offset_of!(l4c_synthetic_params, n) - 8usize];
+    [
+        "Offset of field: l4c_synthetic_params::seed",
+    ][::std::mem::offset_of!(l4c_synthetic_params, seed) - 16usize];
+    [
+        "Offset of field: l4c_synthetic_params::tensor",
+    ][::std::mem::offset_of!(l4c_synthetic_params, tensor) - 24usize];
+    [
+        "Offset of field: l4c_synthetic_params::lo",
+    ][::std::mem::offset_of!(l4c_synthetic_params, lo) - 32usize];
+    [
+        "Offset of field: l4c_synthetic_params::hi",
+    ][::std::mem::offset_of!(l4c_synthetic_params, hi) - 36usize];
+    [
+        "Offset of field: l4c_synthetic_params::kind",
+    ][::std::mem::offset_of!(l4c_synthetic_params, kind) - 40usize];
+};
+extern "C" {
+    pub fn l4c_synthetic_fill(
+        p: *const l4c_synthetic_params,
+        stream: l4c_stream_t,
+    ) -> l4c_status;
+}

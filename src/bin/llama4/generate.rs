@@ -1,13 +1,15 @@
 //! `llama4 generate`: sample a continuation of a prompt (the embedded default model without --model).
 use llama4_cuda::model::checkpoint::{load_model, LoadOptions};
 use llama4_cuda::model::config::GenerationConfig;
-use llama4_cuda::model::generate::{generate, stop_tokens, GenerateOptions};
+use llama4_cuda::model::cuda::CudaBackend;
+use llama4_cuda::model::device_choice::DeviceKind;
+use llama4_cuda::model::generate::{generate, stop_tokens, GenerateOptions, Generation};
 use llama4_cuda::model::quantize::QuantizeSpec;
 use llama4_cuda::model::sampling::{
     SamplingParams, DEFAULT_SEED, DEFAULT_TEMPERATURE, DEFAULT_TOP_P,
 };
 use llama4_cuda::model::tokenizer::{parse_token_ids, Tokenizer};
-use llama4_cuda::model::{synthetic, Backend, CpuBackend, Model};
+use llama4_cuda::model::{synthetic, Backend, Config, CpuBackend, Model};
 use llama4_cuda::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -56,17 +58,81 @@ pub struct Args {
     pub seed: u64,
     #[arg(long, value_enum)]
     pub quantize: Option<Quantize>,
+    /// Where to run; without it, cuda when a GPU and the kernels are present, else cpu.
+    #[arg(long, value_enum)]
+    pub device: Option<DeviceKind>,
 }
 
 /// A model ready to run, with what came with it.
-pub struct Loaded {
-    pub model: Model<CpuBackend>,
+pub struct Loaded<B: Backend> {
+    pub model: Model<B>,
     pub tokenizer: Option<Tokenizer>,
     pub stop_tokens: Vec<u32>,
 }
 
-/// Loads `--model DIR`, or the embedded default model (saying so on stderr) when `dir` is `None`.
-pub fn load(dir: Option<&Path>, quantize: Option<Quantize>) -> Result<Loaded> {
+/// The configuration `load` will use: the checkpoint's config.json or the embedded model's.
+pub fn config_of(dir: Option<&Path>) -> Result<Config> {
+    match dir {
+        None => Ok(synthetic::config()),
+        Some(d) if !d.is_dir() => Err(Error::invalid(
+            "--model",
+            format!("{}: no such directory", d.display()),
+        )),
+        Some(d) => Config::from_file(&d.join("config.json")),
+    }
+}
+
+/// Runs `f` on the model loaded on the device `--device` (or the automatic choice) selects.
+pub fn with_model<T>(
+    dir: Option<&Path>,
+    quantize: Option<Quantize>,
+    device: Option<DeviceKind>,
+    f: impl FnOnce(&dyn Run) -> Result<T>,
+) -> Result<T> {
+    match crate::device::select(device, || config_of(dir).ok())? {
+        DeviceKind::Cpu => f(&load(dir, quantize, CpuBackend)?),
+        DeviceKind::Cuda => f(&load(dir, quantize, CudaBackend::first()?)?),
+    }
+}
+
+/// What the subcommands do with a loaded model, whatever its backend.
+pub trait Run {
+    fn generate(&self, prompt: &[u32], opts: &GenerateOptions) -> Result<Generation>;
+    fn logits(&self, tokens: &[u32], prefill: Option<usize>) -> Result<Vec<f32>>;
+    fn vocab(&self) -> usize;
+    fn tokenizer(&self) -> Option<&Tokenizer>;
+    fn stop_tokens(&self) -> &[u32];
+    fn backend_name(&self) -> String;
+}
+
+impl<B: Backend> Run for Loaded<B> {
+    fn generate(&self, prompt: &[u32], opts: &GenerateOptions) -> Result<Generation> {
+        generate(&self.model, prompt, opts, |_| {})
+    }
+    fn logits(&self, tokens: &[u32], prefill: Option<usize>) -> Result<Vec<f32>> {
+        self.model.logits(tokens, prefill)
+    }
+    fn vocab(&self) -> usize {
+        self.model.config().vocab_size
+    }
+    fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_ref()
+    }
+    fn stop_tokens(&self) -> &[u32] {
+        &self.stop_tokens
+    }
+    fn backend_name(&self) -> String {
+        self.model.backend().name()
+    }
+}
+
+/// Loads `--model DIR`, or the embedded default model (saying so on stderr) when `dir` is `None`,
+/// onto `backend`.
+pub fn load<B: Backend>(
+    dir: Option<&Path>,
+    quantize: Option<Quantize>,
+    backend: B,
+) -> Result<Loaded<B>> {
     let Some(dir) = dir else {
         eprintln!(
             "no --model given: running the embedded default model (Scout-shaped, {} layers, random weights, \
@@ -78,7 +144,7 @@ pub fn load(dir: Option<&Path>, quantize: Option<Quantize>) -> Result<Loaded> {
         if let Some(q) = quantize {
             weights = synthetic::quantize(weights, &q.spec())?;
         }
-        let model = Model::new(synthetic::config(), weights, CpuBackend)?;
+        let model = Model::new(synthetic::config(), weights, backend)?;
         let stop_tokens = stop_tokens(&model.config().eos_token_ids, None);
         return Ok(Loaded {
             model,
@@ -97,7 +163,7 @@ pub fn load(dir: Option<&Path>, quantize: Option<Quantize>) -> Result<Loaded> {
         progress: false,
     };
     let (config, weights) = load_model(dir, &opts)?;
-    let model = Model::new(config, weights, CpuBackend)?;
+    let model = Model::new(config, weights, backend)?;
     let stop_tokens = stop_tokens(
         &model.config().eos_token_ids,
         GenerationConfig::load(dir)?.as_ref(),
@@ -110,12 +176,12 @@ pub fn load(dir: Option<&Path>, quantize: Option<Quantize>) -> Result<Loaded> {
 }
 
 /// The prompt's token ids: --tokens, --prompt through the tokenizer, or the embedded model's default.
-fn prompt_ids(args: &Args, loaded: &Loaded) -> Result<Vec<u32>> {
+fn prompt_ids(args: &Args, loaded: &dyn Run) -> Result<Vec<u32>> {
     if let Some(t) = &args.tokens {
         return parse_token_ids(t);
     }
     if let Some(text) = &args.prompt {
-        let tok = loaded.tokenizer.as_ref().ok_or_else(|| {
+        let tok = loaded.tokenizer().ok_or_else(|| {
             Error::invalid(
                 "--prompt",
                 "this model has no tokenizer.json: give token ids with --tokens instead",
@@ -144,8 +210,16 @@ fn prompt_ids(args: &Args, loaded: &Loaded) -> Result<Vec<u32>> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let loaded = load(args.model.as_deref(), args.quantize)?;
-    let prompt = prompt_ids(&args, &loaded)?;
+    with_model(
+        args.model.as_deref(),
+        args.quantize,
+        args.device,
+        |loaded| generate_with(&args, loaded),
+    )
+}
+
+fn generate_with(args: &Args, loaded: &dyn Run) -> Result<()> {
+    let prompt = prompt_ids(args, loaded)?;
     let opts = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
         sampling: SamplingParams {
@@ -153,13 +227,13 @@ pub fn run(args: Args) -> Result<()> {
             top_p: args.top_p,
             seed: args.seed,
         },
-        stop_tokens: loaded.stop_tokens.clone(),
+        stop_tokens: loaded.stop_tokens().to_vec(),
     };
-    let g = generate(&loaded.model, &prompt, &opts, |_| {})?;
+    let g = loaded.generate(&prompt, &opts)?;
     let ids: Vec<String> = g.tokens.iter().map(u32::to_string).collect();
     println!("prompt tokens: {}", prompt.len());
     println!("generated tokens: {}", ids.join(","));
-    if let Some(tok) = &loaded.tokenizer {
+    if let Some(tok) = loaded.tokenizer() {
         println!("text: {}", tok.decode(&g.tokens)?);
     }
     println!(
@@ -168,7 +242,7 @@ pub fn run(args: Args) -> Result<()> {
         g.prefill_tokens_per_sec(),
         g.tokens.len().saturating_sub(1),
         g.decode_tokens_per_sec(),
-        loaded.model.backend().name()
+        loaded.backend_name()
     );
     Ok(())
 }

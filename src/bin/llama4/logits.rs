@@ -1,5 +1,6 @@
 //! `llama4 logits`: the logits of every position of a token sequence, into a safetensors file.
-use crate::generate::{load, Quantize};
+use crate::generate::{with_model, Quantize};
+use llama4_cuda::model::device_choice::DeviceKind;
 use llama4_cuda::model::tokenizer::parse_token_ids;
 use llama4_cuda::{Error, Result};
 use std::path::PathBuf;
@@ -21,14 +22,16 @@ pub struct Args {
     pub out: PathBuf,
     #[arg(long, value_enum)]
     pub quantize: Option<Quantize>,
+    /// Where to run; without it, cuda when a GPU and the kernels are present, else cpu.
+    #[arg(long, value_enum)]
+    pub device: Option<DeviceKind>,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let tokens = parse_token_ids(&args.tokens)?;
-    let loaded = load(Some(&args.model), args.quantize)?;
-    let model = &loaded.model;
-    let logits = model.logits(&tokens, args.prefill)?;
-    let vocab = model.config().vocab_size;
+    let (logits, vocab) = with_model(Some(&args.model), args.quantize, args.device, |m| {
+        Ok((m.logits(&tokens, args.prefill)?, m.vocab()))
+    })?;
     let bytes: &[u8] = bytemuck::cast_slice(&logits);
     let view = safetensors::tensor::TensorView::new(
         safetensors::Dtype::F32,

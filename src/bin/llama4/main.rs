@@ -3,6 +3,8 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod bench_model;
+mod device;
 mod generate;
 mod info;
 mod logits;
@@ -29,6 +31,8 @@ enum Command {
     Info(info::Args),
     /// Quantize a checkpoint (experts int4 or fp8) into a new safetensors checkpoint.
     Quantize(quantize::Args),
+    /// Measure the model on the GPU at the real shapes with synthetic weights made on the device.
+    BenchModel(bench_model::Args),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +42,7 @@ fn main() -> ExitCode {
         Command::Logits(a) => logits::run(a),
         Command::Info(a) => info::run(a),
         Command::Quantize(a) => quantize::run(a),
+        Command::BenchModel(a) => bench_model::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
