@@ -1,0 +1,336 @@
+//! The model on the GPU against the CPU reference (same weights) and against transformers' fixtures:
+//! the `Backend` path through `Model::forward` for prefill / decode splits, the batched decoder with
+//! ragged sequences, CUDA-graph replay against eager steps, synthetic device weights against their
+//! host mirror, and a forward at the real Scout width. GPU-only: each test prints a skip line
+//! without a device (`L4C_REQUIRE_GPU=1` turns that into a failure).
+use llama4_cuda::device::device_for_test;
+use llama4_cuda::kv_cache::KvDType;
+use llama4_cuda::model::cuda::decode::BatchDecoder;
+use llama4_cuda::model::cuda::CudaBackend;
+use llama4_cuda::model::forward::Logits;
+use llama4_cuda::model::quantize::QuantizeSpec;
+use llama4_cuda::model::synthetic::{quantize, random_weights};
+use llama4_cuda::model::synthetic_gpu::synthetic_model;
+use llama4_cuda::model::{Config, CpuBackend, Model, Weights};
+use llama4_cuda::ops::synthetic::{
+    synthetic_bf16, synthetic_fill, synthetic_fp8, synthetic_u32, Synth,
+};
+use std::path::Path;
+
+/// Tolerance, as a fraction of the range of the CPU logits. The GPU rounds every weight and every
+/// activation (residual stream included) to bf16, relative error 2^-9 per rounding; over 4 layers of
+/// about ten roundings each, partly cancelling, the logits move by well under 1e-2 of their range.
+/// 2e-2 leaves room for the int4 / fp8 GEMM paths' different summation order; a wrong token, position
+/// or mask moves them by several times this (checked by `tolerance_separates_a_wrong_token`).
+const REL_TOL: f32 = 2e-2;
+
+/// Config::tiny's layer pattern (RoPE+MoE, RoPE+dense, RoPE+MoE, NoPE+dense) at head_dim 128, the
+/// only head size the attention kernels take; chunk 16 (one 16-token page).
+fn gpu_config() -> Config {
+    let mut c = Config::tiny();
+    c.hidden_size = 256;
+    c.num_attention_heads = 4;
+    c.num_key_value_heads = 2;
+    c.head_dim = 128;
+    c.intermediate_size = 256;
+    c.intermediate_size_mlp = 384;
+    c.vocab_size = 512;
+    c.attention_chunk_size = 16;
+    c
+}
+
+fn tokens(n: usize, salt: u32) -> Vec<u32> {
+    (0..n as u32)
+        .map(|i| (i * 37 + salt * 11 + 3) % 512)
+        .collect()
+}
+
+fn range(x: &[f32]) -> f32 {
+    let (lo, hi) = x
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
+            (l.min(v), h.max(v))
+        });
+    hi - lo
+}
+
+/// max |got - want| / range(want); NaN anywhere in `got` is infinitely wrong.
+fn rel(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    if got.iter().any(|v| !v.is_finite()) {
+        return f32::INFINITY;
+    }
+    let d = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    d / range(want)
+}
+
+fn models(
+    w: &Weights,
+    dev: llama4_cuda::device::Device,
+) -> (Model<CpuBackend>, Model<CudaBackend>) {
+    let c = gpu_config();
+    let cpu = Model::new(c.clone(), w.clone(), CpuBackend).unwrap();
+    let gpu = Model::new(c, w.clone(), CudaBackend::new(dev)).unwrap();
+    (cpu, gpu)
+}
+
+/// `w` with every dense weight rounded to bf16, as the GPU stores it.
+fn bf16_weights(mut w: Weights) -> Weights {
+    use llama4_cuda::model::Ffn;
+    use llama4_cuda::quant::Weight;
+    let r = |v: &mut Vec<f32>| {
+        v.iter_mut()
+            .for_each(|x| *x = half::bf16::from_f32(*x).to_f32())
+    };
+    let rw = |x: &mut Weight| {
+        if let Weight::Dense(d) = x {
+            r(&mut d.data)
+        }
+    };
+    r(&mut w.embed.data);
+    rw(&mut w.lm_head);
+    for l in &mut w.layers {
+        for x in [&mut l.q, &mut l.k, &mut l.v, &mut l.o] {
+            rw(x);
+        }
+        let mlps: Vec<&mut llama4_cuda::reference::moe::SwiGlu> = match &mut l.ffn {
+            Ffn::Dense(m) => vec![m],
+            Ffn::Moe {
+                experts, shared, ..
+            } => experts.iter_mut().chain(std::iter::once(shared)).collect(),
+        };
+        for m in mlps {
+            for x in [&mut m.gate, &mut m.up, &mut m.down] {
+                rw(x);
+            }
+        }
+    }
+    w
+}
+
+#[test]
+fn tolerance_separates_a_wrong_token() {
+    // CPU only, run everywhere: calibrates the GPU tests' tolerance. Rounding the weights to bf16
+    // (half of what the GPU rounds) moves the logits by under a third of REL_TOL (3.6e-3 measured);
+    // one changed token in the last chunk moves the last logits by more than five times REL_TOL
+    // (0.17 measured), so a position, mask or cache error cannot hide inside it.
+    let c = gpu_config();
+    let w = random_weights(&c, 5);
+    let cpu = Model::new(c.clone(), w.clone(), CpuBackend).unwrap();
+    let rounded = Model::new(c.clone(), bf16_weights(w), CpuBackend).unwrap();
+    let a = tokens(48, 1);
+    let la = cpu.logits(&a, None).unwrap();
+    let r = rel(&rounded.logits(&a, None).unwrap(), &la);
+    assert!(
+        r < REL_TOL / 3.0,
+        "bf16 weights alone move the logits by {r}"
+    );
+    let mut b = a.clone();
+    b[40] = (b[40] + 1) % 512;
+    let v = c.vocab_size;
+    let r = rel(&cpu.logits(&b, None).unwrap()[47 * v..], &la[47 * v..]);
+    assert!(
+        r > 5.0 * REL_TOL,
+        "a changed token moves the last logits by only {r}"
+    );
+}
+
+#[test]
+fn backend_matches_cpu_for_every_split_and_format() {
+    let Some(dev) = device_for_test("backend_matches_cpu_for_every_split_and_format") else {
+        return;
+    };
+    let c = gpu_config();
+    let toks = tokens(48, 1);
+    for (name, spec) in [
+        ("bf16", None),
+        ("int4", Some(QuantizeSpec::int4())),
+        ("fp8", Some(QuantizeSpec::fp8())),
+    ] {
+        let mut w = random_weights(&c, 11);
+        if let Some(s) = &spec {
+            w = quantize(w, s).unwrap();
+        }
+        let (cpu, gpu) = models(&w, dev.clone());
+        // One prefill; prefills ending before / at / after the 16-token chunk; one token then decode.
+        for split in [48, 15, 16, 17, 33, 1] {
+            let want = cpu.logits(&toks, Some(split)).unwrap();
+            let got = gpu.logits(&toks, Some(split)).unwrap();
+            let r = rel(&got, &want);
+            assert!(r < REL_TOL, "{name}, prefill {split}: rel {r}");
+        }
+    }
+}
+
+#[test]
+fn batch_decoder_matches_cpu_with_ragged_sequences() {
+    let Some(dev) = device_for_test("batch_decoder_matches_cpu_with_ragged_sequences") else {
+        return;
+    };
+    let c = gpu_config();
+    let w = quantize(random_weights(&c, 12), &QuantizeSpec::int4()).unwrap();
+    let (cpu, gpu) = models(&w, dev);
+    let lens = [20usize, 33, 7];
+    let mut seqs: Vec<Vec<u32>> = lens
+        .iter()
+        .enumerate()
+        .map(|(b, &n)| tokens(n, b as u32 + 2))
+        .collect();
+    let mut d = BatchDecoder::new(&gpu, 3, 64, KvDType::BF16, None).unwrap();
+    let v = c.vocab_size;
+    for (b, s) in seqs.iter().enumerate() {
+        // Pieces of 6 tokens: several per 16-token chunk, and pieces cut at chunk boundaries.
+        let got = d.prefill(b, s, 6, true).unwrap().unwrap();
+        let want = cpu.logits(s, None).unwrap();
+        let r = rel(&got, &want[(s.len() - 1) * v..]);
+        assert!(r < REL_TOL, "prefill of sequence {b}: rel {r}");
+    }
+    for step in 0..6u32 {
+        let ids: Vec<u32> = (0..3).map(|b| (step * 29 + b * 7 + 1) % 512).collect();
+        d.set_ids(&ids).unwrap();
+        d.step().unwrap();
+        let got = d.logits().unwrap();
+        for b in 0..3 {
+            seqs[b].push(ids[b]);
+            let mut cache = cpu.new_cache(64).unwrap();
+            let want = cpu.forward(&mut cache, &seqs[b], Logits::Last).unwrap();
+            let r = rel(&got[b * v..(b + 1) * v], &want);
+            assert!(r < REL_TOL, "step {step}, sequence {b}: rel {r}");
+        }
+    }
+}
+
+#[test]
+fn graph_replay_equals_eager_steps() {
+    let Some(dev) = device_for_test("graph_replay_equals_eager_steps") else {
+        return;
+    };
+    let c = gpu_config();
+    let w = quantize(random_weights(&c, 13), &QuantizeSpec::fp8()).unwrap();
+    let gpu = Model::new(c, w, CudaBackend::new(dev)).unwrap();
+    let make = || {
+        let mut d = BatchDecoder::new(&gpu, 2, 64, KvDType::BF16, None).unwrap();
+        d.prefill(0, &tokens(14, 3), 8, false).unwrap();
+        d.prefill(1, &tokens(19, 4), 8, false).unwrap();
+        d
+    };
+    let (mut eager, mut graph) = (make(), make());
+    let ids = |s: u32| vec![(s * 13 + 5) % 512, (s * 17 + 9) % 512];
+    // The graph decoder runs step 0 eagerly (scratch reaches its size), then captures.
+    for d in [&mut eager, &mut graph] {
+        d.set_ids(&ids(0)).unwrap();
+        d.step().unwrap();
+    }
+    assert_eq!(eager.logits().unwrap(), graph.logits().unwrap());
+    graph.capture().unwrap();
+    // Steps 1..: new ids each time, crossing the 16-token chunk of both sequences. Same kernels with
+    // the same launch parameters on the same data: the results must be identical, bit for bit.
+    for s in 1..8 {
+        eager.set_ids(&ids(s)).unwrap();
+        eager.step().unwrap();
+        graph.set_ids(&ids(s)).unwrap();
+        graph.replay().unwrap();
+        assert_eq!(eager.logits().unwrap(), graph.logits().unwrap(), "step {s}");
+    }
+}
+
+#[test]
+fn hf_fixtures_where_the_kernels_take_them() {
+    let Some(dev) = device_for_test("hf_fixtures_where_the_kernels_take_them") else {
+        return;
+    };
+    use llama4_cuda::model::checkpoint::{load_model, LoadOptions};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf");
+    let mut ran = 0;
+    for e in std::fs::read_dir(&root).unwrap() {
+        let dir = e.unwrap().path();
+        if !dir.join("config.json").is_file() {
+            continue;
+        }
+        let (config, weights) = load_model(&dir, &LoadOptions::default()).unwrap();
+        if let Err(why) = config.validate_for_gpu() {
+            eprintln!("skipped: {}: {why}", dir.display());
+            continue;
+        }
+        let toks: Vec<u32> =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("tokens.json")).unwrap())
+                .unwrap();
+        let bytes = std::fs::read(dir.join("logits.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let theirs: Vec<f32> = st
+            .tensor("logits")
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let gpu = Model::new(config, weights, CudaBackend::new(dev.clone())).unwrap();
+        for split in [toks.len(), 1, toks.len() / 2] {
+            let r = rel(&gpu.logits(&toks, Some(split)).unwrap(), &theirs);
+            assert!(r < REL_TOL, "{}: prefill {split}: rel {r}", dir.display());
+        }
+        ran += 1;
+    }
+    // The committed fixtures use head_dim 16 (no GPU kernel); a head_dim-128 fixture runs here.
+    eprintln!("hf fixtures run on the GPU: {ran}");
+}
+
+#[test]
+fn synthetic_fill_matches_host_mirror() {
+    let Some(dev) = device_for_test("synthetic_fill_matches_host_mirror") else {
+        return;
+    };
+    let st = dev.stream();
+    let n = 100_003; // odd: the grid-stride tail
+    let mut a = dev.filled::<half::bf16>(n, half::bf16::NAN).unwrap();
+    synthetic_fill(st, &mut a, Synth::Range { lo: 0.25, hi: 0.75 }, 9, 4).unwrap();
+    let mut u = dev.filled::<u32>(n, 0).unwrap();
+    synthetic_fill(st, &mut u, Synth::U32Bits, 9, 5).unwrap();
+    let mut f = dev.filled::<u8>(n, 0x7f).unwrap();
+    synthetic_fill(st, &mut f, Synth::Fp8Codes, 9, 6).unwrap();
+    let (a, u, f) = (
+        dev.download(&a).unwrap(),
+        dev.download(&u).unwrap(),
+        dev.download(&f).unwrap(),
+    );
+    for i in 0..n {
+        let k = i as u64;
+        assert_eq!(a[i], synthetic_bf16(9, 4, k, 0.25, 0.75), "bf16 {i}");
+        assert_eq!(u[i], synthetic_u32(9, 5, k), "u32 {i}");
+        assert_eq!(f[i], synthetic_fp8(9, 6, k), "fp8 {i}");
+    }
+    // A wrong element type is refused on the host.
+    let mut wrong = dev.zeros::<u32>(4).unwrap();
+    assert!(synthetic_fill(st, &mut wrong, Synth::Fp8Codes, 0, 0).is_err());
+}
+
+#[test]
+fn synthetic_scout_layers_decode_finite_logits() {
+    let Some(dev) = device_for_test("synthetic_scout_layers_decode_finite_logits") else {
+        return;
+    };
+    let mut c = Config::scout();
+    c.num_hidden_layers = 4; // 3 chunked + 1 NoPE layer, at the real width
+    c.layers.truncate(4);
+    for spec in [QuantizeSpec::int4(), QuantizeSpec::fp8()] {
+        let m = synthetic_model(c.clone(), Some(&spec), CudaBackend::new(dev.clone()), 3).unwrap();
+        let mut d = BatchDecoder::new(&m, 2, 9000, KvDType::BF16, None).unwrap();
+        d.fill_kv(8190, 1).unwrap(); // the next steps cross the 8192-token chunk
+        let last = d.prefill(0, &[1, 2, 3], 8192, true).unwrap().unwrap();
+        assert!(last.iter().all(|v| v.is_finite()));
+        d.set_ids(&[5, 6]).unwrap();
+        d.step().unwrap();
+        d.capture().unwrap();
+        for _ in 0..4 {
+            d.replay().unwrap();
+        }
+        let l = d.logits().unwrap();
+        assert_eq!(l.len(), 2 * c.vocab_size);
+        assert!(l.iter().all(|v| v.is_finite()), "{:?}", spec.format);
+        assert!(range(&l) > 0.0);
+    }
+}
