@@ -176,6 +176,5 @@ pub fn synthetic_model(
     };
     let norm = m.norm(h)?;
     let lm_head = m.linear(c.vocab_size, h, fmt(Role::LmHead).as_ref())?;
-    drop(m);
     Model::from_prepared(config, backend, embed, layers, norm, lm_head)
 }

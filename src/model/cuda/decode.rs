@@ -10,7 +10,7 @@ use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaGraph, CudaSlice, DevicePtrMut};
 use half::bf16;
 
-use super::CudaBackend;
+use super::{CudaBackend, Scratch};
 use crate::device::DriverResultExt;
 use crate::error::{Error, Result};
 use crate::kv_cache::gpu::GpuKvLayer;
@@ -91,6 +91,9 @@ pub struct BatchDecoder<'m> {
     positions: CudaSlice<i64>,
     normed: CudaSlice<bf16>,
     logits: CudaSlice<bf16>,
+    /// The decoder's own op scratch: a captured graph holds its pointers, so nothing outside this
+    /// decoder may grow (reallocate) it.
+    scratch: Scratch,
     graph: Option<CudaGraph>,
 }
 
@@ -151,6 +154,7 @@ impl<'m> BatchDecoder<'m> {
             batch,
             max_tokens,
             kv,
+            scratch: Scratch::default(),
             graph: None,
         })
     }
@@ -210,7 +214,7 @@ impl<'m> BatchDecoder<'m> {
             let positions: Vec<usize> = (pos..pos + n).collect();
             let dev_pos = positions_on_device(m.backend().stream(), &positions)?;
             let how = Attend::Prefill { b, start: pos };
-            run_layers(m, &mut self.kv, &mut bufs, &dev_pos, how)?;
+            run_layers(m, &mut self.kv, &mut bufs, &dev_pos, how, &mut self.scratch)?;
             r += n;
             if logits && r == tokens.len() {
                 last = Some(self.last_logits(&bufs)?);
@@ -298,6 +302,7 @@ impl<'m> BatchDecoder<'m> {
             &mut self.step,
             &self.positions,
             Attend::Step,
+            &mut self.scratch,
         )?;
         let eps = c.rms_norm_eps;
         rms_norm(
@@ -308,14 +313,13 @@ impl<'m> BatchDecoder<'m> {
             eps,
             &mut self.normed,
         )?;
-        let mut s = m.backend().scratch();
         m.lm_head().gemm(
             st,
             &self.normed,
             self.batch,
             None,
             &mut self.logits,
-            &mut s.gemm,
+            &mut self.scratch.gemm,
         )?;
         Ok(())
     }
@@ -368,7 +372,7 @@ impl<'m> BatchDecoder<'m> {
         Ok(h.iter().map(|v| v.to_f32()).collect())
     }
 
-    fn last_logits(&self, bufs: &Bufs) -> Result<Vec<f32>> {
+    fn last_logits(&mut self, bufs: &Bufs) -> Result<Vec<f32>> {
         let (m, c) = (self.model, self.model.config());
         let (be, st) = (m.backend(), m.backend().stream());
         let h = c.hidden_size;
@@ -379,7 +383,7 @@ impl<'m> BatchDecoder<'m> {
         rms_norm(st, &last, h, m.final_norm(), c.rms_norm_eps, &mut normed)?;
         let mut out = be.alloc_bf16("prefill", c.vocab_size)?;
         m.lm_head()
-            .gemm(st, &normed, 1, None, &mut out, &mut be.scratch().gemm)?;
+            .gemm(st, &normed, 1, None, &mut out, &mut self.scratch.gemm)?;
         let h = st.clone_dtoh(&out).op("prefill")?;
         Ok(h.iter().map(|v| v.to_f32()).collect())
     }
@@ -392,15 +396,16 @@ fn run_layers(
     bufs: &mut Bufs,
     positions: &CudaSlice<i64>,
     how: Attend,
+    scratch: &mut Scratch,
 ) -> Result<()> {
     let c = m.config();
-    let (be, st) = (m.backend(), m.backend().stream());
+    let st = m.backend().stream();
     let (rows, eps, hidden) = (bufs.rows, c.rms_norm_eps, c.hidden_size);
     let (heads, kvh, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
     for (i, layer) in m.layers().iter().enumerate() {
         rms_norm(st, &bufs.x, hidden, &layer.input_norm, eps, &mut bufs.h)?;
         {
-            let g = &mut be.scratch().gemm;
+            let g = &mut scratch.gemm;
             layer.q.gemm(st, &bufs.h, rows, None, &mut bufs.q, g)?;
             layer.k.gemm(st, &bufs.h, rows, None, &mut bufs.k, g)?;
             layer.v.gemm(st, &bufs.h, rows, None, &mut bufs.v, g)?;
@@ -417,21 +422,16 @@ fn run_layers(
         match how {
             Attend::Step => {
                 kv.append_step(st, &bufs.k, &bufs.v)?;
-                attn_decode(st, &bufs.q, kv, &p, &mut bufs.attn, &mut be.scratch().attn)?;
+                attn_decode(st, &bufs.q, kv, &p, &mut bufs.attn, &mut scratch.attn)?;
             }
             Attend::Prefill { b, start } => {
                 kv.append(st, b, &bufs.k, &bufs.v, rows)?;
                 attn_prefill(st, &bufs.q, rows, start, kv, b, &p, &mut bufs.attn)?;
             }
         }
-        layer.o.gemm(
-            st,
-            &bufs.attn,
-            rows,
-            None,
-            &mut bufs.tmp,
-            &mut be.scratch().gemm,
-        )?;
+        layer
+            .o
+            .gemm(st, &bufs.attn, rows, None, &mut bufs.tmp, &mut scratch.gemm)?;
         residual_add(st, &mut bufs.x, &bufs.tmp)?;
         rms_norm(
             st,
@@ -443,14 +443,14 @@ fn run_layers(
         )?;
         match &layer.ffn {
             LayerFfn::Dense(mlp) => {
-                let g = &mut be.scratch().gemm;
+                let g = &mut scratch.gemm;
                 mlp.gate.gemm(st, &bufs.h, rows, None, &mut bufs.gate, g)?;
                 mlp.up.gemm(st, &bufs.h, rows, None, &mut bufs.up, g)?;
                 silu_mul(st, &bufs.gate, &bufs.up, &mut bufs.act)?;
                 mlp.down.gemm(st, &bufs.act, rows, None, &mut bufs.tmp, g)?;
             }
             LayerFfn::Moe(moe) => {
-                let s = &mut be.scratch().moe;
+                let s = &mut scratch.moe;
                 moe_block(
                     st,
                     &bufs.h,
