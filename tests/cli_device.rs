@@ -115,3 +115,55 @@ fn bad_arguments_are_one_clear_line() {
         &["llama", "scout", "maverick"],
     );
 }
+
+#[test]
+fn bench_model_plan_only_runs_without_a_device() {
+    let o = llama4(&[
+        "bench-model",
+        "--plan-only",
+        "--context",
+        "1024,1048576",
+        "--batch",
+        "1,64",
+        "--prompt-tokens",
+        "1024",
+    ]);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("weights: 63.13 GB"), "{out}");
+    // Batch 1 at 1K fits; batch 64 at 1M does not, and the row says why with the numbers.
+    let row = |b: &str, c: &str| {
+        out.lines()
+            .find(|l| l.starts_with(&format!("| {b} | {c} |")))
+            .unwrap_or_else(|| panic!("no row {b} x {c} in\n{out}"))
+            .to_string()
+    };
+    assert!(!row("1", "1024").contains("does not fit"), "{out}");
+    let r = row("64", "1048576");
+    assert!(
+        r.contains("does not fit") && r.contains("needed") && r.contains("free"),
+        "{r}"
+    );
+    // 1M at batch 1 fits once the host tier may take 48 GiB.
+    let o = llama4(&[
+        "bench-model",
+        "--plan-only",
+        "--context",
+        "1048576",
+        "--batch",
+        "1",
+        "--host-mem",
+        "48",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && !out.contains("does not fit"), "{out}");
+    // The plan's own options need --plan-only.
+    fails(&["bench-model", "--gpu-mem", "40"], &["--plan-only"]);
+    fails(
+        &["bench-model", "--plan-only", "--bandwidth", "0"],
+        &["--bandwidth"],
+    );
+}

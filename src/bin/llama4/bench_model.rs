@@ -69,6 +69,16 @@ pub struct Args {
     /// Seed of the synthetic weights.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// No device: print the memory plan and the decode floor of every row for a GPU of --gpu-mem
+    /// GiB free and --bandwidth GB/s (computed, not measured).
+    #[arg(long)]
+    pub plan_only: bool,
+    /// With --plan-only: free device memory, GiB.
+    #[arg(long, default_value_t = 79.0, requires = "plan_only")]
+    pub gpu_mem: f64,
+    /// With --plan-only: device bandwidth for the floor, GB/s.
+    #[arg(long, default_value_t = 3000.0, requires = "plan_only")]
+    pub bandwidth: f64,
 }
 
 const GIB: f64 = (1u64 << 30) as f64;
@@ -104,8 +114,17 @@ pub fn bench_config(args: &Args) -> Result<(Config, Option<QuantizeSpec>)> {
             "--steps must be at least 2 and --prefill-piece at least 1",
         ));
     }
-    if !(args.host_mem.is_finite() && args.host_mem >= 0.0) {
-        return Err(Error::invalid("--host-mem", format!("{}", args.host_mem)));
+    for (name, v) in [
+        ("--host-mem", args.host_mem),
+        ("--gpu-mem", args.gpu_mem),
+        ("--bandwidth", args.bandwidth),
+    ] {
+        if !(v.is_finite() && v >= 0.0) || (name == "--bandwidth" && v == 0.0) {
+            return Err(Error::invalid(
+                name,
+                format!("{v}: expected a non-negative number"),
+            ));
+        }
     }
     c.validate_for_gpu()?;
     let spec = match args.quantize {
@@ -116,15 +135,77 @@ pub fn bench_config(args: &Args) -> Result<(Config, Option<QuantizeSpec>)> {
     Ok((c, spec))
 }
 
+fn kv_dtype(args: &Args) -> KvDType {
+    match args.kv_dtype {
+        KvKind::Bf16 => KvDType::BF16,
+        KvKind::Fp8 => KvDType::Fp8E4M3,
+    }
+}
+
+/// `--plan-only`: every row's plan and floor, no device.
+fn plan_only(args: &Args, config: &Config, spec: Option<&QuantizeSpec>) -> Result<()> {
+    let kv = kv_dtype(args);
+    let free = (args.gpu_mem * GIB) as u64;
+    let req = |batch, context| GpuPlanRequest {
+        batch,
+        context,
+        kv_dtype: kv,
+        free_bytes: free,
+        host_bytes: (args.host_mem * GIB) as u64,
+    };
+    let w = plan_gpu(config, spec, req(1, 1))?;
+    println!(
+        "# bench-model plan: {:?} {:?}, {} layers, KV {kv:?}, {:.1} GiB free, {:.0} GB/s (computed, not measured)",
+        args.preset,
+        args.quantize,
+        config.layers.len(),
+        args.gpu_mem,
+        args.bandwidth
+    );
+    println!("weights: {:.2} GB", w.weight_bytes as f64 / 1e9);
+    println!("\n| prefill tokens | device memory planned (GB) |\n|---|---|");
+    for &p in &args.prompt_tokens {
+        match plan_gpu(config, spec, req(1, p)) {
+            Ok(pl) => println!("| {p} | {:.1} |", pl.device_bytes() as f64 / 1e9),
+            Err(e) => println!("| {p} | does not fit: {e} |"),
+        }
+    }
+    println!(
+        "\n| batch | context | weights + KV read per step (GB) | floor ms | floor tokens/s | device / host KV (GB) |\n|---|---|---|---|---|---|"
+    );
+    for &c in &args.context {
+        for &b in &args.batch {
+            let bytes = decode_bytes(config, spec, b, c, kv);
+            let floor = bytes.floor_secs(args.bandwidth * 1e9);
+            let fit = match plan_gpu(config, spec, req(b, c + 2 * args.steps + 4)) {
+                Ok(p) => format!(
+                    "{:.1} / {:.1}",
+                    (p.kv_chunked_bytes + p.kv_global_device_bytes) as f64 / 1e9,
+                    p.kv_global_host_bytes as f64 / 1e9
+                ),
+                Err(e) => format!("does not fit: {e}"),
+            };
+            println!(
+                "| {b} | {c} | {:.2} + {:.2} | {:.3} | {:.0} | {fit} |",
+                bytes.weights() as f64 / 1e9,
+                bytes.kv as f64 / 1e9,
+                floor * 1e3,
+                b as f64 / floor
+            );
+        }
+    }
+    Ok(())
+}
+
 pub fn run(args: Args) -> Result<()> {
     let (config, spec) = bench_config(&args)?;
+    if args.plan_only {
+        return plan_only(&args, &config, spec.as_ref());
+    }
     let choice = choose_device(Some(DeviceKind::Cuda), &Probe::detect())?;
     eprintln!("{}", choice.info);
     let dev = Device::first()?;
-    let kv_dtype = match args.kv_dtype {
-        KvKind::Bf16 => KvDType::BF16,
-        KvKind::Fp8 => KvDType::Fp8E4M3,
-    };
+    let kv_dtype = kv_dtype(&args);
     let host_bytes = (args.host_mem * GIB) as u64;
     let (free0, total) = dev.memory()?;
     println!(
@@ -177,7 +258,7 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     println!(
-        "\n| batch | context | step ms (graph) | step ms (eager) | tokens/s | bytes/step (GB) | floor ms | of floor | device memory used (GB) |\n|---|---|---|---|---|---|---|---|---|"
+        "\n| batch | context | step ms (graph) | step ms (eager) | tokens/s | weights + KV read per step (GB) | floor ms | of floor | device memory used (GB) |\n|---|---|---|---|---|---|---|---|---|"
     );
     for &c in &args.context {
         for &b in &args.batch {
@@ -185,18 +266,20 @@ pub fn run(args: Args) -> Result<()> {
             let floor = bytes.floor_secs(bw);
             match decode_row(&model, &dev, b, c, args.steps, kv_dtype, &req) {
                 Ok((graph, eager, used)) => println!(
-                    "| {b} | {c} | {:.3} | {:.3} | {:.0} | {:.2} | {:.3} | {:.0}% | {:.1} |",
+                    "| {b} | {c} | {:.3} | {:.3} | {:.0} | {:.2} + {:.2} | {:.3} | {:.0}% | {:.1} |",
                     graph * 1e3,
                     eager * 1e3,
                     b as f64 / graph,
-                    bytes.total() as f64 / 1e9,
+                    bytes.weights() as f64 / 1e9,
+                    bytes.kv as f64 / 1e9,
                     floor * 1e3,
                     100.0 * floor / graph,
                     used as f64 / 1e9
                 ),
                 Err(e) => println!(
-                    "| {b} | {c} | - | - | - | {:.2} | {:.3} | - | skipped: {e} |",
-                    bytes.total() as f64 / 1e9,
+                    "| {b} | {c} | - | - | - | {:.2} + {:.2} | {:.3} | - | skipped: {e} |",
+                    bytes.weights() as f64 / 1e9,
+                    bytes.kv as f64 / 1e9,
                     floor * 1e3
                 ),
             }
