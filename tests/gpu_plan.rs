@@ -233,3 +233,35 @@ fn device_choice_covers_every_probe() {
         here.missing().is_none()
     );
 }
+
+#[test]
+fn chunk_pieces_cover_every_token_and_never_cross_a_chunk() {
+    use llama4_cuda::model::cuda::chunk_pieces;
+    for start in [0usize, 1, 7, 8, 15, 16, 8191, 8192] {
+        for len in [1usize, 2, 8, 9, 17, 100, 20_000] {
+            for (piece, chunk) in [
+                (usize::MAX, 8),
+                (3, 8),
+                (8192, 8192),
+                (6, 16),
+                (5, usize::MAX),
+            ] {
+                let p: Vec<(usize, usize)> = chunk_pieces(start, len, piece, chunk).collect();
+                let mut next = 0;
+                for &(r, n) in &p {
+                    assert_eq!(r, next, "{start} {len} {piece} {chunk}: gap");
+                    assert!(n >= 1 && n <= piece, "{p:?}");
+                    let (a, b) = (start + r, start + r + n - 1);
+                    assert_eq!(a / chunk, b / chunk, "{start} {len} {piece} {chunk}: {p:?}");
+                    next = r + n;
+                }
+                assert_eq!(next, len);
+                // As few pieces as the two limits allow: only the last piece of a chunk or one
+                // of max_piece tokens ends early.
+                for &(r, n) in &p[..p.len() - 1] {
+                    assert!(n == piece || (start + r + n) % chunk == 0, "{p:?}");
+                }
+            }
+        }
+    }
+}

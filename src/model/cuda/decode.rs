@@ -10,7 +10,7 @@ use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaGraph, CudaSlice, DevicePtrMut};
 use half::bf16;
 
-use super::{CudaBackend, Scratch};
+use super::{chunk_pieces, CudaBackend, Scratch};
 use crate::device::DriverResultExt;
 use crate::error::{Error, Result};
 use crate::kv_cache::gpu::GpuKvLayer;
@@ -198,11 +198,9 @@ impl<'m> BatchDecoder<'m> {
             });
         }
         let chunk = c.attention_chunk_size;
-        let mut r = 0;
         let mut last = None;
-        while r < tokens.len() {
+        for (r, n) in chunk_pieces(start, tokens.len(), piece, chunk) {
             let pos = start + r;
-            let n = (tokens.len() - r).min(piece).min(chunk - pos % chunk);
             let mut bufs = Bufs::new(m.backend(), m, n)?;
             crate::ops::embedding_host_ids(
                 m.backend().stream(),
@@ -215,8 +213,7 @@ impl<'m> BatchDecoder<'m> {
             let dev_pos = positions_on_device(m.backend().stream(), &positions)?;
             let how = Attend::Prefill { b, start: pos };
             run_layers(m, &mut self.kv, &mut bufs, &dev_pos, how, &mut self.scratch)?;
-            r += n;
-            if logits && r == tokens.len() {
+            if logits && r + n == tokens.len() {
                 last = Some(self.last_logits(&bufs)?);
             }
         }
@@ -234,10 +231,8 @@ impl<'m> BatchDecoder<'m> {
         let amp = crate::ops::synthetic::Synth::Uniform { amp: 1.0 };
         crate::ops::synthetic::synthetic_fill(be.stream(), &mut src, amp, seed, u64::MAX)?;
         for b in 0..self.batch {
-            let mut done = 0;
-            while done < tokens {
-                let pos = self.kv[0].len(b);
-                let n = (tokens - done).min(chunk - pos % chunk);
+            let start = self.kv[0].len(b);
+            for (_, n) in chunk_pieces(start, tokens, piece, chunk) {
                 let part;
                 let s = if n == piece {
                     &src
@@ -251,7 +246,6 @@ impl<'m> BatchDecoder<'m> {
                 for kv in &mut self.kv {
                     kv.append(be.stream(), b, s, s, n)?;
                 }
-                done += n;
             }
         }
         Ok(())

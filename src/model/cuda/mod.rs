@@ -21,7 +21,7 @@ use crate::kv_cache::gpu::GpuKvLayer;
 use crate::kv_cache::{KvDType, KvLayout, Retention};
 use crate::ops::attn_decode::{attn_decode, AttnScratch};
 use crate::ops::attn_prefill::attn_prefill;
-use crate::ops::gemm::{GemmScratch, GpuBf16Weight, GpuLinear};
+use crate::ops::gemm::{GemmScratch, GpuLinear};
 use crate::ops::moe::{moe_block, GpuExpert, GpuMoe, MoeScratch};
 use crate::quant::{DenseWeight, Weight};
 use crate::reference::attention::AttnParams;
@@ -140,6 +140,28 @@ impl CudaBackend {
             data: self.stream().clone_htod(&h).op("upload_tensor")?,
         })
     }
+}
+
+/// Splits `len` tokens at positions `start ..` into `(offset, count)` pieces of at most `max_piece`
+/// tokens that never cross a multiple of `chunk` (the attention chunk): the unit of every append on
+/// a chunked layer, whose ring of pages only ever holds the current chunk.
+pub fn chunk_pieces(
+    start: usize,
+    len: usize,
+    max_piece: usize,
+    chunk: usize,
+) -> impl Iterator<Item = (usize, usize)> {
+    let (max_piece, chunk) = (max_piece.max(1), chunk.max(1));
+    let mut r = 0;
+    std::iter::from_fn(move || {
+        if r >= len {
+            return None;
+        }
+        let pos = start + r;
+        let n = (len - r).min(max_piece).min(chunk - pos % chunk);
+        r += n;
+        Some((r - n, n))
+    })
 }
 
 impl Backend for CudaBackend {
@@ -334,10 +356,8 @@ impl Backend for CudaBackend {
         let chunk = kv.chunk.unwrap_or(usize::MAX);
         let whole = t <= chunk - start % chunk;
         let mut out = self.tensor("attention", t, qw)?;
-        let mut r = 0;
-        while r < t {
+        for (r, n) in chunk_pieces(start, t, usize::MAX, chunk) {
             let pos = start + r;
-            let n = (t - r).min(chunk - pos % chunk);
             let pieces;
             let (qp, kp, vp) = if whole {
                 (q, k, v)
@@ -371,7 +391,6 @@ impl Backend for CudaBackend {
                     .memcpy_dtod(&o.data, &mut view)
                     .op("attention")?;
             }
-            r += n;
         }
         Ok(out)
     }
@@ -399,9 +418,4 @@ impl Backend for CudaBackend {
     fn residual_add(&self, x: &mut CudaTensor, y: &CudaTensor) -> Result<()> {
         crate::ops::residual_add(self.stream(), &mut x.data, &y.data)
     }
-}
-
-/// A bf16 linear weight for weights made on the device (see `synthetic_gpu`).
-pub fn bf16_linear(n: usize, k: usize, data: CudaSlice<bf16>) -> GpuLinear {
-    GpuLinear::Bf16(GpuBf16Weight { n, k, data })
 }
