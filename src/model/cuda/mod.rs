@@ -107,7 +107,7 @@ impl CudaBackend {
     pub fn scratch(&self) -> std::cell::RefMut<'_, Scratch> {
         self.scratch.borrow_mut()
     }
-    /// A new uninitialised-by-contract (zeroed) bf16 buffer of `len` elements.
+    /// A zeroed bf16 device buffer of `len` elements (at least one).
     pub fn alloc_bf16(&self, op: &'static str, len: usize) -> Result<CudaSlice<bf16>> {
         self.device
             .stream()
