@@ -220,3 +220,61 @@ fn ragged_expert_groups_long_segments_and_zero_tokens() {
         assert_eq!(dev.download(&out.offsets).expect("download"), vec![0; 41]);
     }
 }
+
+/// CPU mirror of moe_gate_scan_kernel's index math (runs without a GPU): per 32-expert block, 32
+/// warps own contiguous segments of ceil(tiles / 32) tiles (clamped), the segment bases come from an
+/// exclusive scan over segments, and each segment is rewritten from its base. The result must equal
+/// the serial per-expert exclusive scan over tiles, for tile counts around the segment edges.
+#[test]
+fn scan_segments_mirror_equals_serial_scan() {
+    let (mut rng, seed) = Rng::fresh();
+    for tiles in [0usize, 1, 5, 31, 32, 33, 64, 255, 256, 257, 1563] {
+        for experts in [1usize, 16, 40] {
+            let hist: Vec<u32> = (0..tiles * experts).map(|_| rng.below(65) as u32).collect();
+            // Serial: what the one-block kernel did.
+            let mut want = hist.clone();
+            let mut want_counts = vec![0u32; experts];
+            for e in 0..experts {
+                for t in 0..tiles {
+                    let x = want[t * experts + e];
+                    want[t * experts + e] = want_counts[e];
+                    want_counts[e] += x;
+                }
+            }
+            // The kernel's way.
+            let mut got = hist.clone();
+            let mut counts = vec![u32::MAX; experts];
+            let per = tiles.div_ceil(32);
+            let seg = |w: usize| {
+                let t0 = (w * per).min(tiles);
+                (t0, (t0 + per).min(tiles))
+            };
+            for e in 0..experts {
+                let sums: Vec<u32> = (0..32)
+                    .map(|w| {
+                        let (t0, t1) = seg(w);
+                        (t0..t1).map(|t| hist[t * experts + e]).sum()
+                    })
+                    .collect();
+                let mut base = 0u32;
+                for (w, &s) in sums.iter().enumerate() {
+                    let (t0, t1) = seg(w);
+                    let mut c = base;
+                    for t in t0..t1 {
+                        let x = got[t * experts + e];
+                        got[t * experts + e] = c;
+                        c += x;
+                    }
+                    base += s;
+                }
+                counts[e] = base;
+            }
+            let ctx = format!("tiles {tiles} experts {experts} seed {seed}");
+            assert_eq!(got, want, "{ctx}");
+            assert_eq!(counts, want_counts, "{ctx}");
+            // The segments cover every tile exactly once, in order.
+            let covered: Vec<usize> = (0..32).flat_map(|w| seg(w).0..seg(w).1).collect();
+            assert_eq!(covered, (0..tiles).collect::<Vec<_>>(), "{ctx}");
+        }
+    }
+}
