@@ -190,6 +190,50 @@ fn generate_on_a_checkpoint_with_a_tokenizer() {
     assert!(out.contains("prompt tokens: 2"), "{out}");
 }
 
+/// Sampling settings: the command line wins, else generation_config.json, else 0.6 / 0.9. Seen
+/// through the tokens: temperature 0 and a tiny top_p are both greedy, which the defaults are not.
+#[test]
+fn generation_config_sets_the_sampling_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_checkpoint(dir.path());
+    let d = dir.path().to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            d,
+            "--tokens",
+            "1,5,9",
+            "--max-new-tokens",
+            "12",
+        ];
+        args.extend_from_slice(extra);
+        generated_line(&ok(&args).0)
+    };
+    let gen_config = |json: &str| {
+        std::fs::write(dir.path().join("generation_config.json"), json).unwrap();
+    };
+    let _ = std::fs::remove_file(dir.path().join("generation_config.json"));
+    let defaults = run(&[]);
+    let greedy = run(&["--temperature", "0"]);
+    assert_eq!(run(&["--temperature", "0.6", "--top-p", "0.9"]), defaults);
+    assert_ne!(
+        greedy, defaults,
+        "the test needs sampling to differ from greedy"
+    );
+    // generation_config's temperature 0: greedy unless the command line says otherwise.
+    gen_config(r#"{"eos_token_id": 2, "temperature": 0.0}"#);
+    assert_eq!(run(&[]), greedy);
+    assert_eq!(run(&["--temperature", "0.6"]), defaults);
+    // Its top_p: a nucleus of one token is greedy; --top-p overrides it.
+    gen_config(r#"{"eos_token_id": 2, "temperature": 0.6, "top_p": 1e-6}"#);
+    assert_eq!(run(&[]), greedy);
+    assert_eq!(run(&["--top-p", "0.9"]), defaults);
+    // A bad value from the file is the same clear error as from the command line.
+    gen_config(r#"{"eos_token_id": 2, "top_p": 2.0}"#);
+    fails(&["generate", "--model", d, "--tokens", "1,5,9"], &["top_p"]);
+}
+
 #[test]
 fn user_errors_are_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();

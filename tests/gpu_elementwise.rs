@@ -5,102 +5,16 @@
 
 use std::sync::Arc;
 
+use common::gpu::{f32s, poisoned, random, rounded, Elem};
+use common::{rel_err, Rng};
 use half::{bf16, f16};
-use llama4_cuda::device::{device_for_test, CudaSlice, CudaStream, Device, DeviceElem};
+use llama4_cuda::device::{device_for_test, CudaStream, Device};
 use llama4_cuda::reference::elementwise as reference;
 use llama4_cuda::{ops, Error};
 
+mod common;
+
 const SIZES: [usize; 4] = [1, 7, 4097, 1_000_003];
-
-/// xorshift64*: values in ±[0.05, 4], never zero.
-struct Rng(u64);
-impl Rng {
-    fn new() -> (Self, u64) {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64)
-            | 1;
-        (Rng(seed), seed)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn value(&mut self) -> f32 {
-        let u = (self.next() >> 40) as f32 / (1u64 << 24) as f32; // [0, 1)
-        let mag = 0.05 + 3.95 * u;
-        if self.next() & 1 == 0 {
-            mag
-        } else {
-            -mag
-        }
-    }
-    fn vec<T: Elem>(&mut self, n: usize) -> Vec<T> {
-        (0..n).map(|_| T::from_f32(self.value())).collect()
-    }
-}
-
-/// A float storage type the kernels take.
-trait Elem: DeviceElem {
-    fn from_f32(x: f32) -> Self;
-    fn to_f32(self) -> f32;
-}
-impl Elem for f32 {
-    fn from_f32(x: f32) -> Self {
-        x
-    }
-    fn to_f32(self) -> f32 {
-        self
-    }
-}
-impl Elem for f16 {
-    fn from_f32(x: f32) -> Self {
-        f16::from_f32(x)
-    }
-    fn to_f32(self) -> f32 {
-        f16::to_f32(self)
-    }
-}
-impl Elem for bf16 {
-    fn from_f32(x: f32) -> Self {
-        bf16::from_f32(x)
-    }
-    fn to_f32(self) -> f32 {
-        bf16::to_f32(self)
-    }
-}
-
-fn f32s<T: Elem>(v: &[T]) -> Vec<f32> {
-    v.iter().map(|x| x.to_f32()).collect()
-}
-
-/// Rounds f32 values to T (round to nearest even, as the kernels store) and back.
-fn rounded<T: Elem>(v: &[f32]) -> Vec<f32> {
-    v.iter().map(|&x| T::from_f32(x).to_f32()).collect()
-}
-
-/// max |out - want| / max |want|; a NaN anywhere in `out` (an unwritten poisoned element) is infinite.
-fn rel_err(out: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(out.len(), want.len());
-    if out.iter().any(|x| x.is_nan()) {
-        return f32::INFINITY;
-    }
-    let scale = want
-        .iter()
-        .fold(0f32, |m, x| m.max(x.abs()))
-        .max(f32::MIN_POSITIVE);
-    out.iter()
-        .zip(want)
-        .fold(0f32, |m, (o, w)| m.max((o - w).abs()))
-        / scale
-}
-
-fn poisoned<T: Elem>(dev: &Device, n: usize) -> CudaSlice<T> {
-    dev.filled(n, T::from_f32(f32::NAN))
-        .expect("poisoned output buffer")
-}
 
 fn stream(dev: &Device) -> &Arc<CudaStream> {
     dev.stream()
@@ -112,7 +26,7 @@ fn check_residual<A: Elem, B: Elem>(dev: &Device, rng: &mut Rng, seed: u64) {
             if n <= off {
                 continue;
             }
-            let (a, b): (Vec<A>, Vec<B>) = (rng.vec(n), rng.vec(n));
+            let (a, b): (Vec<A>, Vec<B>) = (random(rng, n), random(rng, n));
             let mut want = f32s(&a);
             reference::residual_add(&mut want, &f32s(&b)).expect("reference residual_add");
             let want = rounded::<A>(&want[off..]);
@@ -141,7 +55,7 @@ fn residual_add_matches_reference() {
     let Some(dev) = device_for_test("residual_add_matches_reference") else {
         return;
     };
-    let (mut rng, seed) = Rng::new();
+    let (mut rng, seed) = Rng::fresh();
     check_residual::<f32, f32>(&dev, &mut rng, seed);
     check_residual::<f32, bf16>(&dev, &mut rng, seed);
     check_residual::<bf16, bf16>(&dev, &mut rng, seed);
@@ -155,7 +69,7 @@ fn check_cast<D: Elem, S: Elem>(dev: &Device, rng: &mut Rng, seed: u64) {
             if n <= off {
                 continue;
             }
-            let src: Vec<S> = rng.vec(n);
+            let src: Vec<S> = random(rng, n);
             let want = rounded::<D>(&f32s(&src[off..]));
             let dsrc = dev.upload(&src).unwrap();
             let mut dst = poisoned::<D>(dev, n);
@@ -185,7 +99,7 @@ fn cast_matches_half_conversions() {
     let Some(dev) = device_for_test("cast_matches_half_conversions") else {
         return;
     };
-    let (mut rng, seed) = Rng::new();
+    let (mut rng, seed) = Rng::fresh();
     check_cast::<bf16, f32>(&dev, &mut rng, seed);
     check_cast::<f16, f32>(&dev, &mut rng, seed);
     check_cast::<f32, bf16>(&dev, &mut rng, seed);
@@ -197,7 +111,7 @@ fn cast_matches_half_conversions() {
 /// Tolerance of a silu_mul result stored as O: f32 1e-5 (expf on the GPU is within 2 ulp of the CPU's
 /// exp, so results differ by a few f32 ulp); a 16-bit output 1e-2 (those ulps can flip one rounding
 /// of a bf16 (2^-8) or f16 (2^-11) value).
-fn silu_tol<O: Elem>() -> f32 {
+fn silu_tol<O: Elem>() -> f64 {
     if std::mem::size_of::<O>() == 4 {
         1e-5
     } else {
@@ -211,7 +125,7 @@ fn check_silu<O: Elem, I: Elem>(dev: &Device, rng: &mut Rng, seed: u64) {
             if n <= off {
                 continue;
             }
-            let (g, u): (Vec<I>, Vec<I>) = (rng.vec(n), rng.vec(n));
+            let (g, u): (Vec<I>, Vec<I>) = (random(rng, n), random(rng, n));
             let want = reference::silu_mul(&f32s(&g[off..]), &f32s(&u[off..]))
                 .expect("reference silu_mul");
             let want = rounded::<O>(&want);
@@ -239,7 +153,7 @@ fn silu_mul_matches_reference() {
     let Some(dev) = device_for_test("silu_mul_matches_reference") else {
         return;
     };
-    let (mut rng, seed) = Rng::new();
+    let (mut rng, seed) = Rng::fresh();
     check_silu::<f32, f32>(&dev, &mut rng, seed);
     check_silu::<bf16, bf16>(&dev, &mut rng, seed);
     check_silu::<f32, bf16>(&dev, &mut rng, seed);
@@ -248,7 +162,7 @@ fn silu_mul_matches_reference() {
 
 fn check_silu_fused<O: Elem, I: Elem>(dev: &Device, rng: &mut Rng, seed: u64) {
     for (rows, cols) in [(1, 1), (3, 7), (5, 64), (2, 4097), (70_000, 8)] {
-        let gu: Vec<I> = rng.vec(rows * 2 * cols);
+        let gu: Vec<I> = random(rng, rows * 2 * cols);
         let gu32 = f32s(&gu);
         let mut want = Vec::with_capacity(rows * cols);
         for r in gu32.chunks(2 * cols) {
@@ -272,7 +186,7 @@ fn silu_mul_fused_matches_reference() {
     let Some(dev) = device_for_test("silu_mul_fused_matches_reference") else {
         return;
     };
-    let (mut rng, seed) = Rng::new();
+    let (mut rng, seed) = Rng::fresh();
     check_silu_fused::<bf16, bf16>(&dev, &mut rng, seed);
     check_silu_fused::<f32, f32>(&dev, &mut rng, seed);
 }
@@ -280,10 +194,8 @@ fn silu_mul_fused_matches_reference() {
 fn check_embedding<O: Elem, T: Elem>(dev: &Device, rng: &mut Rng, seed: u64) {
     let vocab = 1009;
     for (num_ids, dim) in [(1, 1), (7, 7), (4097, 64), (3, 4097), (1, 5120)] {
-        let table: Vec<T> = rng.vec(vocab * dim);
-        let ids: Vec<u32> = (0..num_ids)
-            .map(|_| (rng.next() % vocab as u64) as u32)
-            .collect();
+        let table: Vec<T> = random(rng, vocab * dim);
+        let ids: Vec<u32> = (0..num_ids).map(|_| rng.below(vocab) as u32).collect();
         let want = rounded::<O>(
             &reference::embedding(&f32s(&table), dim, &ids).expect("reference embedding"),
         );
@@ -307,7 +219,7 @@ fn embedding_matches_reference() {
     let Some(dev) = device_for_test("embedding_matches_reference") else {
         return;
     };
-    let (mut rng, seed) = Rng::new();
+    let (mut rng, seed) = Rng::fresh();
     check_embedding::<f32, bf16>(&dev, &mut rng, seed);
     check_embedding::<bf16, bf16>(&dev, &mut rng, seed);
     check_embedding::<f32, f32>(&dev, &mut rng, seed);
@@ -319,9 +231,9 @@ fn embedding_out_of_range_ids() {
     let Some(dev) = device_for_test("embedding_out_of_range_ids") else {
         return;
     };
-    let (mut rng, seed) = Rng::new();
+    let (mut rng, seed) = Rng::fresh();
     let (vocab, dim) = (50usize, 24usize);
-    let table: Vec<f32> = rng.vec(vocab * dim);
+    let table: Vec<f32> = random(&mut rng, vocab * dim);
     let ids: Vec<u32> = vec![3, 49, 7, 50, 0, u32::MAX];
     let dtable = dev.upload(&table).unwrap();
     let mut out = poisoned::<f32>(&dev, ids.len() * dim);

@@ -14,13 +14,15 @@
 
 use std::sync::Arc;
 
+use common::gpu::{f32s, poisoned, random, Elem};
+use common::{rel_err, Rng};
 use half::{bf16, f16};
-use llama4_cuda::device::{device_for_test, CudaSlice, CudaStream, Device, DeviceElem};
+use llama4_cuda::device::{device_for_test, CudaSlice, CudaStream, Device};
 use llama4_cuda::ops::norm_rope as ops;
 use llama4_cuda::reference::{norm, rope};
 use llama4_cuda::Error;
-use proptest::prelude::Rng as _;
-use proptest::test_runner::{RngAlgorithm, TestRng};
+
+mod common;
 
 const EPS: f32 = 1e-5;
 const SCOUT: rope::Llama3Scaling = rope::Llama3Scaling {
@@ -30,102 +32,26 @@ const SCOUT: rope::Llama3Scaling = rope::Llama3Scaling {
     original_max_position_embeddings: 8192.0,
 };
 
-/// A random source seeded from the clock; the seed goes into every failure message.
-struct Rng(TestRng);
-impl Rng {
-    fn new() -> (Self, u64) {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64);
-        (
-            Rng(TestRng::from_seed(
-                RngAlgorithm::ChaCha,
-                &seed.to_le_bytes().repeat(4),
-            )),
-            seed,
-        )
-    }
-    /// Uniform in ±[0.05, 4].
-    fn value(&mut self) -> f32 {
-        let u = (self.0.next_u32() >> 8) as f32 / (1u32 << 24) as f32;
-        let mag = 0.05 + 3.95 * u;
-        if self.0.next_u32() & 1 == 0 {
-            mag
-        } else {
-            -mag
-        }
-    }
-    fn vec<T: Elem>(&mut self, n: usize) -> Vec<T> {
-        (0..n).map(|_| T::from_f32(self.value())).collect()
-    }
-    /// Positions: some small, some just below 10,485,760 (Scout's 10M context).
-    fn positions(&mut self, n: usize) -> Vec<usize> {
-        (0..n)
-            .map(|_| {
-                let r = self.0.next_u32() as usize;
-                if r & 1 == 0 {
-                    r % 20_000
-                } else {
-                    10_485_760 - 1 - r % 500_000
-                }
-            })
-            .collect()
-    }
+/// Positions: some small, some just below 10,485,760 (Scout's 10M context).
+fn positions(rng: &mut Rng, n: usize) -> Vec<usize> {
+    (0..n)
+        .map(|_| {
+            if rng.below(2) == 0 {
+                rng.below(20_000)
+            } else {
+                10_485_760 - 1 - rng.below(500_000)
+            }
+        })
+        .collect()
 }
 
-/// A float storage type the kernels take.
-trait Elem: DeviceElem {
-    fn from_f32(x: f32) -> Self;
-    fn to_f32(self) -> f32;
-    /// The tolerance of a result stored in this type (module docs).
-    const TOL: f32;
-}
-impl Elem for f32 {
-    fn from_f32(x: f32) -> Self {
-        x
+/// The tolerance of a result stored in T (module docs): 1e-5 for f32, 1e-2 for a 16-bit type.
+fn tol<T: Elem>() -> f64 {
+    if std::mem::size_of::<T>() == 4 {
+        1e-5
+    } else {
+        1e-2
     }
-    fn to_f32(self) -> f32 {
-        self
-    }
-    const TOL: f32 = 1e-5;
-}
-impl Elem for f16 {
-    fn from_f32(x: f32) -> Self {
-        f16::from_f32(x)
-    }
-    fn to_f32(self) -> f32 {
-        f16::to_f32(self)
-    }
-    const TOL: f32 = 1e-2;
-}
-impl Elem for bf16 {
-    fn from_f32(x: f32) -> Self {
-        bf16::from_f32(x)
-    }
-    fn to_f32(self) -> f32 {
-        bf16::to_f32(self)
-    }
-    const TOL: f32 = 1e-2;
-}
-
-fn f32s<T: Elem>(v: &[T]) -> Vec<f32> {
-    v.iter().map(|x| x.to_f32()).collect()
-}
-
-/// max |out - want| / max |want|; a NaN anywhere in `out` (an unwritten poisoned element) is infinite.
-fn rel_err(out: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(out.len(), want.len());
-    if out.iter().any(|x| x.is_nan()) {
-        return f32::INFINITY;
-    }
-    let scale = want
-        .iter()
-        .fold(0f32, |m, x| m.max(x.abs()))
-        .max(f32::MIN_POSITIVE);
-    out.iter()
-        .zip(want)
-        .fold(0f32, |m, (o, w)| m.max((o - w).abs()))
-        / scale
 }
 
 fn stream(dev: &Device) -> &Arc<CudaStream> {
@@ -154,13 +80,13 @@ fn check_rms<O: Elem, X: Elem, W: Elem>(dev: &Device, rng: &mut Rng, seed: u64, 
     for (rows, dim) in RMS_SHAPES {
         for off in [0usize, 1] {
             let n = rows * dim;
-            let x: Vec<X> = rng.vec(n + off);
-            let w: Vec<W> = rng.vec(dim + off);
+            let x: Vec<X> = random(rng, n + off);
+            let w: Vec<W> = random(rng, dim + off);
             let (xf, wf) = (f32s(&x[off..]), f32s(&w[off..]));
             let want = norm::rms_norm(&xf, dim, weighted.then_some(&wf[..]), EPS)
                 .expect("reference rms_norm");
             let (dx, dw) = (dev.upload(&x).unwrap(), dev.upload(&w).unwrap());
-            let mut out = dev.filled(n + off, O::from_f32(f32::NAN)).unwrap();
+            let mut out = poisoned::<O>(dev, n + off);
             {
                 let mut vo = out.slice_mut(off..);
                 if weighted {
@@ -186,7 +112,10 @@ fn check_rms<O: Elem, X: Elem, W: Elem>(dev: &Device, rng: &mut Rng, seed: u64, 
                 X::DTYPE,
                 W::DTYPE
             );
-            assert!(e <= O::TOL, "rms_norm {what}: rel err {e} (seed {seed})");
+            assert!(
+                e <= tol::<O>(),
+                "rms_norm {what}: rel err {e} (seed {seed})"
+            );
             assert!(
                 got[..off].iter().all(|v| v.is_nan()),
                 "rms_norm {what} wrote before its view (seed {seed})"
@@ -200,7 +129,7 @@ fn rms_norm_matches_reference() {
     let Some(dev) = device_for_test("rms_norm_matches_reference") else {
         return;
     };
-    let (mut rng, seed) = Rng::new();
+    let (mut rng, seed) = Rng::fresh();
     check_rms::<f32, f32, f32>(&dev, &mut rng, seed, true);
     check_rms::<bf16, bf16, bf16>(&dev, &mut rng, seed, true);
     check_rms::<bf16, bf16, f32>(&dev, &mut rng, seed, true);
@@ -258,8 +187,8 @@ fn check_qk<T: Elem>(dev: &Device, rng: &mut Rng, seed: u64, mode: Mode) {
     for (tokens, hq, hk, hd) in QK_SHAPES {
         for off in [0usize, 2] {
             let (nq, nk) = (tokens * hq * hd, tokens * hk * hd);
-            let (q, k): (Vec<T>, Vec<T>) = (rng.vec(nq + off), rng.vec(nk + off));
-            let pos = rng.positions(tokens);
+            let (q, k): (Vec<T>, Vec<T>) = (random(rng, nq + off), random(rng, nk + off));
+            let pos = positions(rng, tokens);
             let inv = rope::inv_freq(hd, 500_000.0, Some(&SCOUT));
             let tables = (mode != Mode::Norm).then_some((&pos[..], &inv[..]));
             let norm_it = mode != Mode::Rope;
@@ -290,7 +219,7 @@ fn check_qk<T: Elem>(dev: &Device, rng: &mut Rng, seed: u64, mode: Mode) {
             );
             let (eq, ek) = (rel_err(&gq[off..], &want_q), rel_err(&gk[off..], &want_k));
             assert!(
-                eq <= T::TOL && ek <= T::TOL,
+                eq <= tol::<T>() && ek <= tol::<T>(),
                 "{what}: rel err q {eq} k {ek} (seed {seed})"
             );
             assert_eq!(
@@ -307,7 +236,7 @@ fn rope_matches_reference() {
     let Some(dev) = device_for_test("rope_matches_reference") else {
         return;
     };
-    let (mut rng, seed) = Rng::new();
+    let (mut rng, seed) = Rng::fresh();
     check_qk::<f32>(&dev, &mut rng, seed, Mode::Rope);
     check_qk::<bf16>(&dev, &mut rng, seed, Mode::Rope);
     check_qk::<f16>(&dev, &mut rng, seed, Mode::Rope);
@@ -318,7 +247,7 @@ fn rope_qk_norm_matches_reference() {
     let Some(dev) = device_for_test("rope_qk_norm_matches_reference") else {
         return;
     };
-    let (mut rng, seed) = Rng::new();
+    let (mut rng, seed) = Rng::fresh();
     check_qk::<f32>(&dev, &mut rng, seed, Mode::RopeNorm);
     check_qk::<bf16>(&dev, &mut rng, seed, Mode::RopeNorm);
     check_qk::<f16>(&dev, &mut rng, seed, Mode::RopeNorm);
@@ -329,12 +258,15 @@ fn qk_norm_matches_reference() {
     let Some(dev) = device_for_test("qk_norm_matches_reference") else {
         return;
     };
-    let (mut rng, seed) = Rng::new();
+    let (mut rng, seed) = Rng::fresh();
     check_qk::<f32>(&dev, &mut rng, seed, Mode::Norm);
     check_qk::<bf16>(&dev, &mut rng, seed, Mode::Norm);
     // Odd head_dim (norm only): the one-element path.
     let (hq, hk, hd, tokens) = (3usize, 1usize, 5usize, 4usize);
-    let (q, k): (Vec<f32>, Vec<f32>) = (rng.vec(tokens * hq * hd), rng.vec(tokens * hk * hd));
+    let (q, k): (Vec<f32>, Vec<f32>) = (
+        random(&mut rng, tokens * hq * hd),
+        random(&mut rng, tokens * hk * hd),
+    );
     let (mut dq, mut dk) = (dev.upload(&q).unwrap(), dev.upload(&k).unwrap());
     ops::qk_norm(stream(&dev), &mut dq, hq, &mut dk, hk, hd, EPS).expect("qk_norm");
     let e = rel_err(
@@ -342,7 +274,7 @@ fn qk_norm_matches_reference() {
         &reference_qk(&q, hq, hd, None, true),
     );
     assert!(
-        e <= f32::TOL,
+        e <= tol::<f32>(),
         "qk_norm head_dim 5: rel err {e} (seed {seed})"
     );
 }
@@ -353,7 +285,7 @@ fn rope_qkv_fused_layout() {
     let Some(dev) = device_for_test("rope_qkv_fused_layout") else {
         return;
     };
-    let (mut rng, seed) = Rng::new();
+    let (mut rng, seed) = Rng::fresh();
     for norm_it in [false, true] {
         for (tokens, hq, hkv, hd) in [
             (1usize, 40usize, 8usize, 128usize),
@@ -361,8 +293,8 @@ fn rope_qkv_fused_layout() {
             (257, 3, 1, 64),
         ] {
             let width = (hq + 2 * hkv) * hd;
-            let qkv: Vec<bf16> = rng.vec(tokens * width);
-            let pos = rng.positions(tokens);
+            let qkv: Vec<bf16> = random(&mut rng, tokens * width);
+            let pos = positions(&mut rng, tokens);
             let inv = rope::inv_freq(hd, 500_000.0, Some(&SCOUT));
             let mut dqkv = dev.upload(&qkv).unwrap();
             let (dpos, dinv) = (upload_i64(&dev, &pos), dev.upload(&inv).unwrap());
@@ -395,7 +327,7 @@ fn rope_qkv_fused_layout() {
                 );
                 let e = rel_err(&part(&got, from, heads), &want);
                 assert!(
-                    e <= bf16::TOL,
+                    e <= tol::<bf16>(),
                     "rope_qkv {what} heads from {from}: rel err {e} (seed {seed})"
                 );
             }
@@ -414,10 +346,13 @@ fn rope_exact_at_10m_positions() {
     let Some(dev) = device_for_test("rope_exact_at_10m_positions") else {
         return;
     };
-    let (mut rng, seed) = Rng::new();
+    let (mut rng, seed) = Rng::fresh();
     let (hq, hk, hd) = (40usize, 8usize, 128usize);
     let pos: Vec<usize> = (0..16).map(|i| 10_485_759 - i * 7).collect();
-    let (q, k): (Vec<f32>, Vec<f32>) = (rng.vec(pos.len() * hq * hd), rng.vec(pos.len() * hk * hd));
+    let (q, k): (Vec<f32>, Vec<f32>) = (
+        random(&mut rng, pos.len() * hq * hd),
+        random(&mut rng, pos.len() * hk * hd),
+    );
     let inv = rope::inv_freq(hd, 500_000.0, Some(&SCOUT));
     let (mut dq, mut dk) = (dev.upload(&q).unwrap(), dev.upload(&k).unwrap());
     let (dpos, dinv) = (upload_i64(&dev, &pos), dev.upload(&inv).unwrap());
@@ -426,7 +361,7 @@ fn rope_exact_at_10m_positions() {
         &dev.download(&dq).unwrap(),
         &reference_qk(&q, hq, hd, Some((&pos, &inv)), false),
     );
-    assert!(e <= f32::TOL, "rope at 10M: rel err {e} (seed {seed})");
+    assert!(e <= tol::<f32>(), "rope at 10M: rel err {e} (seed {seed})");
 }
 
 #[test]

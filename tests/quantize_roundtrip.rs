@@ -170,7 +170,7 @@ fn released_naming_and_fused_experts() {
             name: name.into(),
             dtype: Dtype::BF16,
             shape: vec![4, 8],
-            data: bf16_bytes(&rng.vec(32, true)),
+            data: bf16_bytes(&rng.nonzero_vec(32, true)),
         });
     }
     write_tensors(&file, &tensors);
@@ -207,7 +207,7 @@ fn random_fp8(rng: &mut Rng, n: usize, k: usize) -> Weight {
         })
         .collect();
     let scales = (0..n)
-        .map(|_| half::bf16::from_f32(0.001 + 0.01 * rng.f32().abs()).to_f32())
+        .map(|_| half::bf16::from_f32(0.001 + 0.01 * rng.nonzero().abs()).to_f32())
         .collect();
     Weight::Fp8(Fp8Weight {
         n,

@@ -189,13 +189,11 @@ impl Checkpoint {
 }
 
 /// Applies quantize-on-load: a weight `spec` selects is quantized unless already in its format.
-pub(crate) fn finish(w: Weight, role: Role, spec: Option<&QuantizeSpec>) -> Result<Weight> {
-    match spec {
-        Some(s) if s.selects(role) && !s.format.holds(&w) => {
-            crate::model::quantize::quantize_weight(&w.dequantize(), w.n(), w.k(), &s.format)
-        }
-        _ => Ok(w),
+pub(crate) fn finish(mut w: Weight, role: Role, spec: Option<&QuantizeSpec>) -> Result<Weight> {
+    if let Some(s) = spec {
+        crate::model::quantize::apply_spec(s, role, &mut w)?;
     }
+    Ok(w)
 }
 
 fn to_dense(w: Weight) -> DenseWeight {

@@ -11,7 +11,9 @@ use crate::model::checkpoint::{
     encode_weight, finish, our_config, progress_bar, read_linear, write_json, write_units,
     Checkpoint, FfnSrc, Files, Lin, MlpSrc, Naming, Planned, Role, Src, Stored, Unit,
 };
+use crate::model::weights::{Ffn, Weights};
 use crate::quant::{Fp8Scaling, Fp8Weight, Int4Config, Int4Weight, Weight};
+use crate::reference::moe::SwiGlu;
 
 /// The quantized format of the weights a [`QuantizeSpec`] selects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +108,51 @@ impl QuantFormat {
             _ => false,
         }
     }
+}
+
+/// Quantize-on-load's rule for one weight of `role`: quantized into `spec.format` when `spec` selects
+/// the role and `w` is not already in that format (a quantized weight of another format is
+/// dequantized first); otherwise left as it is.
+pub(crate) fn apply_spec(spec: &QuantizeSpec, role: Role, w: &mut Weight) -> Result<()> {
+    if !spec.selects(role) || spec.format.holds(w) {
+        return Ok(());
+    }
+    let q = match &*w {
+        Weight::Dense(d) => quantize_weight(&d.data, d.n, d.k, &spec.format)?,
+        other => quantize_weight(&other.dequantize(), other.n(), other.k(), &spec.format)?,
+    };
+    *w = q;
+    Ok(())
+}
+
+/// Quantizes in-memory weights as `spec` selects, by the rule of quantize-on-load
+/// ([`LoadOptions::quantize`](crate::model::checkpoint::LoadOptions)): the router, embeddings and
+/// norms are never quantized.
+pub fn quantize_weights(mut w: Weights, spec: &QuantizeSpec) -> Result<Weights> {
+    let mlp = |m: &mut SwiGlu, role: Role| -> Result<()> {
+        for x in [&mut m.gate, &mut m.up, &mut m.down] {
+            apply_spec(spec, role, x)?;
+        }
+        Ok(())
+    };
+    for l in &mut w.layers {
+        for x in [&mut l.q, &mut l.k, &mut l.v, &mut l.o] {
+            apply_spec(spec, Role::Attention, x)?;
+        }
+        match &mut l.ffn {
+            Ffn::Dense(m) => mlp(m, Role::DenseMlp)?,
+            Ffn::Moe {
+                experts, shared, ..
+            } => {
+                for e in experts.iter_mut() {
+                    mlp(e, Role::RoutedExpert)?;
+                }
+                mlp(shared, Role::SharedExpert)?;
+            }
+        }
+    }
+    apply_spec(spec, Role::LmHead, &mut w.lm_head)?;
+    Ok(w)
 }
 
 /// Quantizes a dense f32 `[n, k]` weight into `format`.
@@ -354,5 +401,80 @@ impl<'a> Plan<'a> {
             self.lin(lin, spec, target)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::Config;
+    use crate::model::synthetic::random_weights;
+
+    /// The format of `w` as the spec should leave it: quantized iff `selected`.
+    fn is(w: &Weight, selected: bool, spec: &QuantizeSpec) -> bool {
+        selected == spec.format.holds(w) && (selected || matches!(w, Weight::Dense(_)))
+    }
+
+    /// Every role of a tiny model (MoE and dense layers) quantized exactly as the spec selects, and
+    /// equal to quantize-on-load's rule applied weight by weight.
+    #[test]
+    fn quantize_weights_follows_the_spec_roles() {
+        let w = random_weights(&Config::tiny(), 11);
+        let all_fp8 = QuantizeSpec {
+            dense_mlp: true,
+            attention: true,
+            lm_head: true,
+            ..QuantizeSpec::fp8()
+        };
+        for spec in [QuantizeSpec::int4(), all_fp8] {
+            let q = quantize_weights(w.clone(), &spec).unwrap();
+            assert_eq!(q.embed, w.embed, "embeddings are never quantized");
+            assert!(is(&q.lm_head, spec.lm_head, &spec));
+            let (mut moe, mut dense) = (0, 0);
+            for (l, (ql, wl)) in q.layers.iter().zip(&w.layers).enumerate() {
+                for x in [&ql.q, &ql.k, &ql.v, &ql.o] {
+                    assert!(is(x, spec.attention, &spec), "layer {l} attention");
+                }
+                assert_eq!(ql.input_norm, wl.input_norm);
+                match (&ql.ffn, &wl.ffn) {
+                    (
+                        Ffn::Moe {
+                            router,
+                            experts,
+                            shared,
+                        },
+                        Ffn::Moe {
+                            router: r0,
+                            experts: e0,
+                            ..
+                        },
+                    ) => {
+                        moe += 1;
+                        assert_eq!(router, r0, "layer {l}: the router is never quantized");
+                        for (m, m0) in experts.iter().zip(e0) {
+                            for (x, x0) in
+                                [(&m.gate, &m0.gate), (&m.up, &m0.up), (&m.down, &m0.down)]
+                            {
+                                assert!(is(x, spec.routed_experts, &spec), "layer {l} expert");
+                                let mut want = x0.clone();
+                                apply_spec(&spec, Role::RoutedExpert, &mut want).unwrap();
+                                assert_eq!(*x, want, "layer {l}: the load rule");
+                            }
+                        }
+                        for x in [&shared.gate, &shared.up, &shared.down] {
+                            assert!(is(x, spec.shared_expert, &spec), "layer {l} shared");
+                        }
+                    }
+                    (Ffn::Dense(m), Ffn::Dense(_)) => {
+                        dense += 1;
+                        for x in [&m.gate, &m.up, &m.down] {
+                            assert!(is(x, spec.dense_mlp, &spec), "layer {l} dense mlp");
+                        }
+                    }
+                    _ => panic!("layer {l}: the FFN kind changed"),
+                }
+            }
+            assert!(moe > 0 && dense > 0, "the tiny model has both layer kinds");
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! Next-token choice: greedy, temperature, top-p (nucleus), from a seeded generator so runs repeat.
 use crate::error::{Error, Result};
+use crate::model::config::GenerationConfig;
 
 /// LLAMA4.md's default sampling temperature.
 pub const DEFAULT_TEMPERATURE: f32 = 0.6;
@@ -55,6 +56,30 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
+    /// The sampling of a run, each setting from the first that gives it: the command line
+    /// (`temperature`, `top_p`), the checkpoint's generation_config.json, the built-in default
+    /// (LLAMA4.md: 0.6 / 0.9). generation_config's `do_sample: false` means greedy (as in Hugging
+    /// Face) unless the command line gives a temperature. Values are checked by [`Sampler::new`].
+    pub fn resolve(
+        temperature: Option<f32>,
+        top_p: Option<f32>,
+        seed: u64,
+        generation: Option<&GenerationConfig>,
+    ) -> Self {
+        let g = generation.cloned().unwrap_or_default();
+        let config_temperature = match g.do_sample {
+            Some(false) => Some(0.0),
+            _ => g.temperature,
+        };
+        SamplingParams {
+            temperature: temperature
+                .or(config_temperature)
+                .unwrap_or(DEFAULT_TEMPERATURE),
+            top_p: top_p.or(g.top_p).unwrap_or(DEFAULT_TOP_P),
+            seed,
+        }
+    }
+
     /// Greedy decoding.
     pub fn greedy() -> Self {
         SamplingParams {
@@ -251,6 +276,50 @@ mod tests {
         // p(top) = 1 / (1 + e^(-1/t)).
         assert!((share(1.0) - 1.0 / (1.0 + (-1.0f64).exp())).abs() < 1e-12);
         assert!((share(0.5) - 1.0 / (1.0 + (-2.0f64).exp())).abs() < 1e-12);
+    }
+
+    #[test]
+    fn command_line_then_generation_config_then_defaults() {
+        let g = GenerationConfig {
+            temperature: Some(0.3),
+            top_p: Some(0.5),
+            ..Default::default()
+        };
+        let r = |t, p, g| SamplingParams::resolve(t, p, 7, g);
+        let both = |t: f32, p: f32| SamplingParams {
+            temperature: t,
+            top_p: p,
+            seed: 7,
+        };
+        // Nothing given anywhere: LLAMA4.md's defaults.
+        assert_eq!(
+            r(None, None, None),
+            both(DEFAULT_TEMPERATURE, DEFAULT_TOP_P)
+        );
+        let empty = GenerationConfig::default();
+        assert_eq!(r(None, None, Some(&empty)), both(0.6, 0.9));
+        // generation_config fills what the command line leaves out, setting by setting.
+        assert_eq!(r(None, None, Some(&g)), both(0.3, 0.5));
+        assert_eq!(r(Some(1.0), None, Some(&g)), both(1.0, 0.5));
+        assert_eq!(r(None, Some(0.95), Some(&g)), both(0.3, 0.95));
+        assert_eq!(r(Some(0.0), Some(1.0), Some(&g)), both(0.0, 1.0));
+        let only_t = GenerationConfig {
+            temperature: Some(0.8),
+            ..Default::default()
+        };
+        assert_eq!(r(None, None, Some(&only_t)), both(0.8, DEFAULT_TOP_P));
+        // do_sample: false is greedy unless the command line sets a temperature.
+        let greedy = GenerationConfig {
+            do_sample: Some(false),
+            ..g.clone()
+        };
+        assert_eq!(r(None, None, Some(&greedy)), both(0.0, 0.5));
+        assert_eq!(r(Some(0.7), None, Some(&greedy)), both(0.7, 0.5));
+        let sample = GenerationConfig {
+            do_sample: Some(true),
+            ..g.clone()
+        };
+        assert_eq!(r(None, None, Some(&sample)), both(0.3, 0.5));
     }
 
     #[test]

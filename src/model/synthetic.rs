@@ -5,7 +5,6 @@
 use super::backend::CpuBackend;
 use super::config::{Config, LayerKind};
 use super::forward::Model;
-use super::quantize::{quantize_weight, QuantizeSpec};
 use super::sampling::Rng;
 use super::weights::{Ffn, LayerWeights, Weights};
 use crate::error::Result;
@@ -121,45 +120,9 @@ pub fn random_weights(c: &Config, seed: u64) -> Weights {
     }
 }
 
-/// Quantizes in-memory weights as `spec` selects (what quantize-on-load does to a checkpoint).
-pub fn quantize(mut w: Weights, spec: &QuantizeSpec) -> Result<Weights> {
-    let q = |x: &mut Weight| -> Result<()> {
-        if let Weight::Dense(d) = x {
-            *x = quantize_weight(&d.data, d.n, d.k, &spec.format)?;
-        }
-        Ok(())
-    };
-    let q_mlp = |m: &mut SwiGlu| -> Result<()> {
-        q(&mut m.gate)?;
-        q(&mut m.up)?;
-        q(&mut m.down)
-    };
-    for l in &mut w.layers {
-        if spec.attention {
-            for x in [&mut l.q, &mut l.k, &mut l.v, &mut l.o] {
-                q(x)?;
-            }
-        }
-        match &mut l.ffn {
-            Ffn::Dense(m) if spec.dense_mlp => q_mlp(m)?,
-            Ffn::Dense(_) => {}
-            Ffn::Moe {
-                experts, shared, ..
-            } => {
-                if spec.routed_experts {
-                    experts.iter_mut().try_for_each(q_mlp)?;
-                }
-                if spec.shared_expert {
-                    q_mlp(shared)?;
-                }
-            }
-        }
-    }
-    if spec.lm_head {
-        q(&mut w.lm_head)?;
-    }
-    Ok(w)
-}
+/// Quantizes in-memory weights as `spec` selects (what quantize-on-load does to a checkpoint): the
+/// one implementation, [`crate::model::quantize::quantize_weights`].
+pub use super::quantize::quantize_weights as quantize;
 
 fn dense(rng: &mut Rng, n: usize, k: usize) -> DenseWeight {
     let a = (3.0 / k as f32).sqrt();

@@ -1,4 +1,5 @@
-//! Shared by the checkpoint tests: a seeded generator and random tiny models.
+//! Shared by the checkpoint tests: random tiny models and safetensors helpers (the generator is
+//! tests/common/rng.rs).
 #![allow(dead_code)]
 
 use llama4_cuda::model::config::Config;
@@ -6,49 +7,15 @@ use llama4_cuda::model::weights::{Ffn, LayerWeights, Weights};
 use llama4_cuda::quant::{DenseWeight, Weight};
 use llama4_cuda::reference::moe::SwiGlu;
 
-/// splitmix64: small, seeded, good enough for test data.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1), never exactly 0.
-    pub fn f32(&mut self) -> f32 {
-        let x = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
-        if x == 0.0 {
-            0.5
-        } else {
-            x
-        }
-    }
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-    /// `len` values; rounded to bf16 when `bf16` (so a bf16 checkpoint holds them exactly).
-    pub fn vec(&mut self, len: usize, bf16: bool) -> Vec<f32> {
-        (0..len)
-            .map(|_| {
-                let x = self.f32();
-                if bf16 {
-                    half::bf16::from_f32(x).to_f32()
-                } else {
-                    x
-                }
-            })
-            .collect()
-    }
-}
+#[path = "../common/rng.rs"]
+mod rng;
+pub use rng::Rng;
 
 pub fn dense(rng: &mut Rng, n: usize, k: usize, bf16: bool) -> DenseWeight {
     DenseWeight {
         n,
         k,
-        data: rng.vec(n * k, bf16),
+        data: rng.nonzero_vec(n * k, bf16),
     }
 }
 
@@ -72,7 +39,7 @@ fn norm(rng: &mut Rng, h: usize, bf16: bool) -> Vec<f32> {
             x
         }
     };
-    rng.vec(h, false)
+    rng.nonzero_vec(h, false)
         .into_iter()
         .map(|x| round(1.0 + 0.25 * x))
         .collect()
@@ -135,19 +102,9 @@ pub fn small_config() -> Config {
     c
 }
 
-/// A fresh seed per run (printed, so a failure can be replayed with `CKPT_SEED`).
+/// A fresh seed per run (printed, so a failure can be replayed with `L4C_TEST_SEED`).
 pub fn seed() -> u64 {
-    let s = std::env::var("CKPT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    eprintln!("CKPT_SEED={s}");
-    s
+    rng::fresh_seed()
 }
 
 /// One owned tensor of a safetensors file.

@@ -1,5 +1,6 @@
-//! Test helpers shared by the quant / gemm / moe tests: a seeded generator and naive f64 evaluations
-//! written independently of the library (they read the stored formats field by field).
+//! Test helpers shared by the quant / gemm / moe and GPU tests: a seeded generator, naive f64
+//! evaluations written independently of the library (they read the stored formats field by field),
+//! the relative error every comparison uses, and GPU test support ([`gpu`]).
 #![allow(dead_code)]
 
 use llama4_cuda::quant::{Fp8Scaling, Weight};
@@ -7,6 +8,9 @@ use llama4_cuda::quant::{Fp8Scaling, Weight};
 #[path = "rng.rs"]
 mod rng;
 pub use rng::Rng;
+
+#[path = "gpu.rs"]
+pub mod gpu;
 
 /// The value of an fp8 code from the textbook formula: (-1)^s 2^(e - bias) (1 + m / 2^mbits), or
 /// the subnormal m / 2^mbits 2^(1 - bias); e4m3fn has no infinities and NaN at S.1111.111.
@@ -93,18 +97,21 @@ pub fn silu64(x: f64) -> f64 {
     x * sigmoid64(x)
 }
 
-/// `max|got - want| / max|want|` (0 when both are empty; `want` must not be all zero).
-pub fn rel_err(got: &[f32], want: &[f64]) -> f64 {
+/// `max|got - want| / max|want|` (0 when both are empty; `want` must not be all zero). A NaN in `got`
+/// (an unwritten poisoned output, or a kernel's NaN) is an infinite error: `f64::max` would skip it.
+pub fn rel_err<W: Copy + Into<f64>>(got: &[f32], want: &[W]) -> f64 {
     assert_eq!(got.len(), want.len(), "length");
-    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    if want.is_empty() {
+        return 0.0;
+    }
+    if got.iter().any(|g| g.is_nan()) {
+        return f64::INFINITY;
+    }
+    let scale = want.iter().fold(0.0f64, |m, &v| m.max(v.into().abs()));
+    assert!(scale > 0.0, "reference is all zero: the test cannot fail");
     let err = got
         .iter()
         .zip(want)
-        .fold(0.0f64, |m, (&g, &w)| m.max((g as f64 - w).abs()));
-    if want.is_empty() {
-        0.0
-    } else {
-        assert!(scale > 0.0, "reference is all zero: the test cannot fail");
-        err / scale
-    }
+        .fold(0.0f64, |m, (&g, &w)| m.max((g as f64 - w.into()).abs()));
+    err / scale
 }

@@ -5,9 +5,7 @@ use llama4_cuda::model::cuda::CudaBackend;
 use llama4_cuda::model::device_choice::DeviceKind;
 use llama4_cuda::model::generate::{generate, stop_tokens, GenerateOptions, Generation};
 use llama4_cuda::model::quantize::QuantizeSpec;
-use llama4_cuda::model::sampling::{
-    SamplingParams, DEFAULT_SEED, DEFAULT_TEMPERATURE, DEFAULT_TOP_P,
-};
+use llama4_cuda::model::sampling::{SamplingParams, DEFAULT_SEED};
 use llama4_cuda::model::tokenizer::{parse_token_ids, Tokenizer};
 use llama4_cuda::model::{synthetic, Backend, Config, CpuBackend, Model};
 use llama4_cuda::{Error, Result};
@@ -49,11 +47,12 @@ pub struct Args {
     pub tokens: Option<String>,
     #[arg(long, default_value_t = 32)]
     pub max_new_tokens: usize,
-    /// 0 = greedy.
-    #[arg(long, default_value_t = DEFAULT_TEMPERATURE)]
-    pub temperature: f32,
-    #[arg(long, default_value_t = DEFAULT_TOP_P)]
-    pub top_p: f32,
+    /// 0 = greedy [default: generation_config.json's, else 0.6].
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Nucleus mass in (0, 1] [default: generation_config.json's, else 0.9].
+    #[arg(long)]
+    pub top_p: Option<f32>,
     #[arg(long, default_value_t = DEFAULT_SEED)]
     pub seed: u64,
     #[arg(long, value_enum)]
@@ -220,13 +219,20 @@ pub fn run(args: Args) -> Result<()> {
 
 fn generate_with(args: &Args, loaded: &dyn Run) -> Result<()> {
     let prompt = prompt_ids(args, loaded)?;
+    let generation = args
+        .model
+        .as_deref()
+        .map(GenerationConfig::load)
+        .transpose()?
+        .flatten();
     let opts = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
-        sampling: SamplingParams {
-            temperature: args.temperature,
-            top_p: args.top_p,
-            seed: args.seed,
-        },
+        sampling: SamplingParams::resolve(
+            args.temperature,
+            args.top_p,
+            args.seed,
+            generation.as_ref(),
+        ),
         stop_tokens: loaded.stop_tokens().to_vec(),
     };
     let g = loaded.generate(&prompt, &opts)?;
