@@ -6,6 +6,7 @@
 pub const L4C_VERSION: u32 = 100;
 pub const L4C_GEMM_PATH_DECODE: u32 = 1;
 pub const L4C_GEMM_PATH_PREFILL: u32 = 2;
+pub const L4C_ATTN_PREFILL_KV_TILE: u32 = 64;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct CUstream_st {
@@ -819,3 +820,89 @@ const _: () = {
         "Offset of field: l4c_kv_pages::dtype",
     ][::std::mem::offset_of!(l4c_kv_pages, dtype) - 64usize];
 };
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct l4c_attn_prefill_params {
+    pub q: *const ::std::os::raw::c_void,
+    pub out: *mut ::std::os::raw::c_void,
+    /// The paged cache (read only; seq_lens is only read).
+    pub kv: l4c_kv_pages,
+    /// The sequence of kv this launch reads.
+    pub b: i64,
+    pub tokens: i64,
+    /// Absolute position of the first query.
+    pub q_start: i64,
+    pub heads: i64,
+    pub q_row_stride: i64,
+    pub out_row_stride: i64,
+    /// Softmax scale (head_dim^-0.5 for Llama 4), finite.
+    pub scale: f32,
+    /// 0: plain causal; > 0: chunked-local with this attention chunk.
+    pub attn_chunk: i64,
+    /// Non-zero: NoPE temperature tuning with floor_scale (> 0) and attn_scale (finite).
+    pub temp_tuning: i32,
+    pub floor_scale: f32,
+    pub attn_scale: f32,
+    /// L4C_DTYPE_BF16 (q and out).
+    pub q_dtype: l4c_dtype,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of l4c_attn_prefill_params",
+    ][::std::mem::size_of::<l4c_attn_prefill_params>() - 168usize];
+    [
+        "Alignment of l4c_attn_prefill_params",
+    ][::std::mem::align_of::<l4c_attn_prefill_params>() - 8usize];
+    [
+        "Offset of field: l4c_attn_prefill_params::q",
+    ][::std::mem::offset_of!(l4c_attn_prefill_params, q) - 0usize];
+    [
+        "Offset of field: l4c_attn_prefill_params::out",
+    ][::std::mem::offset_of!(l4c_attn_prefill_params, out) - 8usize];
+    [
+        "Offset of field: l4c_attn_prefill_params::kv",
+    ][::std::mem::offset_of!(l4c_attn_prefill_params, kv) - 16usize];
+    [
+        "Offset of field: l4c_attn_prefill_params::b",
+    ][::std::mem::offset_of!(l4c_attn_prefill_params, b) - 88usize];
+    [
+        "Offset of field: l4c_attn_prefill_params::tokens",
+    ][::std::mem::offset_of!(l4c_attn_prefill_params, tokens) - 96usize];
+    [
+        "Offset of field: l4c_attn_prefill_params::q_start",
+    ][::std::mem::offset_of!(l4c_attn_prefill_params, q_start) - 104usize];
+    [
+        "Offset of field: l4c_attn_prefill_params::heads",
+    ][::std::mem::offset_of!(l4c_attn_prefill_params, heads) - 112usize];
+    [
+        "Offset of field: l4c_attn_prefill_params::q_row_stride",
+    ][::std::mem::offset_of!(l4c_attn_prefill_params, q_row_stride) - 120usize];
+    [
+        "Offset of field: l4c_attn_prefill_params::out_row_stride",
+    ][::std::mem::offset_of!(l4c_attn_prefill_params, out_row_stride) - 128usize];
+    [
+        "Offset of field: l4c_attn_prefill_params::scale",
+    ][::std::mem::offset_of!(l4c_attn_prefill_params, scale) - 136usize];
+    [
+        "Offset of field: l4c_attn_prefill_params::attn_chunk",
+    ][::std::mem::offset_of!(l4c_attn_prefill_params, attn_chunk) - 144usize];
+    [
+        "Offset of field: l4c_attn_prefill_params::temp_tuning",
+    ][::std::mem::offset_of!(l4c_attn_prefill_params, temp_tuning) - 152usize];
+    [
+        "Offset of field: l4c_attn_prefill_params::floor_scale",
+    ][::std::mem::offset_of!(l4c_attn_prefill_params, floor_scale) - 156usize];
+    [
+        "Offset of field: l4c_attn_prefill_params::attn_scale",
+    ][::std::mem::offset_of!(l4c_attn_prefill_params, attn_scale) - 160usize];
+    [
+        "Offset of field: l4c_attn_prefill_params::q_dtype",
+    ][::std::mem::offset_of!(l4c_attn_prefill_params, q_dtype) - 164usize];
+};
+extern "C" {
+    pub fn l4c_attn_prefill(
+        p: *const l4c_attn_prefill_params,
+        stream: l4c_stream_t,
+    ) -> l4c_status;
+}
