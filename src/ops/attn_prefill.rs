@@ -90,7 +90,10 @@ pub fn check_attn_prefill(
     if !matches!(l.dtype, KvDType::BF16 | KvDType::Fp8E4M3) {
         return Err(Error::DType {
             op: OP,
-            msg: format!("K/V cache is {:?}; the kernel reads BF16 or Fp8E4M3", l.dtype),
+            msg: format!(
+                "K/V cache is {:?}; the kernel reads BF16 or Fp8E4M3",
+                l.dtype
+            ),
         });
     }
     if l.chunk_tokens == 0 || l.chunk_tokens % KV_TILE != 0 {
@@ -155,7 +158,10 @@ pub fn check_attn_prefill(
     if (q_start + tokens) as u128 * p.heads as u128 >= 1u128 << 62 {
         return Err(Error::invalid(
             OP,
-            format!("{tokens} tokens at {q_start} x {} heads overflow int64", p.heads),
+            format!(
+                "{tokens} tokens at {q_start} x {} heads overflow int64",
+                p.heads
+            ),
         ));
     }
     Ok(())
@@ -275,9 +281,15 @@ mod tests {
     fn rejects_wrong_q_and_out_lengths() {
         let (c, p) = (cache(KvDType::BF16, 256, 128), params(128));
         let e = check_attn_prefill(100 * ROW - 1, 100 * ROW, 100, 0, &c, &p).unwrap_err();
-        assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains("q has"), "{e}");
+        assert!(
+            matches!(e, Error::Shape { .. }) && e.to_string().contains("q has"),
+            "{e}"
+        );
         let e = check_attn_prefill(100 * ROW, 99 * ROW, 100, 0, &c, &p).unwrap_err();
-        assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains("out has"), "{e}");
+        assert!(
+            matches!(e, Error::Shape { .. }) && e.to_string().contains("out has"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -285,14 +297,20 @@ mod tests {
         let (mut c, p) = (cache(KvDType::BF16, 256, 128), params(128));
         c.b = 2;
         let e = check_attn_prefill(ROW, ROW, 1, 0, &c, &p).unwrap_err();
-        assert!(matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("b = 2"), "{e}");
+        assert!(
+            matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("b = 2"),
+            "{e}"
+        );
     }
 
     #[test]
     fn rejects_head_dim_64() {
         let (c, p) = (cache(KvDType::BF16, 256, 64), params(64));
         let e = check_attn_prefill(40 * 64, 40 * 64, 1, 0, &c, &p).unwrap_err();
-        assert!(matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("head_dim 64"), "{e}");
+        assert!(
+            matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("head_dim 64"),
+            "{e}"
+        );
         // Params and cache disagreeing is a shape error.
         let c = cache(KvDType::BF16, 256, 128);
         let e = check_attn_prefill(40 * 64, 40 * 64, 1, 0, &c, &p).unwrap_err();
@@ -303,7 +321,10 @@ mod tests {
     fn rejects_tokens_past_the_cache() {
         let (c, p) = (cache(KvDType::BF16, 256, 128), params(128));
         let e = check_attn_prefill(2 * ROW, 2 * ROW, 2, 299, &c, &p).unwrap_err();
-        assert!(matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("positions < 300"), "{e}");
+        assert!(
+            matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("positions < 300"),
+            "{e}"
+        );
         let e = check_attn_prefill(ROW, ROW, 1, usize::MAX, &c, &p).unwrap_err();
         assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
     }
@@ -318,11 +339,24 @@ mod tests {
         let c = cache(KvDType::BF16, 256, 128);
         for bad in [
             AttnParams { heads: 41, ..p },
-            AttnParams { scale: f32::NAN, ..p },
-            AttnParams { mask: MaskKind::ChunkedLocal { chunk: 0 }, ..p },
-            AttnParams { temp: Some(TempTuning { floor_scale: 0.0, attn_scale: 0.1 }), ..p },
+            AttnParams {
+                scale: f32::NAN,
+                ..p
+            },
+            AttnParams {
+                mask: MaskKind::ChunkedLocal { chunk: 0 },
+                ..p
+            },
+            AttnParams {
+                temp: Some(TempTuning {
+                    floor_scale: 0.0,
+                    attn_scale: 0.1,
+                }),
+                ..p
+            },
         ] {
-            let e = check_attn_prefill(bad.heads * 128, bad.heads * 128, 1, 0, &c, &bad).unwrap_err();
+            let e =
+                check_attn_prefill(bad.heads * 128, bad.heads * 128, 1, 0, &c, &bad).unwrap_err();
             assert!(matches!(e, Error::InvalidArgument { .. }), "{bad:?}: {e}");
         }
     }
