@@ -268,6 +268,115 @@ mod tests {
     }
     const ROW: usize = 40 * 128;
 
+    /// The kernel's per-CTA index math (kernels/attn_prefill.cu), mirrored: for row block `mb` of
+    /// `tokens * g` rows, the KV tiles it loads as (first key, page-table entry, slot) and the
+    /// positions of its rows. Same formulas, same order of operations.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn cta_plan(
+        mb: i64,
+        tokens: i64,
+        g: i64,
+        q_start: i64,
+        chunk: i64,
+        seq_len: i64,
+        ct: i64,
+        ring: (i64, i64),
+    ) -> (Vec<(i64, i64, i64)>, Vec<i64>) {
+        let (bm, bn) = (128i64, KV_TILE as i64);
+        let fv = |pos: i64| if chunk > 0 { pos / chunk * chunk } else { 0 };
+        let rows = tokens * g;
+        let r0 = mb * bm;
+        let t_lo = r0 / g;
+        let rem0 = r0 - t_lo * g;
+        let t_hi = ((r0 + bm).min(rows) - 1) / g;
+        let (pos_lo, pos_hi) = (q_start + t_lo, q_start + t_hi);
+        let key_end = (pos_hi + 1).min(seq_len);
+        let key_begin = fv(pos_lo) / bn * bn;
+        let n_tiles = if key_end > key_begin {
+            (key_end - key_begin + bn - 1) / bn
+        } else {
+            0
+        };
+        let (ring_lo, ring_n) = ring;
+        let mut entry = ring_lo + (key_begin / ct) % ring_n;
+        let mut slot = key_begin % ct;
+        let mut tiles = Vec::new();
+        for it in 0..n_tiles {
+            if it > 0 {
+                slot += bn;
+                if slot == ct {
+                    slot = 0;
+                    entry = if entry + 1 == ring_lo + ring_n {
+                        ring_lo
+                    } else {
+                        entry + 1
+                    };
+                }
+            }
+            tiles.push((key_begin + it * bn, entry, slot));
+        }
+        let pos = (0..bm)
+            .map(|r| q_start + (t_lo + (rem0 + r) / g).min(tokens - 1))
+            .collect();
+        (tiles, pos)
+    }
+
+    #[test]
+    fn kernel_tiles_cover_every_visible_key_and_follow_the_page_table() {
+        // (tokens, g, q_start, chunk, ct, ring pages or 0 = plain table)
+        for (tokens, g, q_start, chunk, ct, ring_pages) in [
+            (1i64, 5i64, 0i64, 0i64, 256i64, 0i64),
+            (113, 5, 0, 0, 256, 0),
+            (8193, 5, 0, 0, 256, 0),
+            (300, 3, 417, 0, 64, 0),
+            (1000, 5, 0, 256, 64, 0),
+            (700, 7, 0, 192, 64, 0),
+            (231, 5, 768, 256, 64, 5),
+            (100, 1, 256, 256, 64, 5),
+            (5000, 5, 9000, 8192, 256, 33),
+        ] {
+            let ctx = format!("tokens {tokens} g {g} q_start {q_start} chunk {chunk} ct {ct}");
+            let seq_len = q_start + tokens;
+            let fv = |pos: i64| if chunk > 0 { pos / chunk * chunk } else { 0 };
+            let pages = (seq_len + ct - 1) / ct;
+            let ring = (3, if ring_pages > 0 { ring_pages } else { pages });
+            let blocks = (tokens * g + 127) / 128;
+            let mut rows_seen = 0;
+            for mb in 0..blocks {
+                let (tiles, pos) = cta_plan(mb, tokens, g, q_start, chunk, seq_len, ct, ring);
+                for &(key0, entry, slot) in &tiles {
+                    // A tile lies in one page, at the entry the l4c_kv_pages rule names.
+                    assert_eq!(slot, key0 % ct, "{ctx}");
+                    assert!(slot + KV_TILE as i64 <= ct, "{ctx}");
+                    assert_eq!(entry, ring.0 + (key0 / ct) % ring.1, "{ctx}");
+                    assert!(key0 < seq_len, "{ctx}: tile past the cache");
+                }
+                let lo = tiles.first().map_or(i64::MAX, |t| t.0);
+                let hi = tiles.last().map_or(i64::MIN, |t| t.0 + KV_TILE as i64);
+                for r in 0..128 {
+                    let row = mb * 128 + r;
+                    if row >= tokens * g {
+                        continue;
+                    }
+                    rows_seen += 1;
+                    let want = q_start + row / g;
+                    assert_eq!(pos[r as usize], want, "{ctx}: row {row}");
+                    // Every visible key of the row is inside the loaded tiles.
+                    assert!(
+                        lo <= fv(want) && want < hi,
+                        "{ctx}: row {row} keys {}..={want}",
+                        fv(want)
+                    );
+                    // Ring: the keys the row sees were not overwritten (the ring holds them).
+                    if ring_pages > 0 {
+                        assert!(fv(want) / ct > (seq_len - 1) / ct - ring.1, "{ctx}");
+                    }
+                }
+            }
+            assert_eq!(rows_seen, tokens * g, "{ctx}");
+        }
+    }
+
     #[test]
     fn accepts_valid_arguments() {
         let (c, p) = (cache(KvDType::BF16, 256, 128), params(128));
