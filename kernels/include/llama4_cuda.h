@@ -395,6 +395,55 @@ typedef struct l4c_synthetic_params {
 
 l4c_status l4c_synthetic_fill(const l4c_synthetic_params *p, l4c_stream_t stream);
 
+/* ------------------------------------------------------------------------------------------------
+ * Flash-attention prefill (kernels/attn_prefill.cu): the queries of `tokens` consecutive positions
+ * q_start .. q_start + tokens - 1 of sequence `b` attend to the keys of `kv` they may see: causal,
+ * and with attn_chunk > 0 chunked-local (key j visible to the query at i iff
+ * floor(j / attn_chunk) == floor(i / attn_chunk), chunks aligned to absolute positions). The cache
+ * must already hold every such key (append first); keys at or past seq_lens[b] are never read.
+ * Query head h reads KV head h / (heads / kv_heads). With temp_tuning != 0 (NoPE layers) the scores
+ * of the query at position i are multiplied by log1p(floor((i + 1) / floor_scale)) * attn_scale + 1
+ * (f32, as crate::reference::attention::TempTuning::factor), which equals scaling q by it.
+ * q and out are bf16 [tokens][*_row_stride] with head h at columns h * head_dim ..; rows 16-byte
+ * aligned (pointers 16-byte aligned, strides multiples of 8, >= heads * head_dim). Softmax in f32,
+ * P rounded to bf16 for the P*V product, output rounded once to bf16. A query that sees no key
+ * (impossible for causal masks) gets a zero row, never NaN.
+ * Limits: head_dim == 128 (else L4C_ERR_UNSUPPORTED); kv.dtype BF16 or F8E4M3 (F16:
+ * L4C_ERR_UNSUPPORTED_DTYPE; fp8 K/V are dequantized with the chunk's per-head scale into bf16 tiles);
+ * kv.chunk_tokens a multiple of L4C_ATTN_PREFILL_KV_TILE (a KV tile never straddles a page; else
+ * L4C_ERR_UNSUPPORTED); 0 <= b < kv.batch. One launch, no host synchronisation; needs sm_80+.
+ * ---------------------------------------------------------------------------------------------- */
+
+/** Keys per KV tile of the prefill kernel; kv.chunk_tokens must be a multiple of it. */
+#define L4C_ATTN_PREFILL_KV_TILE 64
+
+typedef struct l4c_attn_prefill_params {
+    const void *q;
+    void *out;
+    /** The paged cache (read only; seq_lens is only read). */
+    l4c_kv_pages kv;
+    /** The sequence of kv this launch reads. */
+    int64_t b;
+    int64_t tokens;
+    /** Absolute position of the first query. */
+    int64_t q_start;
+    int64_t heads;
+    int64_t q_row_stride;
+    int64_t out_row_stride;
+    /** Softmax scale (head_dim^-0.5 for Llama 4), finite. */
+    float scale;
+    /** 0: plain causal; > 0: chunked-local with this attention chunk. */
+    int64_t attn_chunk;
+    /** Non-zero: NoPE temperature tuning with floor_scale (> 0) and attn_scale (finite). */
+    int32_t temp_tuning;
+    float floor_scale;
+    float attn_scale;
+    /** L4C_DTYPE_BF16 (q and out). */
+    l4c_dtype q_dtype;
+} l4c_attn_prefill_params;
+
+l4c_status l4c_attn_prefill(const l4c_attn_prefill_params *p, l4c_stream_t stream);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

@@ -6,6 +6,7 @@
 pub const L4C_VERSION: u32 = 100;
 pub const L4C_GEMM_PATH_DECODE: u32 = 1;
 pub const L4C_GEMM_PATH_PREFILL: u32 = 2;
+pub const L4C_ATTN_PREFILL_KV_TILE: u32 = 64;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct CUstream_st {
@@ -819,66 +820,89 @@ const _: () = {
         "Offset of field: l4c_kv_pages::dtype",
     ][::std::mem::offset_of!(l4c_kv_pages, dtype) - 64usize];
 };
-impl l4c_synth_kind {
-    /// bf16 uniform in [lo, hi) (weights: lo = -hi).
-    pub const L4C_SYNTH_BF16_UNIFORM: l4c_synth_kind = l4c_synth_kind(0);
-    /// bf16 uniform in [lo, hi), for positive ranges (int4 group scales, norm weights).
-    pub const L4C_SYNTH_BF16_RANGE: l4c_synth_kind = l4c_synth_kind(1);
-    /// Raw 32-bit words (packed int4: every nibble is a valid value in any layout).
-    pub const L4C_SYNTH_U32_BITS: l4c_synth_kind = l4c_synth_kind(2);
-    /// e4m3 codes with exponent field 3..10 (|v| in [1/16, 15]), never the NaN codes 0x7f / 0xff.
-    pub const L4C_SYNTH_FP8_CODES: l4c_synth_kind = l4c_synth_kind(3);
-}
-#[repr(transparent)]
-/// What l4c_synthetic_fill writes.
-#[derive(Debug, Copy, Clone, Hash, PartialEq, Eq)]
-pub struct l4c_synth_kind(pub ::std::os::raw::c_uint);
-/// out[i] for i < n, elements of the kind's type (bf16, uint32 or uint8).
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
-pub struct l4c_synthetic_params {
+pub struct l4c_attn_prefill_params {
+    pub q: *const ::std::os::raw::c_void,
     pub out: *mut ::std::os::raw::c_void,
-    pub n: i64,
-    pub seed: u64,
-    /// Distinguishes the tensors of one model (a different stream of values per tensor).
-    pub tensor: u64,
-    pub lo: f32,
-    pub hi: f32,
-    pub kind: l4c_synth_kind,
+    /// The paged cache (read only; seq_lens is only read).
+    pub kv: l4c_kv_pages,
+    /// The sequence of kv this launch reads.
+    pub b: i64,
+    pub tokens: i64,
+    /// Absolute position of the first query.
+    pub q_start: i64,
+    pub heads: i64,
+    pub q_row_stride: i64,
+    pub out_row_stride: i64,
+    /// Softmax scale (head_dim^-0.5 for Llama 4), finite.
+    pub scale: f32,
+    /// 0: plain causal; > 0: chunked-local with this attention chunk.
+    pub attn_chunk: i64,
+    /// Non-zero: NoPE temperature tuning with floor_scale (> 0) and attn_scale (finite).
+    pub temp_tuning: i32,
+    pub floor_scale: f32,
+    pub attn_scale: f32,
+    /// L4C_DTYPE_BF16 (q and out).
+    pub q_dtype: l4c_dtype,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
     [
-        "Size of l4c_synthetic_params",
-    ][::std::mem::size_of::<l4c_synthetic_params>() - 48usize];
+        "Size of l4c_attn_prefill_params",
+    ][::std::mem::size_of::<l4c_attn_prefill_params>() - 168usize];
     [
-        "Alignment of l4c_synthetic_params",
-    ][::std::mem::align_of::<l4c_synthetic_params>() - 8usize];
+        "Alignment of l4c_attn_prefill_params",
+    ][::std::mem::align_of::<l4c_attn_prefill_params>() - 8usize];
     [
-        "Offset of field: l4c_synthetic_params::out",
-    ][::std::mem::offset_of!(l4c_synthetic_params, out) - 0usize];
+        "Offset of field: l4c_attn_prefill_params::q",
+    ][::std::mem::offset_of!(l4c_attn_prefill_params, q) - 0usize];
     [
-        "Offset of field: l4c_synthetic_params::n",
-    ][::std::mem::offset_of!(l4c_synthetic_params, n) - 8usize];
+        "Offset of field: l4c_attn_prefill_params::out",
+    ][::std::mem::offset_of!(l4c_attn_prefill_params, out) - 8usize];
     [
-        "Offset of field: l4c_synthetic_params::seed",
-    ][::std::mem::offset_of!(l4c_synthetic_params, seed) - 16usize];
+        "Offset of field: l4c_attn_prefill_params::kv",
+    ][::std::mem::offset_of!(l4c_attn_prefill_params, kv) - 16usize];
     [
-        "Offset of field: l4c_synthetic_params::tensor",
-    ][::std::mem::offset_of!(l4c_synthetic_params, tensor) - 24usize];
+        "Offset of field: l4c_attn_prefill_params::b",
+    ][::std::mem::offset_of!(l4c_attn_prefill_params, b) - 88usize];
     [
-        "Offset of field: l4c_synthetic_params::lo",
-    ][::std::mem::offset_of!(l4c_synthetic_params, lo) - 32usize];
+        "Offset of field: l4c_attn_prefill_params::tokens",
+    ][::std::mem::offset_of!(l4c_attn_prefill_params, tokens) - 96usize];
     [
-        "Offset of field: l4c_synthetic_params::hi",
-    ][::std::mem::offset_of!(l4c_synthetic_params, hi) - 36usize];
+        "Offset of field: l4c_attn_prefill_params::q_start",
+    ][::std::mem::offset_of!(l4c_attn_prefill_params, q_start) - 104usize];
     [
-        "Offset of field: l4c_synthetic_params::kind",
-    ][::std::mem::offset_of!(l4c_synthetic_params, kind) - 40usize];
+        "Offset of field: l4c_attn_prefill_params::heads",
+    ][::std::mem::offset_of!(l4c_attn_prefill_params, heads) - 112usize];
+    [
+        "Offset of field: l4c_attn_prefill_params::q_row_stride",
+    ][::std::mem::offset_of!(l4c_attn_prefill_params, q_row_stride) - 120usize];
+    [
+        "Offset of field: l4c_attn_prefill_params::out_row_stride",
+    ][::std::mem::offset_of!(l4c_attn_prefill_params, out_row_stride) - 128usize];
+    [
+        "Offset of field: l4c_attn_prefill_params::scale",
+    ][::std::mem::offset_of!(l4c_attn_prefill_params, scale) - 136usize];
+    [
+        "Offset of field: l4c_attn_prefill_params::attn_chunk",
+    ][::std::mem::offset_of!(l4c_attn_prefill_params, attn_chunk) - 144usize];
+    [
+        "Offset of field: l4c_attn_prefill_params::temp_tuning",
+    ][::std::mem::offset_of!(l4c_attn_prefill_params, temp_tuning) - 152usize];
+    [
+        "Offset of field: l4c_attn_prefill_params::floor_scale",
+    ][::std::mem::offset_of!(l4c_attn_prefill_params, floor_scale) - 156usize];
+    [
+        "Offset of field: l4c_attn_prefill_params::attn_scale",
+    ][::std::mem::offset_of!(l4c_attn_prefill_params, attn_scale) - 160usize];
+    [
+        "Offset of field: l4c_attn_prefill_params::q_dtype",
+    ][::std::mem::offset_of!(l4c_attn_prefill_params, q_dtype) - 164usize];
 };
 extern "C" {
-    pub fn l4c_synthetic_fill(
-        p: *const l4c_synthetic_params,
+    pub fn l4c_attn_prefill(
+        p: *const l4c_attn_prefill_params,
         stream: l4c_stream_t,
     ) -> l4c_status;
 }
