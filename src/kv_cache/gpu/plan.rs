@@ -278,6 +278,47 @@ mod tests {
         }
     }
 
+    /// The append kernel's division-free `kv_pow2_scale` (kernels/common/attn_decode.cuh), mirrored
+    /// step for step.
+    fn device_pow2_scale(amax: f32) -> f32 {
+        if amax == 0.0 {
+            return 0.0;
+        }
+        let amax = if amax <= f32::MAX { amax } else { f32::MAX };
+        let eb = (amax.to_bits() >> 23) as i32;
+        let mut s = f32::from_bits(((eb - 8).max(1) as u32) << 23);
+        while amax > 448.0 * s {
+            s *= 2.0;
+        }
+        while s > f32::MIN_POSITIVE && amax <= 448.0 * (s * 0.5) {
+            s *= 0.5;
+        }
+        s
+    }
+
+    #[test]
+    fn device_scale_rule_equals_the_cpu_cache() {
+        use crate::kv_cache::storage::pow2_scale;
+        let check = |a: f32| assert_eq!(device_pow2_scale(a).to_bits(), pow2_scale(a).to_bits(), "amax {a:e}");
+        // Every power of two and its neighbours, the 448 * 2^k and 1.75 * 2^k edges, subnormals.
+        for e in -149..128 {
+            let p = 2f32.powi(e);
+            for a in [p, 1.75 * p, 448.0 * p, 3.5 * p] {
+                if a.is_finite() && a > 0.0 {
+                    check(a);
+                    check(f32::from_bits(a.to_bits() + 1));
+                    check(f32::from_bits(a.to_bits() - 1));
+                }
+            }
+        }
+        check(f32::MAX);
+        check(f32::from_bits(1));
+        // A prime stride through every positive finite bit pattern (~214k values, all binades).
+        for bits in (1..0x7f80_0000u32).step_by(9973) {
+            check(f32::from_bits(bits));
+        }
+    }
+
     #[test]
     fn bad_layouts_are_typed_errors() {
         let ok = layout(KvDType::BF16, 64);
