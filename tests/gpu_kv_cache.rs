@@ -127,7 +127,7 @@ fn tiers_and_typed_errors() {
     };
     let s = dev.stream();
     let l = layout(KvDType::Fp8E4M3, 64);
-    let chunk = 8 * 64 * 128 + 32;
+    let chunk: usize = 8 * 64 * 128 + 32;
     let stride = chunk.div_ceil(256) * 256;
     let kv = llama4_cuda::kv_cache::gpu::GpuKvLayer::new(s, l, Retention::All, 2, 640, 2 * 2 * 3 * stride).unwrap();
     let t = kv.tiers();
