@@ -46,7 +46,12 @@ fn copy_bandwidth(dev: &Device) -> f64 {
 }
 
 /// A one-sequence cache of `tokens` positions filled with the same piece of K/V over and over.
-fn filled(dev: &Device, dtype: KvDType, tokens: usize, piece: &(Vec<bf16>, Vec<bf16>)) -> llama4_cuda::Result<GpuKvLayer> {
+fn filled(
+    dev: &Device,
+    dtype: KvDType,
+    tokens: usize,
+    piece: &(Vec<bf16>, Vec<bf16>),
+) -> llama4_cuda::Result<GpuKvLayer> {
     let s: &Arc<CudaStream> = dev.stream();
     let l = KvLayout {
         kv_heads: 8,
@@ -76,7 +81,10 @@ fn gpu(c: &mut Criterion) {
     };
     let s = dev.stream().clone();
     let bw = copy_bandwidth(&dev);
-    println!("attn_decode_gpu: {} , device-to-device copy {bw:.0} GB/s", dev.name().unwrap_or_default());
+    println!(
+        "attn_decode_gpu: {} , device-to-device copy {bw:.0} GB/s",
+        dev.name().unwrap_or_default()
+    );
     let piece = (values(PIECE * ROW, 1), values(PIECE * ROW, 2));
     let p = AttnParams {
         heads: 40,
@@ -98,7 +106,11 @@ fn gpu(c: &mut Criterion) {
             let bytes = 2 * tokens * ROW * dtype.bytes();
             let free = dev.memory().map_or(0, |(f, _)| f);
             if bytes + (1 << 30) > free {
-                println!("attn_decode_gpu {dtype:?} {tokens}: skipped: needs {:.1} GB, {:.1} GB free", bytes as f64 / 1e9, free as f64 / 1e9);
+                println!(
+                    "attn_decode_gpu {dtype:?} {tokens}: skipped: needs {:.1} GB, {:.1} GB free",
+                    bytes as f64 / 1e9,
+                    free as f64 / 1e9
+                );
                 continue;
             }
             let kv = filled(&dev, dtype, tokens, &piece).expect("fill");
@@ -120,11 +132,18 @@ fn gpu(c: &mut Criterion) {
                 bytes as f64 / 1e9 / bw * 1e3
             );
             g.throughput(Throughput::Bytes(bytes as u64));
-            g.bench_with_input(BenchmarkId::new(format!("{dtype:?}"), tokens), &tokens, |b, _| {
-                b.iter_custom(|iters| {
-                    time_stream(&s, iters, || attn_decode(&s, &q, &kv, &p, &mut out, &mut scratch)).expect("decode")
-                })
-            });
+            g.bench_with_input(
+                BenchmarkId::new(format!("{dtype:?}"), tokens),
+                &tokens,
+                |b, _| {
+                    b.iter_custom(|iters| {
+                        time_stream(&s, iters, || {
+                            attn_decode(&s, &q, &kv, &p, &mut out, &mut scratch)
+                        })
+                        .expect("decode")
+                    })
+                },
+            );
         }
     }
     g.finish();

@@ -40,33 +40,57 @@ fn params(heads: usize, kv_heads: usize, mask: MaskKind, temp: Option<TempTuning
 }
 
 /// Runs the decode for all sequences with a fresh random q; returns (q as f32, out as f32).
-fn decode(dev: &Device, t: &Twin, p: &AttnParams, rng: &mut Rng, scratch: &mut AttnScratch) -> (Vec<f32>, Vec<f32>) {
+fn decode(
+    dev: &Device,
+    t: &Twin,
+    p: &AttnParams,
+    rng: &mut Rng,
+    scratch: &mut AttnScratch,
+) -> (Vec<f32>, Vec<f32>) {
     let n = t.gpu.batch() * p.heads * p.head_dim;
     let q = bf16_vec(rng, n, 4.0);
     let qd = dev.upload(&q).unwrap();
     let mut out = dev.filled(n, bf16::NAN).unwrap();
     attn_decode(dev.stream(), &qd, &t.gpu, p, &mut out, scratch).expect("attn_decode");
     let o = to_f32(&dev.download(&out).unwrap());
-    assert!(o.iter().all(|x| x.is_finite()), "every output element written and finite");
+    assert!(
+        o.iter().all(|x| x.is_finite()),
+        "every output element written and finite"
+    );
     (to_f32(&q), o)
 }
 
 /// max |a - b| / max |b| over sequence b's rows.
 fn rel(a: &[f32], b: &[f32]) -> f64 {
-    let num = a.iter().zip(b).map(|(x, y)| (x - y).abs() as f64).fold(0.0, f64::max);
+    let num = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() as f64)
+        .fold(0.0, f64::max);
     let den = b.iter().map(|y| y.abs() as f64).fold(0.0, f64::max);
     num / den.max(f64::MIN_POSITIVE)
 }
 
 /// Checks every sequence of `t` against the reference; returns the worst error.
-fn check(dev: &Device, t: &Twin, p: &AttnParams, rng: &mut Rng, scratch: &mut AttnScratch, what: &str) -> f64 {
+fn check(
+    dev: &Device,
+    t: &Twin,
+    p: &AttnParams,
+    rng: &mut Rng,
+    scratch: &mut AttnScratch,
+    what: &str,
+) -> f64 {
     let (q, out) = decode(dev, t, p, rng, scratch);
     let row = p.heads * p.head_dim;
     let mut worst = 0.0f64;
     for b in 0..t.gpu.batch() {
         let want = t.reference(b, &q[b * row..][..row], p);
         let e = rel(&out[b * row..][..row], &want);
-        assert!(e <= TOL, "{what}: sequence {b} (len {}): error {e:e}", t.gpu.len(b));
+        assert!(
+            e <= TOL,
+            "{what}: sequence {b} (len {}): error {e:e}",
+            t.gpu.len(b)
+        );
         worst = worst.max(e);
     }
     worst
@@ -75,7 +99,14 @@ fn check(dev: &Device, t: &Twin, p: &AttnParams, rng: &mut Rng, scratch: &mut At
 const LENGTHS: [usize; 6] = [1, 113, 8191, 8192, 8193, 70_000];
 
 fn twin_with_lengths(dev: &Device, dtype: KvDType, budget: usize, rng: &mut Rng) -> Twin {
-    let mut t = Twin::new(dev, layout(dtype, 256), Retention::All, LENGTHS.len(), 70_000, budget);
+    let mut t = Twin::new(
+        dev,
+        layout(dtype, 256),
+        Retention::All,
+        LENGTHS.len(),
+        70_000,
+        budget,
+    );
     for (b, &n) in LENGTHS.iter().enumerate() {
         t.append(dev, rng, b, n, 1.0);
     }
@@ -103,8 +134,18 @@ fn lengths_masks_and_dtypes_match_the_reference() {
             (MaskKind::ChunkedLocal { chunk: 1000 }, None),
         ] {
             let p = params(40, 8, mask, temp);
-            let e = check(&dev, &t, &p, &mut rng, &mut scratch, &format!("{dtype:?} {mask:?} {temp:?}"));
-            eprintln!("{dtype:?} {mask:?} temp {}: worst error {e:.2e}", temp.is_some());
+            let e = check(
+                &dev,
+                &t,
+                &p,
+                &mut rng,
+                &mut scratch,
+                &format!("{dtype:?} {mask:?} {temp:?}"),
+            );
+            eprintln!(
+                "{dtype:?} {mask:?} temp {}: worst error {e:.2e}",
+                temp.is_some()
+            );
         }
     }
 }
@@ -118,7 +159,17 @@ fn fp8_cache_is_close_to_the_bf16_reference() {
     let mut rng = Rng(0xf8f8);
     let l8 = layout(KvDType::Fp8E4M3, 256);
     let mut t8 = Twin::new(&dev, l8, Retention::All, 2, 9000, usize::MAX);
-    let mut t16 = Twin::new(&dev, KvLayout { dtype: KvDType::BF16, ..l8 }, Retention::All, 2, 9000, usize::MAX);
+    let mut t16 = Twin::new(
+        &dev,
+        KvLayout {
+            dtype: KvDType::BF16,
+            ..l8
+        },
+        Retention::All,
+        2,
+        9000,
+        usize::MAX,
+    );
     for (b, n) in [(0usize, 777usize), (1, 9000)] {
         let k = bf16_vec(&mut rng, n * 1024, 1.0);
         let v = bf16_vec(&mut rng, n * 1024, 1.0);
@@ -148,18 +199,29 @@ fn gqa_groups() {
     let mut scratch = AttnScratch::default();
     for (heads, kv_heads) in [(8usize, 8usize), (24, 8), (16, 2), (5, 1)] {
         let mut rng = Rng(0x6a0 + heads as u64);
-        let l = KvLayout { kv_heads, ..layout(KvDType::BF16, 64) };
+        let l = KvLayout {
+            kv_heads,
+            ..layout(KvDType::BF16, 64)
+        };
         let mut t = Twin::new(&dev, l, Retention::All, 3, 3000, usize::MAX);
         for (b, n) in [(0usize, 3000usize), (1, 17), (2, 1234)] {
             t.append(&dev, &mut rng, b, n, 1.0);
         }
-        check(&dev, &t, &params(heads, kv_heads, MaskKind::Causal, NOPE), &mut rng, &mut scratch, &format!("GQA {heads}/{kv_heads}"));
+        check(
+            &dev,
+            &t,
+            &params(heads, kv_heads, MaskKind::Causal, NOPE),
+            &mut rng,
+            &mut scratch,
+            &format!("GQA {heads}/{kv_heads}"),
+        );
     }
 }
 
 #[test]
 fn ring_cache_decodes_step_by_step_across_chunk_boundaries() {
-    let Some(dev) = device_for_test("ring_cache_decodes_step_by_step_across_chunk_boundaries") else {
+    let Some(dev) = device_for_test("ring_cache_decodes_step_by_step_across_chunk_boundaries")
+    else {
         return;
     };
     let mut scratch = AttnScratch::default();
@@ -177,13 +239,28 @@ fn ring_cache_decodes_step_by_step_across_chunk_boundaries() {
         for s in 0..480 {
             t.step(&dev, &mut rng, &[1.0, 1.0]);
             if s % 37 == 0 || (10..14).contains(&s) || (472..476).contains(&s) {
-                check(&dev, &t, &p, &mut rng, &mut scratch, &format!("{dtype:?} ring step {s}"));
+                check(
+                    &dev,
+                    &t,
+                    &p,
+                    &mut rng,
+                    &mut scratch,
+                    &format!("{dtype:?} ring step {s}"),
+                );
             }
         }
         // A causal mask cannot run over a ring.
         let q = dev.upload(&vec![bf16::ONE; 2 * 5120]).unwrap();
         let mut out = dev.filled(2 * 5120, bf16::NAN).unwrap();
-        let e = attn_decode(dev.stream(), &q, &t.gpu, &params(40, 8, MaskKind::Causal, None), &mut out, &mut scratch).unwrap_err();
+        let e = attn_decode(
+            dev.stream(),
+            &q,
+            &t.gpu,
+            &params(40, 8, MaskKind::Causal, None),
+            &mut out,
+            &mut scratch,
+        )
+        .unwrap_err();
         assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
     }
 }
@@ -195,7 +272,14 @@ fn host_validation_names_the_problem() {
     };
     let mut scratch = AttnScratch::default();
     let mut rng = Rng(0xbad);
-    let mut t = Twin::new(&dev, layout(KvDType::BF16, 64), Retention::All, 2, 100, usize::MAX);
+    let mut t = Twin::new(
+        &dev,
+        layout(KvDType::BF16, 64),
+        Retention::All,
+        2,
+        100,
+        usize::MAX,
+    );
     t.append(&dev, &mut rng, 0, 10, 1.0);
     let q = dev.upload(&vec![bf16::ONE; 2 * 5120]).unwrap();
     let mut out = dev.filled(2 * 5120, bf16::NAN).unwrap();
@@ -208,9 +292,29 @@ fn host_validation_names_the_problem() {
         (params(40, 4, MaskKind::Causal, None), "kv_heads"),
         (params(72, 8, MaskKind::Causal, None), "at most 8"),
         (params(41, 8, MaskKind::Causal, None), "multiple"),
-        (AttnParams { scale: f32::NAN, ..p }, "scale"),
-        (params(40, 8, MaskKind::ChunkedLocal { chunk: 0 }, None), "chunk"),
-        (params(40, 8, MaskKind::Causal, Some(TempTuning { floor_scale: 0.0, attn_scale: 0.1 })), "floor_scale"),
+        (
+            AttnParams {
+                scale: f32::NAN,
+                ..p
+            },
+            "scale",
+        ),
+        (
+            params(40, 8, MaskKind::ChunkedLocal { chunk: 0 }, None),
+            "chunk",
+        ),
+        (
+            params(
+                40,
+                8,
+                MaskKind::Causal,
+                Some(TempTuning {
+                    floor_scale: 0.0,
+                    attn_scale: 0.1,
+                }),
+            ),
+            "floor_scale",
+        ),
     ];
     for (bad, needle) in cases {
         let e = attn_decode(dev.stream(), &q, &t.gpu, &bad, &mut out, &mut scratch).unwrap_err();
@@ -220,9 +324,20 @@ fn host_validation_names_the_problem() {
     let e = attn_decode(dev.stream(), &short, &t.gpu, &p, &mut out, &mut scratch).unwrap_err();
     assert!(matches!(e, Error::Shape { .. }), "{e}");
     // head_dim 64: the cache takes it, the decode does not.
-    let l64 = KvLayout { head_dim: 64, ..layout(KvDType::BF16, 64) };
+    let l64 = KvLayout {
+        head_dim: 64,
+        ..layout(KvDType::BF16, 64)
+    };
     let mut t64 = Twin::new(&dev, l64, Retention::All, 1, 100, usize::MAX);
     t64.append(&dev, &mut rng, 0, 5, 1.0);
-    let e = attn_decode(dev.stream(), &q, &t64.gpu, &AttnParams { head_dim: 64, ..p }, &mut out, &mut scratch).unwrap_err();
+    let e = attn_decode(
+        dev.stream(),
+        &q,
+        &t64.gpu,
+        &AttnParams { head_dim: 64, ..p },
+        &mut out,
+        &mut scratch,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("head_dim 64"), "{e}");
 }

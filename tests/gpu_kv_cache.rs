@@ -102,7 +102,9 @@ fn cache_full_writes_nothing() {
         let mut t = Twin::new(&dev, layout(dtype, 16), Retention::All, 2, 50, usize::MAX);
         t.append(&dev, &mut rng, 0, 45, 1.0);
         t.append(&dev, &mut rng, 1, 50, 1.0);
-        let ones = dev.upload(&vec![half::bf16::from_f32(300.0); 6 * 1024]).unwrap();
+        let ones = dev
+            .upload(&vec![half::bf16::from_f32(300.0); 6 * 1024])
+            .unwrap();
         let e = t.gpu.append(dev.stream(), 0, &ones, &ones, 6).unwrap_err();
         assert!(matches!(e, Error::CacheFull { .. }), "{e}");
         // Sequence 1 is full: a step is refused for everyone.
@@ -129,17 +131,46 @@ fn tiers_and_typed_errors() {
     let l = layout(KvDType::Fp8E4M3, 64);
     let chunk: usize = 8 * 64 * 128 + 32;
     let stride = chunk.div_ceil(256) * 256;
-    let kv = llama4_cuda::kv_cache::gpu::GpuKvLayer::new(s, l, Retention::All, 2, 640, 2 * 2 * 3 * stride).unwrap();
+    let kv = llama4_cuda::kv_cache::gpu::GpuKvLayer::new(
+        s,
+        l,
+        Retention::All,
+        2,
+        640,
+        2 * 2 * 3 * stride,
+    )
+    .unwrap();
     let t = kv.tiers();
     assert_eq!((t.device_tokens, t.host_tokens), (192, 448));
-    let bad = llama4_cuda::kv_cache::gpu::GpuKvLayer::new(s, layout(KvDType::F32, 64), Retention::All, 1, 64, 0);
+    let bad = llama4_cuda::kv_cache::gpu::GpuKvLayer::new(
+        s,
+        layout(KvDType::F32, 64),
+        Retention::All,
+        1,
+        64,
+        0,
+    );
     assert!(matches!(bad, Err(Error::DType { .. })));
-    let bad = llama4_cuda::kv_cache::gpu::GpuKvLayer::new(s, layout(KvDType::BF16, 24), Retention::All, 1, 64, 0);
+    let bad = llama4_cuda::kv_cache::gpu::GpuKvLayer::new(
+        s,
+        layout(KvDType::BF16, 24),
+        Retention::All,
+        1,
+        64,
+        0,
+    );
     assert!(matches!(bad, Err(Error::InvalidArgument { .. })));
     // More device memory than exists, and no host tier asked for: OutOfMemory with numbers.
     let (free, _) = dev.memory().unwrap();
     let huge = free / (2 * 8 * 64 * 128 * 2) * 64 * 2;
-    match llama4_cuda::kv_cache::gpu::GpuKvLayer::new(s, layout(KvDType::BF16, 64), Retention::All, 1, huge, usize::MAX) {
+    match llama4_cuda::kv_cache::gpu::GpuKvLayer::new(
+        s,
+        layout(KvDType::BF16, 64),
+        Retention::All,
+        1,
+        huge,
+        usize::MAX,
+    ) {
         Err(Error::OutOfMemory { needed, .. }) => assert!(needed > free),
         Err(e) => panic!("expected OutOfMemory, got {e}"),
         Ok(_) => panic!("allocating twice the free memory succeeded"),

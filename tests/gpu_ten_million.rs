@@ -9,6 +9,7 @@
 //!  - sampled pages (up to the next-to-last, and ones past 2^32 elements) hold the bytes a CPU cache
 //!    produces for the same tokens (the reference's fp8 encoding);
 //!  - the decode time against its floor (K/V bytes / a device-to-device copy's bandwidth) is printed.
+//!
 //! Runs only when the GPU has the memory free; otherwise one "skipped" line.
 mod attn_common;
 
@@ -28,7 +29,16 @@ const ROW: usize = H * D;
 const PAGE: usize = 8192;
 /// Tokens per bulk append (a multiple of PAGE, so pages without a planted key get one segment).
 const PIECE: usize = 8 * PAGE;
-const PLANTED: [usize; H] = [12_345, 1_000_003, 4_194_311, 5_000_000, 7_777_777, 8_388_609, 9_800_000, TOKENS - 1];
+const PLANTED: [usize; H] = [
+    12_345,
+    1_000_003,
+    4_194_311,
+    5_000_000,
+    7_777_777,
+    8_388_609,
+    9_800_000,
+    TOKENS - 1,
+];
 
 fn pattern(j: usize) -> f32 {
     if (j * 7 + j / 3) % 2 == 0 {
@@ -66,8 +76,16 @@ fn ten_million_token_fp8_decode_on_the_gpu() {
 
     // Background K/V: random bf16 in [-1, 1), one PIECE reused for every piece (uploaded once).
     let mut rng = Rng(0x10e7);
-    let bg_k: Vec<bf16> = rng.vec(PIECE * ROW, 1.0).into_iter().map(bf16::from_f32).collect();
-    let bg_v: Vec<bf16> = rng.vec(PIECE * ROW, 1.0).into_iter().map(bf16::from_f32).collect();
+    let bg_k: Vec<bf16> = rng
+        .vec(PIECE * ROW, 1.0)
+        .into_iter()
+        .map(bf16::from_f32)
+        .collect();
+    let bg_v: Vec<bf16> = rng
+        .vec(PIECE * ROW, 1.0)
+        .into_iter()
+        .map(bf16::from_f32)
+        .collect();
     let (dk, dv) = (dev.upload(&bg_k).unwrap(), dev.upload(&bg_v).unwrap());
     // The planted rows: head h of PLANTED[h] is 448 * pattern (K) and random in [-8, 8) (V).
     let mut planted_rows = Vec::new();
@@ -93,7 +111,8 @@ fn ten_million_token_fp8_decode_on_the_gpu() {
                     let (ks, vs) = (dk.slice((a - pos) * ROW..), dv.slice((a - pos) * ROW..));
                     append_view(&mut kv, s, &ks, &vs, p - a);
                 }
-                kv.append(s, 0, &planted_rows[h].0, &planted_rows[h].1, 1).unwrap();
+                kv.append(s, 0, &planted_rows[h].0, &planted_rows[h].1, 1)
+                    .unwrap();
                 a = p + 1;
             }
         }
@@ -109,7 +128,9 @@ fn ten_million_token_fp8_decode_on_the_gpu() {
 
     // One decode step: query heads of group h carry pattern h's signs (all groups the same pattern;
     // each KV head has its own planted key).
-    let q: Vec<bf16> = (0..40 * D).map(|i| bf16::from_f32(pattern(i % D))).collect();
+    let q: Vec<bf16> = (0..40 * D)
+        .map(|i| bf16::from_f32(pattern(i % D)))
+        .collect();
     let qd = dev.upload(&q).unwrap();
     let mut out = dev.filled(40 * D, bf16::NAN).unwrap();
     let p = AttnParams {
@@ -129,7 +150,12 @@ fn ten_million_token_fp8_decode_on_the_gpu() {
     timer.start(s).unwrap();
     attn_decode(s, &qd, &kv, &p, &mut out, &mut scratch).unwrap();
     let t_decode = timer.stop(s).unwrap();
-    let o: Vec<f32> = dev.download(&out).unwrap().iter().map(|x| x.to_f32()).collect();
+    let o: Vec<f32> = dev
+        .download(&out)
+        .unwrap()
+        .iter()
+        .map(|x| x.to_f32())
+        .collect();
 
     for (h, &pp) in PLANTED.iter().enumerate() {
         let page = kv.read_page(s, KvPart::Value, 0, pp / PAGE).unwrap();
@@ -140,7 +166,12 @@ fn ten_million_token_fp8_decode_on_the_gpu() {
         let want: Vec<f32> = codes.iter().map(|&c| e4m3_decode(c) * scale).collect();
         for g in 0..5 {
             let got = &o[(h * 5 + g) * D..][..D];
-            assert_eq!(got, &want[..], "query head {} (KV head {h}, planted at {pp})", h * 5 + g);
+            assert_eq!(
+                got,
+                &want[..],
+                "query head {} (KV head {h}, planted at {pp})",
+                h * 5 + g
+            );
         }
     }
 
@@ -155,8 +186,12 @@ fn ten_million_token_fp8_decode_on_the_gpu() {
         let mut pool = ChunkPool::new(cpu_layout, 1).unwrap();
         let seq = pool.create_seq(Retention::All).unwrap();
         let f = |x: &[bf16]| x.iter().map(|v| v.to_f32()).collect::<Vec<f32>>();
-        pool.append(seq, &f(&bg_k[off * ROW..(off + b - a) * ROW]), &f(&bg_v[off * ROW..(off + b - a) * ROW]))
-            .unwrap();
+        pool.append(
+            seq,
+            &f(&bg_k[off * ROW..(off + b - a) * ROW]),
+            &f(&bg_v[off * ROW..(off + b - a) * ROW]),
+        )
+        .unwrap();
         let view = pool.view(seq).unwrap();
         for part in [KvPart::Key, KvPart::Value] {
             let g = kv.read_page(s, part, 0, page).unwrap();
@@ -165,7 +200,11 @@ fn ten_million_token_fp8_decode_on_the_gpu() {
                     let KvRow::Fp8 { codes, scale } = view.row(part, slot, h).unwrap() else {
                         unreachable!("an fp8 pool")
                     };
-                    assert_eq!(&g[(h * PAGE + slot) * D..][..D], codes, "page {page} {part:?} head {h} slot {slot}");
+                    assert_eq!(
+                        &g[(h * PAGE + slot) * D..][..D],
+                        codes,
+                        "page {page} {part:?} head {h} slot {slot}"
+                    );
                     let so = H * PAGE * D + 4 * h;
                     assert_eq!(f32::from_le_bytes(g[so..so + 4].try_into().unwrap()), scale);
                 }

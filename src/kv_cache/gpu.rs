@@ -81,13 +81,7 @@ impl GpuKvLayer {
         max_tokens: usize,
         device_budget_bytes: usize,
     ) -> Result<Self> {
-        let plan = KvPlan::new(
-            &layout,
-            retention,
-            batch,
-            max_tokens,
-            device_budget_bytes,
-        )?;
+        let plan = KvPlan::new(&layout, retention, batch, max_tokens, device_budget_bytes)?;
         i64::try_from(max_tokens)
             .map_err(|_| Error::invalid(OP, "max_tokens exceeds the int64 range"))?;
         let ctx = stream.context().clone();
@@ -171,7 +165,8 @@ impl GpuKvLayer {
     }
     /// Tokens per sequence in each tier.
     pub fn tiers(&self) -> KvTiers {
-        let (device_tokens, host_tokens) = plan::tier_tokens(&self.plan, &self.layout, self.max_tokens);
+        let (device_tokens, host_tokens) =
+            plan::tier_tokens(&self.plan, &self.layout, self.max_tokens);
         KvTiers {
             device_tokens,
             host_tokens,
@@ -259,7 +254,10 @@ impl GpuKvLayer {
             if x < self.batch * row {
                 return Err(Error::shape(
                     OPS,
-                    format!("{name} has {x} elements, batch {} x row {row} needed", self.batch),
+                    format!(
+                        "{name} has {x} elements, batch {} x row {row} needed",
+                        self.batch
+                    ),
                 ));
             }
         }

@@ -49,7 +49,12 @@ impl AttnScratch {
             .map(|_| ())
     }
 
-    fn splits(&mut self, stream: &Arc<CudaStream>, kv: &GpuKvLayer, p: &AttnParams) -> Result<usize> {
+    fn splits(
+        &mut self,
+        stream: &Arc<CudaStream>,
+        kv: &GpuKvLayer,
+        p: &AttnParams,
+    ) -> Result<usize> {
         let sms = match self.sms {
             Some(n) => n,
             None => {
@@ -86,16 +91,17 @@ impl AttnScratch {
         }
         if self.workspace.as_ref().map_or(true, |w| w.len() < bytes) {
             self.workspace = None;
-            let w = stream.alloc_zeros::<u8>(bytes).map_err(|e| {
-                match crate::device::driver_error(OP, e) {
-                    Error::OutOfMemory { op, .. } => Error::OutOfMemory {
-                        op,
-                        needed: bytes,
-                        free: stream.context().mem_get_info().map_or(0, |(f, _)| f),
-                    },
-                    other => other,
-                }
-            })?;
+            let w =
+                stream.alloc_zeros::<u8>(bytes).map_err(|e| {
+                    match crate::device::driver_error(OP, e) {
+                        Error::OutOfMemory { op, .. } => Error::OutOfMemory {
+                            op,
+                            needed: bytes,
+                            free: stream.context().mem_get_info().map_or(0, |(f, _)| f),
+                        },
+                        other => other,
+                    }
+                })?;
             self.workspace = Some(w);
         }
         Ok(self.workspace.as_mut())
@@ -141,7 +147,10 @@ pub fn validate(kv: &GpuKvLayer, p: &AttnParams, q_len: usize, out_len: usize) -
     if p.heads == 0 || p.kv_heads == 0 || p.heads % p.kv_heads != 0 {
         return Err(Error::invalid(
             OP,
-            format!("heads {} must be a positive multiple of kv_heads {}", p.heads, p.kv_heads),
+            format!(
+                "heads {} must be a positive multiple of kv_heads {}",
+                p.heads, p.kv_heads
+            ),
         ));
     }
     if (p.kv_heads, p.head_dim) != (l.kv_heads, l.head_dim) {
@@ -156,7 +165,10 @@ pub fn validate(kv: &GpuKvLayer, p: &AttnParams, q_len: usize, out_len: usize) -
     if p.head_dim != HEAD_DIM {
         return Err(Error::invalid(
             OP,
-            format!("head_dim {} is not supported: the decode kernel is built for {HEAD_DIM}", p.head_dim),
+            format!(
+                "head_dim {} is not supported: the decode kernel is built for {HEAD_DIM}",
+                p.head_dim
+            ),
         ));
     }
     if p.heads / p.kv_heads > MAX_GROUP {
@@ -169,7 +181,10 @@ pub fn validate(kv: &GpuKvLayer, p: &AttnParams, q_len: usize, out_len: usize) -
         ));
     }
     if !p.scale.is_finite() {
-        return Err(Error::invalid(OP, format!("softmax scale {} is not finite", p.scale)));
+        return Err(Error::invalid(
+            OP,
+            format!("softmax scale {} is not finite", p.scale),
+        ));
     }
     if let Some(t) = p.temp {
         if !(t.floor_scale.is_finite() && t.floor_scale > 0.0 && t.attn_scale.is_finite()) {
@@ -294,8 +309,14 @@ mod tests {
     #[test]
     fn visible_keys_follow_the_mask() {
         assert_eq!(max_visible(MaskKind::Causal, 70_000), 70_000);
-        assert_eq!(max_visible(MaskKind::ChunkedLocal { chunk: 8192 }, 70_000), 8192);
-        assert_eq!(max_visible(MaskKind::ChunkedLocal { chunk: 8192 }, 100), 100);
+        assert_eq!(
+            max_visible(MaskKind::ChunkedLocal { chunk: 8192 }, 70_000),
+            8192
+        );
+        assert_eq!(
+            max_visible(MaskKind::ChunkedLocal { chunk: 8192 }, 100),
+            100
+        );
     }
 
     #[test]

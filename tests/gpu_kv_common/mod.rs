@@ -89,7 +89,11 @@ impl Twin {
             .expect("append_step");
         for (b, &s) in self.seqs.iter().enumerate() {
             self.cpu
-                .append(s, &to_f32(&k[b * row..][..row]), &to_f32(&v[b * row..][..row]))
+                .append(
+                    s,
+                    &to_f32(&k[b * row..][..row]),
+                    &to_f32(&v[b * row..][..row]),
+                )
                 .expect("cpu append");
         }
     }

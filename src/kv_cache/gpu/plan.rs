@@ -88,7 +88,15 @@ impl KvPlan {
                 ),
             ));
         }
-        let overflow = || Error::invalid(OP, format!("{layout:?} x {max_tokens} tokens x batch {batch} overflows", layout = l));
+        let overflow = || {
+            Error::invalid(
+                OP,
+                format!(
+                    "{layout:?} x {max_tokens} tokens x batch {batch} overflows",
+                    layout = l
+                ),
+            )
+        };
         l.kv_heads
             .checked_mul(l.chunk_tokens)
             .and_then(|x| x.checked_mul(l.head_dim))
@@ -207,7 +215,10 @@ mod tests {
     #[test]
     fn chunk_bytes_include_fp8_scales() {
         assert_eq!(chunk_bytes(&layout(KvDType::BF16, 64)), 8 * 64 * 128 * 2);
-        assert_eq!(chunk_bytes(&layout(KvDType::Fp8E4M3, 64)), 8 * 64 * 128 + 32);
+        assert_eq!(
+            chunk_bytes(&layout(KvDType::Fp8E4M3, 64)),
+            8 * 64 * 128 + 32
+        );
         let p = KvPlan::new(&layout(KvDType::Fp8E4M3, 64), Retention::All, 1, 64, 0).unwrap();
         assert_eq!(p.stride % CHUNK_ALIGN, 0);
         assert!(p.stride >= p.chunk_bytes && p.stride - p.chunk_bytes < CHUNK_ALIGN);
@@ -270,8 +281,9 @@ mod tests {
             for e in s + 1..s + 600 {
                 if check_ring(&p, &l, r, s, e).is_ok() {
                     let first = s / 256 * 256 / 64;
-                    let entries: std::collections::HashSet<_> =
-                        (first..=(e - 1) / 64).map(|pg| ring_entry(&p, pg)).collect();
+                    let entries: std::collections::HashSet<_> = (first..=(e - 1) / 64)
+                        .map(|pg| ring_entry(&p, pg))
+                        .collect();
                     assert_eq!(entries.len(), (e - 1) / 64 - first + 1);
                 }
             }
@@ -299,7 +311,13 @@ mod tests {
     #[test]
     fn device_scale_rule_equals_the_cpu_cache() {
         use crate::kv_cache::storage::pow2_scale;
-        let check = |a: f32| assert_eq!(device_pow2_scale(a).to_bits(), pow2_scale(a).to_bits(), "amax {a:e}");
+        let check = |a: f32| {
+            assert_eq!(
+                device_pow2_scale(a).to_bits(),
+                pow2_scale(a).to_bits(),
+                "amax {a:e}"
+            )
+        };
         // Every power of two and its neighbours, the 448 * 2^k and 1.75 * 2^k edges, subnormals.
         for e in -149..128 {
             let p = 2f32.powi(e);
@@ -329,24 +347,8 @@ mod tests {
         ));
         for (l, r, b, t) in [
             (layout(KvDType::BF16, 40), Retention::All, 1, 64),
-            (
-                KvLayout {
-                    head_dim: 12,
-                    ..ok
-                },
-                Retention::All,
-                1,
-                64,
-            ),
-            (
-                KvLayout {
-                    kv_heads: 0,
-                    ..ok
-                },
-                Retention::All,
-                1,
-                64,
-            ),
+            (KvLayout { head_dim: 12, ..ok }, Retention::All, 1, 64),
+            (KvLayout { kv_heads: 0, ..ok }, Retention::All, 1, 64),
             (ok, Retention::All, 0, 64),
             (ok, Retention::All, 1, 0),
             (ok, Retention::All, 70_000, 64),
