@@ -326,3 +326,254 @@ mod tests {
         assert!(workspace_bytes(usize::MAX, 2, 2).is_err());
     }
 }
+
+/// The C launchers' host-side checks (they return before any CUDA call, so these run without a GPU).
+#[cfg(all(test, llama4_kernels))]
+mod abi_tests {
+    use super::workspace_bytes;
+    use crate::sys::{self, l4c_dtype, l4c_status};
+
+    // Addresses the host code only checks (non-null, aligned); nothing is launched in these cases.
+    const FAKE: usize = 0x10_0000;
+
+    fn view(dtype: l4c_dtype, head_dim: i64, chunk_tokens: i64) -> sys::l4c_kv_pages {
+        sys::l4c_kv_pages {
+            k_pages: FAKE as *const u64,
+            v_pages: FAKE as *const u64,
+            page_indptr: FAKE as *const i64,
+            seq_lens: FAKE as *mut i64,
+            batch: 2,
+            kv_heads: 8,
+            head_dim,
+            chunk_tokens,
+            dtype,
+        }
+    }
+
+    fn decode_params() -> sys::l4c_attn_decode_params {
+        sys::l4c_attn_decode_params {
+            kv: view(l4c_dtype::L4C_DTYPE_BF16, 128, 64),
+            q: FAKE as *const std::ffi::c_void,
+            out: FAKE as *mut std::ffi::c_void,
+            workspace: std::ptr::null_mut(),
+            workspace_bytes: 0,
+            heads: 40,
+            q_row_stride: 5120,
+            out_row_stride: 5120,
+            attn_chunk: 0,
+            num_splits: 1,
+            scale: 0.088,
+            temp_floor_scale: 0.0,
+            temp_attn_scale: 0.0,
+        }
+    }
+
+    fn decode(p: &sys::l4c_attn_decode_params) -> l4c_status {
+        // SAFETY: every case below fails host validation (or has batch 0), so nothing dereferences
+        // the fake addresses and no kernel is launched.
+        unsafe { sys::l4c_attn_decode(p, std::ptr::null_mut()) }
+    }
+
+    #[test]
+    fn decode_launcher_rejects_bad_params() {
+        use l4c_status as S;
+        // SAFETY: a null params pointer is a documented error, checked first.
+        assert_eq!(
+            unsafe { sys::l4c_attn_decode(std::ptr::null(), std::ptr::null_mut()) },
+            S::L4C_ERR_INVALID_ARGUMENT
+        );
+        let ok = decode_params();
+        let cases: Vec<(sys::l4c_attn_decode_params, l4c_status)> = vec![
+            (
+                sys::l4c_attn_decode_params {
+                    kv: view(l4c_dtype::L4C_DTYPE_F32, 128, 64),
+                    ..ok
+                },
+                S::L4C_ERR_UNSUPPORTED_DTYPE,
+            ),
+            (
+                sys::l4c_attn_decode_params {
+                    kv: view(l4c_dtype::L4C_DTYPE_BF16, 64, 64),
+                    ..ok
+                },
+                S::L4C_ERR_UNSUPPORTED,
+            ),
+            (
+                sys::l4c_attn_decode_params {
+                    kv: view(l4c_dtype::L4C_DTYPE_BF16, 128, 24),
+                    ..ok
+                },
+                S::L4C_ERR_UNSUPPORTED,
+            ),
+            (
+                sys::l4c_attn_decode_params {
+                    heads: 72,
+                    q_row_stride: 72 * 128,
+                    out_row_stride: 72 * 128,
+                    ..ok
+                },
+                S::L4C_ERR_UNSUPPORTED,
+            ),
+            (
+                sys::l4c_attn_decode_params { heads: 41, ..ok },
+                S::L4C_ERR_INVALID_ARGUMENT,
+            ),
+            (
+                sys::l4c_attn_decode_params {
+                    num_splits: 0,
+                    ..ok
+                },
+                S::L4C_ERR_INVALID_ARGUMENT,
+            ),
+            (
+                sys::l4c_attn_decode_params {
+                    num_splits: 70_000,
+                    ..ok
+                },
+                S::L4C_ERR_INVALID_ARGUMENT,
+            ),
+            (
+                sys::l4c_attn_decode_params {
+                    num_splits: 2,
+                    ..ok
+                },
+                S::L4C_ERR_INVALID_ARGUMENT,
+            ),
+            (
+                sys::l4c_attn_decode_params {
+                    scale: f32::NAN,
+                    ..ok
+                },
+                S::L4C_ERR_INVALID_ARGUMENT,
+            ),
+            (
+                sys::l4c_attn_decode_params {
+                    temp_floor_scale: -1.0,
+                    ..ok
+                },
+                S::L4C_ERR_INVALID_ARGUMENT,
+            ),
+            (
+                sys::l4c_attn_decode_params {
+                    q_row_stride: 100,
+                    ..ok
+                },
+                S::L4C_ERR_INVALID_ARGUMENT,
+            ),
+            (
+                sys::l4c_attn_decode_params {
+                    q: std::ptr::null(),
+                    ..ok
+                },
+                S::L4C_ERR_INVALID_ARGUMENT,
+            ),
+            (
+                sys::l4c_attn_decode_params {
+                    attn_chunk: -1,
+                    ..ok
+                },
+                S::L4C_ERR_INVALID_ARGUMENT,
+            ),
+        ];
+        for (i, (p, want)) in cases.iter().enumerate() {
+            assert_eq!(decode(p), *want, "case {i}");
+        }
+        // Nothing to do is OK.
+        let mut empty = ok;
+        empty.kv.batch = 0;
+        assert_eq!(decode(&empty), S::L4C_OK);
+    }
+
+    #[test]
+    fn append_launcher_rejects_bad_params() {
+        use l4c_status as S;
+        let ok = sys::l4c_kv_append_params {
+            kv: view(l4c_dtype::L4C_DTYPE_F8E4M3, 128, 64),
+            k: FAKE as *const std::ffi::c_void,
+            v: FAKE as *const std::ffi::c_void,
+            k_row_stride: 1024,
+            v_row_stride: 1024,
+            tokens: 10,
+            seq: 1,
+            start: 0,
+            max_tokens: 100,
+        };
+        let cases: Vec<(sys::l4c_kv_append_params, l4c_status)> = vec![
+            (
+                sys::l4c_kv_append_params { tokens: -1, ..ok },
+                S::L4C_ERR_INVALID_ARGUMENT,
+            ),
+            (
+                sys::l4c_kv_append_params { seq: -1, ..ok },
+                S::L4C_ERR_INVALID_ARGUMENT,
+            ),
+            (
+                sys::l4c_kv_append_params { seq: 2, ..ok },
+                S::L4C_ERR_INVALID_ARGUMENT,
+            ),
+            (
+                sys::l4c_kv_append_params { start: 95, ..ok },
+                S::L4C_ERR_INVALID_ARGUMENT,
+            ),
+            (
+                sys::l4c_kv_append_params {
+                    k: (FAKE + 2) as *const std::ffi::c_void,
+                    ..ok
+                },
+                S::L4C_ERR_INVALID_ARGUMENT,
+            ),
+            (
+                sys::l4c_kv_append_params {
+                    k_row_stride: 1000,
+                    ..ok
+                },
+                S::L4C_ERR_INVALID_ARGUMENT,
+            ),
+            (
+                sys::l4c_kv_append_params {
+                    kv: view(l4c_dtype::L4C_DTYPE_F16, 128, 64),
+                    ..ok
+                },
+                S::L4C_ERR_UNSUPPORTED_DTYPE,
+            ),
+            (
+                sys::l4c_kv_append_params {
+                    kv: view(l4c_dtype::L4C_DTYPE_BF16, 128, 40),
+                    ..ok
+                },
+                S::L4C_ERR_UNSUPPORTED,
+            ),
+            (sys::l4c_kv_append_params { tokens: 0, ..ok }, S::L4C_OK),
+        ];
+        for (i, (p, want)) in cases.iter().enumerate() {
+            // SAFETY: every case fails host validation or appends nothing: no launch, no dereference.
+            assert_eq!(
+                unsafe { sys::l4c_kv_append(p, std::ptr::null_mut()) },
+                *want,
+                "case {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn workspace_size_matches_the_rust_formula() {
+        for (b, h, s) in [
+            (1usize, 40usize, 66usize),
+            (3, 8, 2),
+            (7, 40, 1),
+            (64, 40, 65535),
+        ] {
+            let mut bytes = -1i64;
+            // SAFETY: plain host function; `bytes` is valid for writes.
+            let st = unsafe {
+                sys::l4c_attn_decode_workspace_size(b as i64, h as i64, 128, s as i64, &mut bytes)
+            };
+            assert_eq!(st, l4c_status::L4C_OK);
+            assert_eq!(bytes as usize, workspace_bytes(b, h, s).unwrap());
+        }
+        let mut bytes = 0i64;
+        // SAFETY: as above.
+        let st = unsafe { sys::l4c_attn_decode_workspace_size(1, 1, 128, 0, &mut bytes) };
+        assert_eq!(st, l4c_status::L4C_ERR_INVALID_ARGUMENT);
+    }
+}
