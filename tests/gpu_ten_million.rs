@@ -62,7 +62,7 @@ fn ten_million_token_fp8_decode_on_the_gpu() {
     };
     let bytes = 2 * TOKENS.div_ceil(PAGE) * (H * PAGE * D + 256);
     let (free, _) = dev.memory().unwrap();
-    if free < bytes + (2 << 30) {
+    if free < bytes + (3 << 30) {
         eprintln!(
             "skipped: {:.1} GB free, the 10M-token fp8 cache needs {:.1} GB: ten_million_token_fp8_decode_on_the_gpu",
             free as f64 / 1e9,
