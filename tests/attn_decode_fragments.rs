@@ -3,6 +3,9 @@
 //! layouts (PTX ISA, as kernels/common/mma.cuh documents them), movmatrix.trans and the prmt
 //! transposition of V. Checks that S^T = K . Q^T and O^T = V^T . P^T come out right for every lane, so
 //! the index maps agree with each other. Runs without a GPU.
+// Lane-indexed loops mirror the kernel's per-lane view.
+#![allow(clippy::needless_range_loop)]
+
 mod attn_common;
 
 use attn_common::Rng;
