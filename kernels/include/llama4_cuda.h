@@ -444,6 +444,84 @@ typedef struct l4c_attn_prefill_params {
 
 l4c_status l4c_attn_prefill(const l4c_attn_prefill_params *p, l4c_stream_t stream);
 
+/* ------------------------------------------------------------------------------------------------
+ * KV append and split-KV decode attention (kernels/attn_decode.cu; design in docs/ATTENTION-DECODE.md).
+ * K/V inputs are bf16; the cache is l4c_kv_pages with dtype BF16 or F8E4M3, head_dim 128, chunk_tokens
+ * a multiple of 16. Needs sm_80 or newer.
+ * ---------------------------------------------------------------------------------------------- */
+
+/** Writes bf16 K/V rows ([rows, kv_heads * head_dim], head h at columns h * head_dim ..) into the cache.
+ *  Two modes:
+ *   - seq >= 0 (bulk, e.g. a prefill): rows 0 .. tokens - 1 go to sequence `seq` at positions
+ *     start .. start + tokens - 1; then seq_lens[seq] = start + tokens. `start` is the sequence's
+ *     length as the caller knows it. The caller guarantees the pages touched are distinct ring entries
+ *     (the Rust layer checks its ring rule).
+ *   - seq == -1 (step, CUDA-graph capturable): tokens == batch; row b goes to sequence b at position
+ *     seq_lens[b] (read on the device), then seq_lens[b] += 1. A sequence already at max_tokens is left
+ *     untouched (nothing written, length not advanced).
+ *  fp8: per (page, KV head), bit-exact with crate::kv_cache: the scale is the smallest power of two
+ *  s >= 2^-126 with amax / s <= 448 over everything appended to that (page, head), grow-only; rows
+ *  already stored are re-encoded when it grows; a page whose first written slot is 0 starts fresh
+ *  (scale 0). One append call is one "segment" per page, as in the CPU cache's append.
+ *  Inputs must be finite (the CPU cache rejects the rest; here they are stored saturated / as NaN). */
+typedef struct l4c_kv_append_params {
+    l4c_kv_pages kv;
+    const void *k;
+    const void *v;
+    /** Row strides of k and v in elements (>= kv_heads * head_dim, multiples of 8). */
+    int64_t k_row_stride;
+    int64_t v_row_stride;
+    int64_t tokens;
+    /** The sequence (bulk mode) or -1 (step mode). */
+    int64_t seq;
+    /** Bulk mode: the position of row 0. */
+    int64_t start;
+    /** Positions per sequence; nothing at or past it is written. */
+    int64_t max_tokens;
+} l4c_kv_append_params;
+
+l4c_status l4c_kv_append(const l4c_kv_append_params *p, l4c_stream_t stream);
+
+/** One decode query per sequence: row b of q ([batch, heads * head_dim] bf16) is the query at position
+ *  seq_lens[b] - 1 (its K/V already appended), read on the device: the call is CUDA-graph capturable.
+ *  Query head h reads KV head h / (heads / kv_heads); heads / kv_heads <= 8. Keys visible: positions
+ *  lo .. seq_lens[b] - 1 with lo = 0 (attn_chunk == 0, causal) or floor(pos / attn_chunk) * attn_chunk
+ *  (chunked-local). Scores are (q . k) * scale * t(pos), t the NoPE temperature
+ *  log1p(floor((pos + 1) / temp_floor_scale)) * temp_attn_scale + 1 when temp_floor_scale > 0, else 1.
+ *  Each sequence's visible keys are cut into num_splits equal, 16-aligned ranges (empty ones exit), each
+ *  a thread block per KV head, merged by log-sum-exp in a second launch (none when num_splits == 1).
+ *  A sequence with seq_lens[b] == 0 gets zeros. out: [batch, heads * head_dim] bf16. */
+typedef struct l4c_attn_decode_params {
+    l4c_kv_pages kv;
+    const void *q;
+    void *out;
+    /** num_splits > 1: at least l4c_attn_decode_workspace_size(...) bytes, 16-byte aligned; not shared
+     *  by launches in flight at once. May be null when num_splits == 1. */
+    void *workspace;
+    int64_t workspace_bytes;
+    int64_t heads;
+    /** Row strides in elements (>= heads * head_dim, even). */
+    int64_t q_row_stride;
+    int64_t out_row_stride;
+    /** 0: causal over every held position; > 0: chunked-local attention chunk (a multiple of chunk_tokens
+     *  when the cache is a ring). */
+    int64_t attn_chunk;
+    /** 1 .. 65535: splits per (sequence, KV head); the Rust layer chooses it from a host upper bound on the
+     *  length (ops::attn_decode::decode_splits). */
+    int64_t num_splits;
+    float scale;
+    /** > 0 enables temperature tuning. */
+    float temp_floor_scale;
+    float temp_attn_scale;
+} l4c_attn_decode_params;
+
+/** *bytes = the workspace l4c_attn_decode needs: batch * heads * num_splits * (head_dim + 2) * 4 when
+ *  num_splits > 1, else 0. */
+l4c_status l4c_attn_decode_workspace_size(int64_t batch, int64_t heads, int64_t head_dim, int64_t num_splits,
+                                          int64_t *bytes);
+
+l4c_status l4c_attn_decode(const l4c_attn_decode_params *p, l4c_stream_t stream);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

@@ -820,6 +820,69 @@ const _: () = {
         "Offset of field: l4c_kv_pages::dtype",
     ][::std::mem::offset_of!(l4c_kv_pages, dtype) - 64usize];
 };
+impl l4c_synth_kind {
+    /// bf16 uniform in [lo, hi) (weights: lo = -hi).
+    pub const L4C_SYNTH_BF16_UNIFORM: l4c_synth_kind = l4c_synth_kind(0);
+    /// bf16 uniform in [lo, hi), for positive ranges (int4 group scales, norm weights).
+    pub const L4C_SYNTH_BF16_RANGE: l4c_synth_kind = l4c_synth_kind(1);
+    /// Raw 32-bit words (packed int4: every nibble is a valid value in any layout).
+    pub const L4C_SYNTH_U32_BITS: l4c_synth_kind = l4c_synth_kind(2);
+    /// e4m3 codes with exponent field 3..10 (|v| in [1/16, 15]), never the NaN codes 0x7f / 0xff.
+    pub const L4C_SYNTH_FP8_CODES: l4c_synth_kind = l4c_synth_kind(3);
+}
+#[repr(transparent)]
+/// What l4c_synthetic_fill writes.
+#[derive(Debug, Copy, Clone, Hash, PartialEq, Eq)]
+pub struct l4c_synth_kind(pub ::std::os::raw::c_uint);
+/// out[i] for i < n, elements of the kind's type (bf16, uint32 or uint8).
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct l4c_synthetic_params {
+    pub out: *mut ::std::os::raw::c_void,
+    pub n: i64,
+    pub seed: u64,
+    /// Distinguishes the tensors of one model (a different stream of values per tensor).
+    pub tensor: u64,
+    pub lo: f32,
+    pub hi: f32,
+    pub kind: l4c_synth_kind,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of l4c_synthetic_params",
+    ][::std::mem::size_of::<l4c_synthetic_params>() - 48usize];
+    [
+        "Alignment of l4c_synthetic_params",
+    ][::std::mem::align_of::<l4c_synthetic_params>() - 8usize];
+    [
+        "Offset of field: l4c_synthetic_params::out",
+    ][::std::mem::offset_of!(l4c_synthetic_params, out) - 0usize];
+    [
+        "Offset of field: l4c_synthetic_params::n",
+    ][::std::mem::offset_of!(l4c_synthetic_params, n) - 8usize];
+    [
+        "Offset of field: l4c_synthetic_params::seed",
+    ][::std::mem::offset_of!(l4c_synthetic_params, seed) - 16usize];
+    [
+        "Offset of field: l4c_synthetic_params::tensor",
+    ][::std::mem::offset_of!(l4c_synthetic_params, tensor) - 24usize];
+    [
+        "Offset of field: l4c_synthetic_params::lo",
+    ][::std::mem::offset_of!(l4c_synthetic_params, lo) - 32usize];
+    [
+        "Offset of field: l4c_synthetic_params::hi",
+    ][::std::mem::offset_of!(l4c_synthetic_params, hi) - 36usize];
+    [
+        "Offset of field: l4c_synthetic_params::kind",
+    ][::std::mem::offset_of!(l4c_synthetic_params, kind) - 40usize];
+};
+extern "C" {
+    pub fn l4c_synthetic_fill(
+        p: *const l4c_synthetic_params,
+        stream: l4c_stream_t,
+    ) -> l4c_status;
+}
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct l4c_attn_prefill_params {
@@ -903,6 +966,178 @@ const _: () = {
 extern "C" {
     pub fn l4c_attn_prefill(
         p: *const l4c_attn_prefill_params,
+        stream: l4c_stream_t,
+    ) -> l4c_status;
+}
+/** Writes bf16 K/V rows ([rows, kv_heads * head_dim], head h at columns h * head_dim ..) into the cache.
+  Two modes:
+   - seq >= 0 (bulk, e.g. a prefill): rows 0 .. tokens - 1 go to sequence `seq` at positions
+     start .. start + tokens - 1; then seq_lens[seq] = start + tokens. `start` is the sequence's
+     length as the caller knows it. The caller guarantees the pages touched are distinct ring entries
+     (the Rust layer checks its ring rule).
+   - seq == -1 (step, CUDA-graph capturable): tokens == batch; row b goes to sequence b at position
+     seq_lens[b] (read on the device), then seq_lens[b] += 1. A sequence already at max_tokens is left
+     untouched (nothing written, length not advanced).
+  fp8: per (page, KV head), bit-exact with crate::kv_cache: the scale is the smallest power of two
+  s >= 2^-126 with amax / s <= 448 over everything appended to that (page, head), grow-only; rows
+  already stored are re-encoded when it grows; a page whose first written slot is 0 starts fresh
+  (scale 0). One append call is one "segment" per page, as in the CPU cache's append.
+  Inputs must be finite (the CPU cache rejects the rest; here they are stored saturated / as NaN).*/
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct l4c_kv_append_params {
+    pub kv: l4c_kv_pages,
+    pub k: *const ::std::os::raw::c_void,
+    pub v: *const ::std::os::raw::c_void,
+    /// Row strides of k and v in elements (>= kv_heads * head_dim, multiples of 8).
+    pub k_row_stride: i64,
+    pub v_row_stride: i64,
+    pub tokens: i64,
+    /// The sequence (bulk mode) or -1 (step mode).
+    pub seq: i64,
+    /// Bulk mode: the position of row 0.
+    pub start: i64,
+    /// Positions per sequence; nothing at or past it is written.
+    pub max_tokens: i64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of l4c_kv_append_params",
+    ][::std::mem::size_of::<l4c_kv_append_params>() - 136usize];
+    [
+        "Alignment of l4c_kv_append_params",
+    ][::std::mem::align_of::<l4c_kv_append_params>() - 8usize];
+    [
+        "Offset of field: l4c_kv_append_params::kv",
+    ][::std::mem::offset_of!(l4c_kv_append_params, kv) - 0usize];
+    [
+        "Offset of field: l4c_kv_append_params::k",
+    ][::std::mem::offset_of!(l4c_kv_append_params, k) - 72usize];
+    [
+        "Offset of field: l4c_kv_append_params::v",
+    ][::std::mem::offset_of!(l4c_kv_append_params, v) - 80usize];
+    [
+        "Offset of field: l4c_kv_append_params::k_row_stride",
+    ][::std::mem::offset_of!(l4c_kv_append_params, k_row_stride) - 88usize];
+    [
+        "Offset of field: l4c_kv_append_params::v_row_stride",
+    ][::std::mem::offset_of!(l4c_kv_append_params, v_row_stride) - 96usize];
+    [
+        "Offset of field: l4c_kv_append_params::tokens",
+    ][::std::mem::offset_of!(l4c_kv_append_params, tokens) - 104usize];
+    [
+        "Offset of field: l4c_kv_append_params::seq",
+    ][::std::mem::offset_of!(l4c_kv_append_params, seq) - 112usize];
+    [
+        "Offset of field: l4c_kv_append_params::start",
+    ][::std::mem::offset_of!(l4c_kv_append_params, start) - 120usize];
+    [
+        "Offset of field: l4c_kv_append_params::max_tokens",
+    ][::std::mem::offset_of!(l4c_kv_append_params, max_tokens) - 128usize];
+};
+extern "C" {
+    pub fn l4c_kv_append(
+        p: *const l4c_kv_append_params,
+        stream: l4c_stream_t,
+    ) -> l4c_status;
+}
+/** One decode query per sequence: row b of q ([batch, heads * head_dim] bf16) is the query at position
+  seq_lens[b] - 1 (its K/V already appended), read on the device: the call is CUDA-graph capturable.
+  Query head h reads KV head h / (heads / kv_heads); heads / kv_heads <= 8. Keys visible: positions
+  lo .. seq_lens[b] - 1 with lo = 0 (attn_chunk == 0, causal) or floor(pos / attn_chunk) * attn_chunk
+  (chunked-local). Scores are (q . k) * scale * t(pos), t the NoPE temperature
+  log1p(floor((pos + 1) / temp_floor_scale)) * temp_attn_scale + 1 when temp_floor_scale > 0, else 1.
+  Each sequence's visible keys are cut into num_splits equal, 16-aligned ranges (empty ones exit), each
+  a thread block per KV head, merged by log-sum-exp in a second launch (none when num_splits == 1).
+  A sequence with seq_lens[b] == 0 gets zeros. out: [batch, heads * head_dim] bf16.*/
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct l4c_attn_decode_params {
+    pub kv: l4c_kv_pages,
+    pub q: *const ::std::os::raw::c_void,
+    pub out: *mut ::std::os::raw::c_void,
+    /** num_splits > 1: at least l4c_attn_decode_workspace_size(...) bytes, 16-byte aligned; not shared
+  by launches in flight at once. May be null when num_splits == 1.*/
+    pub workspace: *mut ::std::os::raw::c_void,
+    pub workspace_bytes: i64,
+    pub heads: i64,
+    /// Row strides in elements (>= heads * head_dim, even).
+    pub q_row_stride: i64,
+    pub out_row_stride: i64,
+    /** 0: causal over every held position; > 0: chunked-local attention chunk (a multiple of chunk_tokens
+  when the cache is a ring).*/
+    pub attn_chunk: i64,
+    /** 1 .. 65535: splits per (sequence, KV head); the Rust layer chooses it from a host upper bound on the
+  length (ops::attn_decode::decode_splits).*/
+    pub num_splits: i64,
+    pub scale: f32,
+    /// > 0 enables temperature tuning.
+    pub temp_floor_scale: f32,
+    pub temp_attn_scale: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of l4c_attn_decode_params",
+    ][::std::mem::size_of::<l4c_attn_decode_params>() - 160usize];
+    [
+        "Alignment of l4c_attn_decode_params",
+    ][::std::mem::align_of::<l4c_attn_decode_params>() - 8usize];
+    [
+        "Offset of field: l4c_attn_decode_params::kv",
+    ][::std::mem::offset_of!(l4c_attn_decode_params, kv) - 0usize];
+    [
+        "Offset of field: l4c_attn_decode_params::q",
+    ][::std::mem::offset_of!(l4c_attn_decode_params, q) - 72usize];
+    [
+        "Offset of field: l4c_attn_decode_params::out",
+    ][::std::mem::offset_of!(l4c_attn_decode_params, out) - 80usize];
+    [
+        "Offset of field: l4c_attn_decode_params::workspace",
+    ][::std::mem::offset_of!(l4c_attn_decode_params, workspace) - 88usize];
+    [
+        "Offset of field: l4c_attn_decode_params::workspace_bytes",
+    ][::std::mem::offset_of!(l4c_attn_decode_params, workspace_bytes) - 96usize];
+    [
+        "Offset of field: l4c_attn_decode_params::heads",
+    ][::std::mem::offset_of!(l4c_attn_decode_params, heads) - 104usize];
+    [
+        "Offset of field: l4c_attn_decode_params::q_row_stride",
+    ][::std::mem::offset_of!(l4c_attn_decode_params, q_row_stride) - 112usize];
+    [
+        "Offset of field: l4c_attn_decode_params::out_row_stride",
+    ][::std::mem::offset_of!(l4c_attn_decode_params, out_row_stride) - 120usize];
+    [
+        "Offset of field: l4c_attn_decode_params::attn_chunk",
+    ][::std::mem::offset_of!(l4c_attn_decode_params, attn_chunk) - 128usize];
+    [
+        "Offset of field: l4c_attn_decode_params::num_splits",
+    ][::std::mem::offset_of!(l4c_attn_decode_params, num_splits) - 136usize];
+    [
+        "Offset of field: l4c_attn_decode_params::scale",
+    ][::std::mem::offset_of!(l4c_attn_decode_params, scale) - 144usize];
+    [
+        "Offset of field: l4c_attn_decode_params::temp_floor_scale",
+    ][::std::mem::offset_of!(l4c_attn_decode_params, temp_floor_scale) - 148usize];
+    [
+        "Offset of field: l4c_attn_decode_params::temp_attn_scale",
+    ][::std::mem::offset_of!(l4c_attn_decode_params, temp_attn_scale) - 152usize];
+};
+extern "C" {
+    /** *bytes = the workspace l4c_attn_decode needs: batch * heads * num_splits * (head_dim + 2) * 4 when
+  num_splits > 1, else 0.*/
+    pub fn l4c_attn_decode_workspace_size(
+        batch: i64,
+        heads: i64,
+        head_dim: i64,
+        num_splits: i64,
+        bytes: *mut i64,
+    ) -> l4c_status;
+}
+extern "C" {
+    pub fn l4c_attn_decode(
+        p: *const l4c_attn_decode_params,
         stream: l4c_stream_t,
     ) -> l4c_status;
 }
