@@ -400,3 +400,108 @@ fn rejects_bad_arguments() {
     let l = GpuLinear::upload(&s, &weight(&mut rng, 48, 64, Fmt::Int4)).expect("linear");
     assert_eq!((l.n(), l.k()), (48, 64));
 }
+
+/// CPU mirror of the decode loop's permuted-k fragment map for bf16 weights
+/// (`DecodeW<kBf16>::frag` and the B selection in `grouped_decode`): lane (g, c) holds 16 consecutive
+/// k of rows g and g + 8 as words w0..w7 (pairs), step j feeds a[0] = w_{2j}, a[2] = w_{2j+1} and
+/// b0 / b1 from the X words at 16c + 8(j >> 1) picked by j & 1. Simulating mma.m16n8k16 with the
+/// PTX fragment layout over the 4 steps of a 64-k slab must give the plain product W · Xᵀ.
+#[test]
+fn bf16_decode_fragment_map_is_a_permutation_of_k() {
+    let mut rng = Rng(seed());
+    let w: Vec<f32> = rng.vec(16 * 64, 1.0); // [16 rows][64 k]
+    let x: Vec<f32> = rng.vec(8 * 64, 1.0); // [8 tokens][64 k]
+    let mut d = [[0f64; 8]; 16];
+    for j in 0..4 {
+        // Assemble A[16][16] and B[16][8] of step j from all lanes, then D += A · B.
+        let mut a = [[0f32; 16]; 16];
+        let mut b = [[0f32; 8]; 16];
+        for lane in 0..32 {
+            let (g, c) = (lane / 4, lane % 4);
+            let wk =
+                |r: usize, i: usize| (w[r * 64 + 16 * c + 2 * i], w[r * 64 + 16 * c + 2 * i + 1]);
+            let sel = |base: usize| if j & 1 == 1 { base + 2 } else { base };
+            let h = 4 * (j >> 1);
+            let set = |m: &mut [[f32; 16]; 16], r: usize, s: usize, p: (f32, f32)| {
+                m[r][s] = p.0;
+                m[r][s + 1] = p.1;
+            };
+            set(&mut a, g, 2 * c, wk(g, h + sel(0)));
+            set(&mut a, g + 8, 2 * c, wk(g + 8, h + sel(0)));
+            set(&mut a, g, 2 * c + 8, wk(g, h + sel(1)));
+            set(&mut a, g + 8, 2 * c + 8, wk(g + 8, h + sel(1)));
+            let xk = |comp: usize| {
+                let k = 16 * c + 8 * (j >> 1) + 2 * comp;
+                (x[g * 64 + k], x[g * 64 + k + 1])
+            };
+            let (p0, p1) = (xk(sel(0)), xk(sel(1)));
+            b[2 * c][g] = p0.0;
+            b[2 * c + 1][g] = p0.1;
+            b[2 * c + 8][g] = p1.0;
+            b[2 * c + 9][g] = p1.1;
+        }
+        for (r, dr) in d.iter_mut().enumerate() {
+            for (t, dv) in dr.iter_mut().enumerate() {
+                *dv += (0..16)
+                    .map(|s| a[r][s] as f64 * b[s][t] as f64)
+                    .sum::<f64>();
+            }
+        }
+    }
+    for r in 0..16 {
+        for t in 0..8 {
+            let want: f64 = (0..64)
+                .map(|k| w[r * 64 + k] as f64 * x[t * 64 + k] as f64)
+                .sum();
+            assert!(
+                (d[r][t] - want).abs() < 1e-9,
+                "row {r} token {t}: {} vs {want}",
+                d[r][t]
+            );
+        }
+    }
+}
+
+/// CPU mirror of the prefill's expert lookup (`grouped_prefill`): the largest e with
+/// offsets[e] <= p0 is the non-empty group holding p0, empty experts included.
+#[test]
+fn prefill_tile_expert_lookup() {
+    let find = |offsets: &[u32], p0: u32| {
+        let (mut lo, mut hi) = (0usize, offsets.len() - 2);
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            if offsets[mid] <= p0 {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        lo
+    };
+    let mut rng = Rng(seed());
+    for _ in 0..200 {
+        let experts = 1 + rng.below(40);
+        let counts: Vec<u32> = (0..experts)
+            .map(|_| {
+                if rng.below(3) == 0 {
+                    0
+                } else {
+                    rng.below(300) as u32
+                }
+            })
+            .collect();
+        let mut offsets = vec![0u32];
+        for c in &counts {
+            offsets.push(offsets.last().unwrap() + c.div_ceil(128) * 128);
+        }
+        let mut p0 = 0;
+        while p0 < *offsets.last().unwrap() {
+            let e = find(&offsets, p0);
+            assert!(
+                counts[e] > 0 && offsets[e] <= p0 && p0 < offsets[e + 1],
+                "{counts:?} p0={p0} e={e}"
+            );
+            p0 += 128;
+        }
+    }
+}
