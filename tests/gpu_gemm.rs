@@ -9,9 +9,13 @@ use std::sync::Arc;
 use cudarc::driver::{CudaSlice, CudaStream};
 use half::{bf16, f16};
 use llama4_cuda::error::Error;
-use llama4_cuda::ops::gemm::{self, Fp8Mode, GemmPath, GemmScratch, GpuFp8Weight, GpuInt4Weight};
+use llama4_cuda::ops::gemm::{
+    self, Fp8Mode, GemmPath, GemmScratch, GpuBf16Weight, GpuFp8Weight, GpuInt4Weight, GpuLinear,
+};
 use llama4_cuda::quant::repack::{repack_int4, unpack_int4, Act16};
-use llama4_cuda::quant::{fp8, Fp8Scaling, Fp8Weight, Int4Config, Int4Weight, ScaleDType, Weight};
+use llama4_cuda::quant::{
+    fp8, DenseWeight, Fp8Scaling, Fp8Weight, Int4Config, Int4Weight, ScaleDType, Weight,
+};
 use llama4_cuda::reference::gemm as reference;
 
 /// bf16 operands and bf16 output: the weight rounds to bf16 once ((q - z) * s, 2^-9 relative), the
@@ -410,6 +414,100 @@ fn fp8_shapes() {
     }
 }
 
+/// bf16 x bf16 products are exact in f32; the weight is bf16-rounded on both sides, so only the
+/// summation order and the final bf16 rounding (2^-9 relative) differ from the reference.
+const TOL_BF16: f32 = 5e-3;
+
+/// One gemm_bf16 case (through `GpuLinear` half of the time, which must pick the same kernel).
+fn bf16_case(
+    stream: &Arc<CudaStream>,
+    m: usize,
+    n: usize,
+    k: usize,
+    with_residual: bool,
+) -> Option<GemmPath> {
+    let mut rng = Rng::fresh();
+    let what = format!("bf16 m={m} n={n} k={k} res={with_residual} seed={}", rng.0);
+    let (_, wvals) = to_act(&rng.vec(n * k, 0.05), Act16::BF16);
+    let dense = DenseWeight { n, k, data: wvals };
+    let (xbits, xvals) = to_act(&rng.vec(m * k, 1.0), Act16::BF16);
+    let res = with_residual.then(|| to_act(&rng.vec(m * n, 1.0), Act16::BF16));
+    let gx = stream.clone_htod(&as_bf16(&xbits)).expect("x");
+    let gr = res
+        .as_ref()
+        .map(|r| stream.clone_htod(&as_bf16(&r.0)).expect("residual"));
+    let mut out = stream.clone_htod(&vec![POISON; m * n]).expect("out");
+    let mut scratch = GemmScratch::new();
+    let run = if rng.next() % 2 == 0 {
+        let gw = GpuBf16Weight::upload(stream, &dense).expect("upload");
+        gemm::gemm_bf16(stream, &gx, m, &gw, gr.as_ref(), &mut out, &mut scratch)
+    } else {
+        let gl = GpuLinear::upload(stream, &Weight::Dense(dense.clone())).expect("upload");
+        assert_eq!((gl.n(), gl.k()), (n, k));
+        gl.gemm(stream, &gx, m, gr.as_ref(), &mut out, &mut scratch)
+    };
+    let plan = match run {
+        Err(Error::KernelsNotBuilt(why)) => {
+            println!("skipped: kernels not built ({why})");
+            return None;
+        }
+        r => r.expect(&what),
+    };
+    stream.synchronize().expect(&what);
+    let rows = check_rows(m, &mut rng);
+    let mut want = reference::gemm(
+        &gather_rows(&xvals, k, &rows),
+        rows.len(),
+        &Weight::Dense(dense),
+    )
+    .expect("reference");
+    if let Some((_, rv)) = &res {
+        for (i, &r) in rows.iter().enumerate() {
+            for j in 0..n {
+                want[i * n + j] += rv[r * n + j];
+            }
+        }
+    }
+    compare(
+        &format!("{what} [{plan}]"),
+        stream,
+        &out,
+        n,
+        &rows,
+        &want,
+        TOL_BF16,
+    );
+    Some(plan.path)
+}
+
+/// gemm_bf16: decode (token tiles 1/2/4, split-K) and prefill (wgmma / mma.sync) on Llama shapes
+/// (the router 16/128 x 5120 included) and odd ones (n not a multiple of 16 or 128, m = 1/3/17/33/130).
+#[test]
+fn bf16_shapes() {
+    let Some(stream) = gpu("bf16_shapes") else {
+        return;
+    };
+    let cases = [
+        (1, 5120, 5120, false),
+        (1, 16, 5120, false),
+        (7, 128, 5120, false),
+        (16, 1024, 8192, true),
+        (32, 5120, 16384, false),
+        (130, 1024, 5120, true),
+        (2048, 5120, 8192, false),
+        (3, 129, 16 * 33, true),
+        (17, 200, 16 * 5, false),
+        (33, 17, 48, true),
+        (257, 143, 16 * 71, false),
+    ];
+    for (m, n, k, res) in cases {
+        let Some(path) = bf16_case(&stream, m, n, k, res) else {
+            return;
+        };
+        assert_eq!(matches!(path, GemmPath::Decode { .. }), m <= 32, "m={m}");
+    }
+}
+
 /// Bad input is a typed error before anything is launched.
 #[test]
 fn rejects_bad_shapes() {
@@ -455,5 +553,23 @@ fn rejects_bad_shapes() {
             &mut scratch
         ),
         Err(Error::InvalidArgument { .. }) | Err(Error::KernelsNotBuilt(_))
+    ));
+    // bf16: k = 40 is not a multiple of 16; x too short.
+    let bw = GpuBf16Weight::upload(
+        &stream,
+        &DenseWeight {
+            n: 32,
+            k: 40,
+            data: Rng::fresh().vec(32 * 40, 0.1),
+        },
+    )
+    .expect("upload");
+    assert!(matches!(
+        gemm::gemm_bf16(&stream, &gx, 2, &bw, None, &mut out, &mut scratch),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        gemm::gemm_bf16(&stream, &gx, 3, &bw, None, &mut out, &mut scratch),
+        Err(Error::Shape { .. })
     ));
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Compiles kernels/gemm_*.cu for sm_80 and sm_90a (the flags build.rs uses) and prints, per kernel and
+# Compiles kernels/gemm_*.cu and kernels/moe_grouped_gemm.cu for sm_80 and sm_90a (the flags build.rs uses) and prints, per kernel and
 # arch, ptxas registers / spills and the SASS count of tensor-core instructions (HMMA, HGMMA, QGMMA)
 # and local-memory accesses (LDL/STL). No GPU needed. Usage: tools/gemm_sass.sh [outdir]
 # Toolchain: NVCC or <repo>/.cuda/py (tools/cuda-toolchain.sh); cuobjdump + nvdisasm from the same
@@ -11,7 +11,7 @@ nvcc="${NVCC:-$cu/nvcc}"
 export PATH="$cu:$(dirname "$nvcc"):$PATH"
 out="${1:-$(mktemp -d)}"
 mkdir -p "$out"
-for f in gemm_w4a16 gemm_fp8; do
+for f in gemm_w4a16 gemm_fp8 moe_grouped_gemm; do
   for a in 80 90a; do
     "$nvcc" -std=c++17 -O3 --expt-relaxed-constexpr -lineinfo -gencode "arch=compute_$a,code=sm_$a" -Xptxas -v \
       -I"$repo/kernels/include" -I"$repo/kernels" -c "$repo/kernels/$f.cu" -o "$out/${f}_$a.o" 2> "$out/${f}_$a.ptxas.txt"
@@ -30,11 +30,12 @@ def short(name):
             j += 1
         n = int(name[i:j])
         ident, i = name[j:j + n], j + n
-    t = re.findall(r"(13__nv_bfloat16|6__half|Li(\d)E)", name[i:])
-    tags = [("bf16" if a.startswith("13") else "f16" if a.startswith("6") else f"MT{b}") for a, b in t]
+    t = re.findall(r"(13__nv_bfloat16|6__half|WFmtE(\d)E|Li(\d)E)", name[i:])
+    fmt = {"0": "bf16", "1": "int4", "2": "fp8"}
+    tags = [("bf16" if a.startswith("13") else "f16" if a.startswith("6") else fmt[w] if w else f"MT{b}") for a, w, b in t]
     return ident + ("<" + ",".join(tags) + ">" if tags else "")
 print(f"{'kernel':<34} {'arch':<5} {'regs':>4} {'stack':>5} {'spill st/ld':>11} {'smem':>6} {'HMMA':>5} {'HGMMA':>5} {'QGMMA':>5} {'LDL/STL':>7}")
-for f in ["gemm_w4a16", "gemm_fp8"]:
+for f in ["gemm_w4a16", "gemm_fp8", "moe_grouped_gemm"]:
     for a in ["80", "90a"]:
         ptx = (out / f"{f}_{a}.ptxas.txt").read_text()
         res = {}

@@ -287,6 +287,85 @@ typedef struct l4c_gemm_fp8_params {
 
 l4c_status l4c_gemm_fp8(const l4c_gemm_fp8_params* p, l4c_stream_t stream);
 
+/* bf16 weights [n, k] (k % 16 == 0), bf16 activations: the one-group case of the grouped expert GEMM
+ * (kernels/moe_grouped_gemm.cu, docs/MOE.md). DECODE: tensor-core GEMV as the fp8 decode, split-K
+ * through `workspace`; PREFILL: 128 x 128 x 64 tiles, mma.sync (sm_80) / wgmma with both operands in
+ * shared memory (sm_90a). x, w 16-byte aligned; ldx, ldw multiples of 8. */
+typedef struct l4c_gemm_bf16_params {
+  const void* x;             /* [m, k] bf16, row stride ldx */
+  const void* w;             /* [n, ldw] bf16 */
+  const void* residual;      /* [m, n] bf16, row stride ldr, or NULL */
+  void* out;                 /* [m, n] bf16, row stride ldo */
+  float* workspace;          /* split_k > 1: split_k * m * n floats */
+  int64_t m, n, k;
+  int64_t ldx, ldw, ldo, ldr;
+  int32_t path;              /* L4C_GEMM_PATH_* */
+  int32_t token_tiles;       /* DECODE: 1, 2 or 4 */
+  int32_t split_k;           /* DECODE: 1..ceil(k/64) */
+} l4c_gemm_bf16_params;
+
+l4c_status l4c_gemm_bf16(const l4c_gemm_bf16_params* p, l4c_stream_t stream);
+
+/* ------------------------------------------------------------------------------------------------
+ * Grouped expert GEMM and combine (kernels/moe_grouped_gemm.cu; docs/MOE.md). Rows are sorted
+ * positions of the routing of l4c_moe_gate: position p (offsets[e] <= p < offsets[e] + counts[e])
+ * belongs to expert e and holds slot sorted_slots[p] (UINT32_MAX: padding, never written).
+ * Every count and offset is read on the device: no host synchronisation (CUDA-graph capturable).
+ * ---------------------------------------------------------------------------------------------- */
+#define L4C_MOE_WEIGHT_BF16 0  /* data[e]: bf16 [n, k] row-major */
+#define L4C_MOE_WEIGHT_INT4 1  /* data[e]: repacked int4 qweight, scales[e] bf16, zero_bias[e] or NULL (docs/GEMM.md) */
+#define L4C_MOE_WEIGHT_FP8 2   /* data[e]: e4m3 [n, k] row-major, scales[e]: f32 [n] per output channel */
+#define L4C_MOE_EPILOGUE_STORE 0
+#define L4C_MOE_EPILOGUE_SWIGLU 1 /* out = silu(x.gate^T) * (x.up^T); w = gate, w2 = up */
+
+/* Per-expert weights: each field is a DEVICE array of `experts` device pointers (NULL where the
+ * format has no such part: scales for bf16, zero_bias for symmetric int4 and for the others). */
+typedef struct l4c_moe_expert_weights {
+  const void* const* data;
+  const void* const* scales;
+  const void* const* zero_bias;
+} l4c_moe_expert_weights;
+
+typedef struct l4c_moe_grouped_gemm_params {
+  const void* x;               /* bf16; gather: [tokens, ldx] token rows; else [rows, ldx] sorted rows */
+  const uint32_t* sorted_slots;/* [rows] from l4c_moe_gate (capacity positions) */
+  const float* scores;         /* [tokens * topk] or NULL: row p's output (gate and up before silu) is
+                                  scaled by scores[sorted_slots[p]], which equals scaling its input */
+  const uint32_t* counts;      /* [experts] */
+  const uint32_t* offsets;     /* [experts + 1], every group starting on a multiple of `pad` */
+  l4c_moe_expert_weights w;    /* the weight (gate for SWIGLU) */
+  l4c_moe_expert_weights w2;   /* up for SWIGLU; ignored otherwise */
+  void* out;                   /* [rows, n] bf16, row stride ldo, row = sorted position */
+  float* workspace;            /* split_k > 1: split_k * rows * n floats */
+  int64_t rows;                /* sorted positions: >= offsets[experts] (the moe_gate capacity) */
+  int64_t tokens, topk, experts, pad;
+  int64_t n, k;                /* every expert weight is [n, k]; k % 16 == 0 */
+  int64_t ldx, ldo;
+  int64_t k_slabs, groups;     /* INT4: ceil(k/64) and scale groups per 16-row tile */
+  int32_t group_size;          /* INT4: 32, 64 or 128 */
+  int32_t gather;              /* 1: x row of position p is token sorted_slots[p] / topk; 0: row p */
+  int32_t weight_format;       /* L4C_MOE_WEIGHT_* */
+  int32_t epilogue;            /* L4C_MOE_EPILOGUE_*; SWIGLU needs split_k == 1 */
+  int32_t path;                /* L4C_GEMM_PATH_*; PREFILL needs pad % 128 == 0 and BF16 or INT4 */
+  int32_t token_tiles;         /* DECODE: 1, 2 or 4 (8 * token_tiles rows per pass of a block) */
+  int32_t split_k;             /* DECODE: 1..ceil(k/64) */
+} l4c_moe_grouped_gemm_params;
+
+l4c_status l4c_moe_grouped_gemm(const l4c_moe_grouped_gemm_params* p, l4c_stream_t stream);
+
+/* Combine: out[t] = bf16(shared[t] + sum_j y_sorted[inverse[t * topk + j]]) (j ascending, f32 sums;
+ * shared NULL = 0). y_sorted is the down projection's output in sorted positions. */
+typedef struct l4c_moe_combine_params {
+  const void* y_sorted;        /* [rows, n] bf16, row stride ldy */
+  const uint32_t* inverse;     /* [tokens * topk] */
+  const void* shared;          /* [tokens, n] bf16, row stride lds, or NULL */
+  void* out;                   /* [tokens, n] bf16, row stride ldo; may alias shared */
+  int64_t tokens, topk, n, rows;
+  int64_t ldy, lds, ldo;
+} l4c_moe_combine_params;
+
+l4c_status l4c_moe_combine(const l4c_moe_combine_params* p, l4c_stream_t stream);
+
 /* ------------------------------------------------------------------------------------------------
  * MoE gating (kernels/moe_gate.cu). A "slot" is t * k + j, the j-th choice of token t.
  * ---------------------------------------------------------------------------------------------- */

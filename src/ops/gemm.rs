@@ -637,7 +637,7 @@ mod launch {
 }
 
 /// A bf16 weight `[n, k]` on the GPU (attention projections, the router, the lm_head in Meta's int4
-/// recipe). CONTRACT (owner: helper A).
+/// recipe), row-major.
 pub struct GpuBf16Weight {
     pub n: usize,
     pub k: usize,
@@ -647,13 +647,37 @@ pub struct GpuBf16Weight {
 impl GpuBf16Weight {
     /// Rounds a dense f32 weight to bf16 and copies it to the device.
     pub fn upload(stream: &Arc<CudaStream>, w: &crate::quant::DenseWeight) -> Result<Self> {
-        let _ = (stream, w);
-        todo!("helper A")
+        const OP: &str = "GpuBf16Weight::upload";
+        if w.n == 0 || w.k == 0 {
+            return Err(Error::shape(
+                OP,
+                format!("weight [{}, {}] is empty", w.n, w.k),
+            ));
+        }
+        crate::error::check_len(OP, "data", w.data.len(), w.n * w.k)?;
+        let host: Vec<bf16> = w.data.iter().map(|&v| bf16::from_f32(v)).collect();
+        Ok(GpuBf16Weight {
+            n: w.n,
+            k: w.k,
+            data: stream.clone_htod(&host).op(OP)?,
+        })
+    }
+
+    /// The buffer length agrees with (n, k).
+    fn check(&self, op: &'static str) -> Result<()> {
+        if self.n == 0 || self.k == 0 {
+            return Err(Error::shape(
+                op,
+                format!("weight [{}, {}] is empty", self.n, self.k),
+            ));
+        }
+        crate::error::check_len(op, "weight data", self.data.len(), self.n * self.k)
     }
 }
 
 /// `out[m, n] = x[m, k] · Wᵀ (+ residual)` for a bf16 weight (tensor cores; the dense case of the
-/// grouped expert GEMM). Returns the plan it ran. CONTRACT (owner: helper A).
+/// grouped expert GEMM: decode GEMV for m <= 32, 128 x 128 prefill tiles above). Needs
+/// `k % 16 == 0`. Returns the plan it ran.
 pub fn gemm_bf16(
     stream: &Arc<CudaStream>,
     x: &CudaSlice<bf16>,
@@ -663,11 +687,114 @@ pub fn gemm_bf16(
     out: &mut CudaSlice<bf16>,
     scratch: &mut GemmScratch,
 ) -> Result<GemmPlan> {
-    let _ = (stream, x, m, w, residual, out, scratch);
-    todo!("helper A")
+    const OP: &str = "gemm_bf16";
+    w.check(OP)?;
+    check_io(
+        OP,
+        x.len(),
+        m,
+        w.n,
+        w.k,
+        out.len(),
+        residual.map(|r| r.len()),
+    )?;
+    let dev = scratch.device(stream)?;
+    let plan = GemmPlan::new(GemmKind::Bf16, m, w.n, w.k, dev)?;
+    if m == 0 {
+        return Ok(plan);
+    }
+    launch_bf16::bf16(stream, x, m, w, residual, out, &plan, scratch)?;
+    Ok(plan)
 }
 
-/// A linear layer's weight on the GPU in any format. CONTRACT (owner: helper A).
+#[cfg(not(llama4_kernels))]
+mod launch_bf16 {
+    use super::*;
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn bf16(
+        _: &Arc<CudaStream>,
+        _: &CudaSlice<bf16>,
+        _: usize,
+        _: &GpuBf16Weight,
+        _: Option<&CudaSlice<bf16>>,
+        _: &mut CudaSlice<bf16>,
+        _: &GemmPlan,
+        _: &mut GemmScratch,
+    ) -> Result<()> {
+        Err(Error::KernelsNotBuilt("built without nvcc"))
+    }
+}
+
+#[cfg(llama4_kernels)]
+mod launch_bf16 {
+    use cudarc::driver::{DevicePtr, DevicePtrMut};
+
+    use super::*;
+    use crate::ops::launch;
+    use crate::sys;
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn bf16(
+        stream: &Arc<CudaStream>,
+        x: &CudaSlice<bf16>,
+        m: usize,
+        w: &GpuBf16Weight,
+        residual: Option<&CudaSlice<bf16>>,
+        out: &mut CudaSlice<bf16>,
+        plan: &GemmPlan,
+        scratch: &mut GemmScratch,
+    ) -> Result<()> {
+        const OP: &str = "gemm_bf16";
+        let ws = match plan.workspace_len() {
+            0 => None,
+            len => {
+                grow(&mut scratch.partials, stream, len, OP)?;
+                scratch.partials.as_mut()
+            }
+        };
+        let (token_tiles, split_k) = match plan.path {
+            GemmPath::Decode {
+                token_tiles,
+                split_k,
+            } => (token_tiles as i32, split_k as i32),
+            _ => (1, 1),
+        };
+        let (xp, _gx) = x.device_ptr(stream);
+        let (wp, _gw) = w.data.device_ptr(stream);
+        let rp = residual.map(|r| r.device_ptr(stream));
+        let wsp = ws.map(|b| b.device_ptr_mut(stream));
+        let (op_, _go) = out.device_ptr_mut(stream);
+        let p = sys::l4c_gemm_bf16_params {
+            x: xp as usize as *const _,
+            w: wp as usize as *const _,
+            residual: rp
+                .as_ref()
+                .map_or(std::ptr::null(), |r| r.0 as usize as *const _),
+            out: op_ as usize as *mut _,
+            workspace: wsp
+                .as_ref()
+                .map_or(std::ptr::null_mut(), |b| b.0 as usize as *mut f32),
+            m: m as i64,
+            n: w.n as i64,
+            k: w.k as i64,
+            ldx: w.k as i64,
+            ldw: w.k as i64,
+            ldo: w.n as i64,
+            ldr: w.n as i64,
+            path: plan.path_code(),
+            token_tiles,
+            split_k,
+        };
+        launch(OP, stream, |st| {
+            // SAFETY: x, out and residual were length-checked against (m, n, k) by gemm_bf16, the
+            // weight against (n, k), the workspace grown to the plan's size; all are live cudarc
+            // allocations on this stream (the guards order them) and the launcher only enqueues work.
+            unsafe { sys::l4c_gemm_bf16(&p, st) }
+        })
+    }
+}
+
+/// A linear layer's weight on the GPU in any format.
 pub enum GpuLinear {
     Bf16(GpuBf16Weight),
     Int4(GpuInt4Weight),
@@ -675,18 +802,44 @@ pub enum GpuLinear {
 }
 
 impl GpuLinear {
-    /// Uploads a host weight in its own format (int4 is repacked for bf16 activations).
+    /// Uploads a host weight in its own format (int4 is repacked for bf16 activations; a dense
+    /// weight is rounded to bf16).
     pub fn upload(stream: &Arc<CudaStream>, w: &crate::quant::Weight) -> Result<Self> {
-        let _ = (stream, w);
-        todo!("helper A")
+        use crate::quant::Weight;
+        w.validate()?;
+        Ok(match w {
+            Weight::Dense(d) => GpuLinear::Bf16(GpuBf16Weight::upload(stream, d)?),
+            Weight::Int4(q) => GpuLinear::Int4(GpuInt4Weight::upload(
+                stream,
+                &crate::quant::repack::repack_int4(q, Act16::BF16)?,
+            )?),
+            Weight::Fp8(f) => GpuLinear::Fp8(GpuFp8Weight::upload(stream, f)?),
+        })
     }
     /// Output features.
     pub fn n(&self) -> usize {
-        todo!("helper A")
+        match self {
+            GpuLinear::Bf16(w) => w.n,
+            GpuLinear::Int4(w) => w.n,
+            GpuLinear::Fp8(w) => w.n,
+        }
     }
     /// Input features.
     pub fn k(&self) -> usize {
-        todo!("helper A")
+        match self {
+            GpuLinear::Bf16(w) => w.k,
+            GpuLinear::Int4(w) => w.k,
+            GpuLinear::Fp8(w) => w.k,
+        }
+    }
+    /// The fp8 mode [`Self::gemm`] uses for `m` rows on `dev`: W8A8 where the device has fp8
+    /// tensor cores (sm_90) and m takes the prefill path, W8A16 otherwise.
+    pub fn fp8_mode(m: usize, dev: DeviceInfo) -> Fp8Mode {
+        if dev.cc == (9, 0) && m > DECODE_MAX_M {
+            Fp8Mode::W8A8
+        } else {
+            Fp8Mode::W8A16
+        }
     }
     /// `out = x · Wᵀ (+ residual)` through the format's GEMM (fp8: W8A8 where the device has fp8
     /// tensor cores and m is large, W8A16 otherwise). Returns the plan it ran.
@@ -699,7 +852,13 @@ impl GpuLinear {
         out: &mut CudaSlice<bf16>,
         scratch: &mut GemmScratch,
     ) -> Result<GemmPlan> {
-        let _ = (stream, x, m, residual, out, scratch);
-        todo!("helper A")
+        match self {
+            GpuLinear::Bf16(w) => gemm_bf16(stream, x, m, w, residual, out, scratch),
+            GpuLinear::Int4(w) => gemm_w4a16(stream, x, m, w, residual, out, scratch),
+            GpuLinear::Fp8(w) => {
+                let mode = Self::fp8_mode(m, scratch.device(stream)?);
+                gemm_fp8(stream, x, m, w, mode, residual, out, scratch)
+            }
+        }
     }
 }

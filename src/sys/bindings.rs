@@ -6,6 +6,11 @@
 pub const L4C_VERSION: u32 = 100;
 pub const L4C_GEMM_PATH_DECODE: u32 = 1;
 pub const L4C_GEMM_PATH_PREFILL: u32 = 2;
+pub const L4C_MOE_WEIGHT_BF16: u32 = 0;
+pub const L4C_MOE_WEIGHT_INT4: u32 = 1;
+pub const L4C_MOE_WEIGHT_FP8: u32 = 2;
+pub const L4C_MOE_EPILOGUE_STORE: u32 = 0;
+pub const L4C_MOE_EPILOGUE_SWIGLU: u32 = 1;
 pub const L4C_ATTN_PREFILL_KV_TILE: u32 = 64;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -658,6 +663,300 @@ const _: () = {
 extern "C" {
     pub fn l4c_gemm_fp8(
         p: *const l4c_gemm_fp8_params,
+        stream: l4c_stream_t,
+    ) -> l4c_status;
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct l4c_gemm_bf16_params {
+    pub x: *const ::std::os::raw::c_void,
+    pub w: *const ::std::os::raw::c_void,
+    pub residual: *const ::std::os::raw::c_void,
+    pub out: *mut ::std::os::raw::c_void,
+    pub workspace: *mut f32,
+    pub m: i64,
+    pub n: i64,
+    pub k: i64,
+    pub ldx: i64,
+    pub ldw: i64,
+    pub ldo: i64,
+    pub ldr: i64,
+    pub path: i32,
+    pub token_tiles: i32,
+    pub split_k: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of l4c_gemm_bf16_params",
+    ][::std::mem::size_of::<l4c_gemm_bf16_params>() - 112usize];
+    [
+        "Alignment of l4c_gemm_bf16_params",
+    ][::std::mem::align_of::<l4c_gemm_bf16_params>() - 8usize];
+    [
+        "Offset of field: l4c_gemm_bf16_params::x",
+    ][::std::mem::offset_of!(l4c_gemm_bf16_params, x) - 0usize];
+    [
+        "Offset of field: l4c_gemm_bf16_params::w",
+    ][::std::mem::offset_of!(l4c_gemm_bf16_params, w) - 8usize];
+    [
+        "Offset of field: l4c_gemm_bf16_params::residual",
+    ][::std::mem::offset_of!(l4c_gemm_bf16_params, residual) - 16usize];
+    [
+        "Offset of field: l4c_gemm_bf16_params::out",
+    ][::std::mem::offset_of!(l4c_gemm_bf16_params, out) - 24usize];
+    [
+        "Offset of field: l4c_gemm_bf16_params::workspace",
+    ][::std::mem::offset_of!(l4c_gemm_bf16_params, workspace) - 32usize];
+    [
+        "Offset of field: l4c_gemm_bf16_params::m",
+    ][::std::mem::offset_of!(l4c_gemm_bf16_params, m) - 40usize];
+    [
+        "Offset of field: l4c_gemm_bf16_params::n",
+    ][::std::mem::offset_of!(l4c_gemm_bf16_params, n) - 48usize];
+    [
+        "Offset of field: l4c_gemm_bf16_params::k",
+    ][::std::mem::offset_of!(l4c_gemm_bf16_params, k) - 56usize];
+    [
+        "Offset of field: l4c_gemm_bf16_params::ldx",
+    ][::std::mem::offset_of!(l4c_gemm_bf16_params, ldx) - 64usize];
+    [
+        "Offset of field: l4c_gemm_bf16_params::ldw",
+    ][::std::mem::offset_of!(l4c_gemm_bf16_params, ldw) - 72usize];
+    [
+        "Offset of field: l4c_gemm_bf16_params::ldo",
+    ][::std::mem::offset_of!(l4c_gemm_bf16_params, ldo) - 80usize];
+    [
+        "Offset of field: l4c_gemm_bf16_params::ldr",
+    ][::std::mem::offset_of!(l4c_gemm_bf16_params, ldr) - 88usize];
+    [
+        "Offset of field: l4c_gemm_bf16_params::path",
+    ][::std::mem::offset_of!(l4c_gemm_bf16_params, path) - 96usize];
+    [
+        "Offset of field: l4c_gemm_bf16_params::token_tiles",
+    ][::std::mem::offset_of!(l4c_gemm_bf16_params, token_tiles) - 100usize];
+    [
+        "Offset of field: l4c_gemm_bf16_params::split_k",
+    ][::std::mem::offset_of!(l4c_gemm_bf16_params, split_k) - 104usize];
+};
+extern "C" {
+    pub fn l4c_gemm_bf16(
+        p: *const l4c_gemm_bf16_params,
+        stream: l4c_stream_t,
+    ) -> l4c_status;
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct l4c_moe_expert_weights {
+    pub data: *const *const ::std::os::raw::c_void,
+    pub scales: *const *const ::std::os::raw::c_void,
+    pub zero_bias: *const *const ::std::os::raw::c_void,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of l4c_moe_expert_weights",
+    ][::std::mem::size_of::<l4c_moe_expert_weights>() - 24usize];
+    [
+        "Alignment of l4c_moe_expert_weights",
+    ][::std::mem::align_of::<l4c_moe_expert_weights>() - 8usize];
+    [
+        "Offset of field: l4c_moe_expert_weights::data",
+    ][::std::mem::offset_of!(l4c_moe_expert_weights, data) - 0usize];
+    [
+        "Offset of field: l4c_moe_expert_weights::scales",
+    ][::std::mem::offset_of!(l4c_moe_expert_weights, scales) - 8usize];
+    [
+        "Offset of field: l4c_moe_expert_weights::zero_bias",
+    ][::std::mem::offset_of!(l4c_moe_expert_weights, zero_bias) - 16usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct l4c_moe_grouped_gemm_params {
+    pub x: *const ::std::os::raw::c_void,
+    pub sorted_slots: *const u32,
+    pub scores: *const f32,
+    pub counts: *const u32,
+    pub offsets: *const u32,
+    pub w: l4c_moe_expert_weights,
+    pub w2: l4c_moe_expert_weights,
+    pub out: *mut ::std::os::raw::c_void,
+    pub workspace: *mut f32,
+    pub rows: i64,
+    pub tokens: i64,
+    pub topk: i64,
+    pub experts: i64,
+    pub pad: i64,
+    pub n: i64,
+    pub k: i64,
+    pub ldx: i64,
+    pub ldo: i64,
+    pub k_slabs: i64,
+    pub groups: i64,
+    pub group_size: i32,
+    pub gather: i32,
+    pub weight_format: i32,
+    pub epilogue: i32,
+    pub path: i32,
+    pub token_tiles: i32,
+    pub split_k: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of l4c_moe_grouped_gemm_params",
+    ][::std::mem::size_of::<l4c_moe_grouped_gemm_params>() - 224usize];
+    [
+        "Alignment of l4c_moe_grouped_gemm_params",
+    ][::std::mem::align_of::<l4c_moe_grouped_gemm_params>() - 8usize];
+    [
+        "Offset of field: l4c_moe_grouped_gemm_params::x",
+    ][::std::mem::offset_of!(l4c_moe_grouped_gemm_params, x) - 0usize];
+    [
+        "Offset of field: l4c_moe_grouped_gemm_params::sorted_slots",
+    ][::std::mem::offset_of!(l4c_moe_grouped_gemm_params, sorted_slots) - 8usize];
+    [
+        "Offset of field: l4c_moe_grouped_gemm_params::scores",
+    ][::std::mem::offset_of!(l4c_moe_grouped_gemm_params, scores) - 16usize];
+    [
+        "Offset of field: l4c_moe_grouped_gemm_params::counts",
+    ][::std::mem::offset_of!(l4c_moe_grouped_gemm_params, counts) - 24usize];
+    [
+        "Offset of field: l4c_moe_grouped_gemm_params::offsets",
+    ][::std::mem::offset_of!(l4c_moe_grouped_gemm_params, offsets) - 32usize];
+    [
+        "Offset of field: l4c_moe_grouped_gemm_params::w",
+    ][::std::mem::offset_of!(l4c_moe_grouped_gemm_params, w) - 40usize];
+    [
+        "Offset of field: l4c_moe_grouped_gemm_params::w2",
+    ][::std::mem::offset_of!(l4c_moe_grouped_gemm_params, w2) - 64usize];
+    [
+        "Offset of field: l4c_moe_grouped_gemm_params::out",
+    ][::std::mem::offset_of!(l4c_moe_grouped_gemm_params, out) - 88usize];
+    [
+        "Offset of field: l4c_moe_grouped_gemm_params::workspace",
+    ][::std::mem::offset_of!(l4c_moe_grouped_gemm_params, workspace) - 96usize];
+    [
+        "Offset of field: l4c_moe_grouped_gemm_params::rows",
+    ][::std::mem::offset_of!(l4c_moe_grouped_gemm_params, rows) - 104usize];
+    [
+        "Offset of field: l4c_moe_grouped_gemm_params::tokens",
+    ][::std::mem::offset_of!(l4c_moe_grouped_gemm_params, tokens) - 112usize];
+    [
+        "Offset of field: l4c_moe_grouped_gemm_params::topk",
+    ][::std::mem::offset_of!(l4c_moe_grouped_gemm_params, topk) - 120usize];
+    [
+        "Offset of field: l4c_moe_grouped_gemm_params::experts",
+    ][::std::mem::offset_of!(l4c_moe_grouped_gemm_params, experts) - 128usize];
+    [
+        "Offset of field: l4c_moe_grouped_gemm_params::pad",
+    ][::std::mem::offset_of!(l4c_moe_grouped_gemm_params, pad) - 136usize];
+    [
+        "Offset of field: l4c_moe_grouped_gemm_params::n",
+    ][::std::mem::offset_of!(l4c_moe_grouped_gemm_params, n) - 144usize];
+    [
+        "Offset of field: l4c_moe_grouped_gemm_params::k",
+    ][::std::mem::offset_of!(l4c_moe_grouped_gemm_params, k) - 152usize];
+    [
+        "Offset of field: l4c_moe_grouped_gemm_params::ldx",
+    ][::std::mem::offset_of!(l4c_moe_grouped_gemm_params, ldx) - 160usize];
+    [
+        "Offset of field: l4c_moe_grouped_gemm_params::ldo",
+    ][::std::mem::offset_of!(l4c_moe_grouped_gemm_params, ldo) - 168usize];
+    [
+        "Offset of field: l4c_moe_grouped_gemm_params::k_slabs",
+    ][::std::mem::offset_of!(l4c_moe_grouped_gemm_params, k_slabs) - 176usize];
+    [
+        "Offset of field: l4c_moe_grouped_gemm_params::groups",
+    ][::std::mem::offset_of!(l4c_moe_grouped_gemm_params, groups) - 184usize];
+    [
+        "Offset of field: l4c_moe_grouped_gemm_params::group_size",
+    ][::std::mem::offset_of!(l4c_moe_grouped_gemm_params, group_size) - 192usize];
+    [
+        "Offset of field: l4c_moe_grouped_gemm_params::gather",
+    ][::std::mem::offset_of!(l4c_moe_grouped_gemm_params, gather) - 196usize];
+    [
+        "Offset of field: l4c_moe_grouped_gemm_params::weight_format",
+    ][::std::mem::offset_of!(l4c_moe_grouped_gemm_params, weight_format) - 200usize];
+    [
+        "Offset of field: l4c_moe_grouped_gemm_params::epilogue",
+    ][::std::mem::offset_of!(l4c_moe_grouped_gemm_params, epilogue) - 204usize];
+    [
+        "Offset of field: l4c_moe_grouped_gemm_params::path",
+    ][::std::mem::offset_of!(l4c_moe_grouped_gemm_params, path) - 208usize];
+    [
+        "Offset of field: l4c_moe_grouped_gemm_params::token_tiles",
+    ][::std::mem::offset_of!(l4c_moe_grouped_gemm_params, token_tiles) - 212usize];
+    [
+        "Offset of field: l4c_moe_grouped_gemm_params::split_k",
+    ][::std::mem::offset_of!(l4c_moe_grouped_gemm_params, split_k) - 216usize];
+};
+extern "C" {
+    pub fn l4c_moe_grouped_gemm(
+        p: *const l4c_moe_grouped_gemm_params,
+        stream: l4c_stream_t,
+    ) -> l4c_status;
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct l4c_moe_combine_params {
+    pub y_sorted: *const ::std::os::raw::c_void,
+    pub inverse: *const u32,
+    pub shared: *const ::std::os::raw::c_void,
+    pub out: *mut ::std::os::raw::c_void,
+    pub tokens: i64,
+    pub topk: i64,
+    pub n: i64,
+    pub rows: i64,
+    pub ldy: i64,
+    pub lds: i64,
+    pub ldo: i64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of l4c_moe_combine_params",
+    ][::std::mem::size_of::<l4c_moe_combine_params>() - 88usize];
+    [
+        "Alignment of l4c_moe_combine_params",
+    ][::std::mem::align_of::<l4c_moe_combine_params>() - 8usize];
+    [
+        "Offset of field: l4c_moe_combine_params::y_sorted",
+    ][::std::mem::offset_of!(l4c_moe_combine_params, y_sorted) - 0usize];
+    [
+        "Offset of field: l4c_moe_combine_params::inverse",
+    ][::std::mem::offset_of!(l4c_moe_combine_params, inverse) - 8usize];
+    [
+        "Offset of field: l4c_moe_combine_params::shared",
+    ][::std::mem::offset_of!(l4c_moe_combine_params, shared) - 16usize];
+    [
+        "Offset of field: l4c_moe_combine_params::out",
+    ][::std::mem::offset_of!(l4c_moe_combine_params, out) - 24usize];
+    [
+        "Offset of field: l4c_moe_combine_params::tokens",
+    ][::std::mem::offset_of!(l4c_moe_combine_params, tokens) - 32usize];
+    [
+        "Offset of field: l4c_moe_combine_params::topk",
+    ][::std::mem::offset_of!(l4c_moe_combine_params, topk) - 40usize];
+    [
+        "Offset of field: l4c_moe_combine_params::n",
+    ][::std::mem::offset_of!(l4c_moe_combine_params, n) - 48usize];
+    [
+        "Offset of field: l4c_moe_combine_params::rows",
+    ][::std::mem::offset_of!(l4c_moe_combine_params, rows) - 56usize];
+    [
+        "Offset of field: l4c_moe_combine_params::ldy",
+    ][::std::mem::offset_of!(l4c_moe_combine_params, ldy) - 64usize];
+    [
+        "Offset of field: l4c_moe_combine_params::lds",
+    ][::std::mem::offset_of!(l4c_moe_combine_params, lds) - 72usize];
+    [
+        "Offset of field: l4c_moe_combine_params::ldo",
+    ][::std::mem::offset_of!(l4c_moe_combine_params, ldo) - 80usize];
+};
+extern "C" {
+    pub fn l4c_moe_combine(
+        p: *const l4c_moe_combine_params,
         stream: l4c_stream_t,
     ) -> l4c_status;
 }

@@ -29,6 +29,8 @@ pub enum GemmKind {
     Fp8W8A16,
     /// fp8 e4m3 weights, activations quantized per token to e4m3.
     Fp8W8A8,
+    /// bf16 weights and activations (kernels/moe_grouped_gemm.cu, the one-group case).
+    Bf16,
 }
 
 /// The kernel path of a plan.
@@ -91,6 +93,12 @@ impl GemmPlan {
                 ),
             ));
         }
+        if matches!(kind, GemmKind::Bf16) && k % 16 != 0 {
+            return Err(Error::invalid(
+                OP,
+                format!("bf16 GEMM needs k % 16 == 0 (whole 32-byte row pieces), k = {k}"),
+            ));
+        }
         if matches!(kind, GemmKind::Fp8W8A16 | GemmKind::Fp8W8A8) && k % 16 != 0 {
             return Err(Error::invalid(
                 OP,
@@ -110,7 +118,7 @@ impl GemmPlan {
             GemmKind::W4A16 { .. } => m <= DECODE_MAX_M || k % 8 != 0,
             // bf16 x fp8 has no wgmma form; W8A16 is the decode format (large m should use W8A8).
             GemmKind::Fp8W8A16 => true,
-            GemmKind::Fp8W8A8 => m <= DECODE_MAX_M,
+            GemmKind::Fp8W8A8 | GemmKind::Bf16 => m <= DECODE_MAX_M,
         };
         let path = if decode {
             let token_tiles: u32 = match m {
@@ -192,6 +200,7 @@ impl fmt::Display for GemmKind {
             } => write!(f, "w4a16-f16-g{group_size}"),
             GemmKind::Fp8W8A16 => f.write_str("fp8-w8a16"),
             GemmKind::Fp8W8A8 => f.write_str("fp8-w8a8"),
+            GemmKind::Bf16 => f.write_str("bf16"),
         }
     }
 }
@@ -303,6 +312,27 @@ mod tests {
         );
         let p = GemmPlan::new(GemmKind::Fp8W8A8, 4, 202048, 5120, DeviceInfo::H100).unwrap();
         assert_eq!(p.to_string(), "fp8-w8a8 m=4 n=202048 k=5120 sm_90: decode tokens=8 split_k=1 (quantize+decode) grid=3157x1x1");
+    }
+
+    #[test]
+    fn bf16_plans() {
+        let p = GemmPlan::new(GemmKind::Bf16, 1, 5120, 5120, DeviceInfo::H100).unwrap();
+        assert_eq!(
+            p.to_string(),
+            "bf16 m=1 n=5120 k=5120 sm_90: decode tokens=8 split_k=7 grid=80x7x1"
+        );
+        let p = GemmPlan::new(GemmKind::Bf16, 33, 128, 5120, DeviceInfo::A100).unwrap();
+        assert_eq!(
+            p.to_string(),
+            "bf16 m=33 n=128 k=5120 sm_80: prefill mma.sync 128x128x64 grid=1x1x1"
+        );
+        let p = GemmPlan::new(GemmKind::Bf16, 4096, 202048, 5120, DeviceInfo::H100).unwrap();
+        assert_eq!(p.path, GemmPath::PrefillWgmma);
+        // k must be a multiple of 16 (32-byte pieces of W rows).
+        assert!(matches!(
+            GemmPlan::new(GemmKind::Bf16, 4, 64, 40, DeviceInfo::H100),
+            Err(Error::InvalidArgument { .. })
+        ));
     }
 
     #[test]

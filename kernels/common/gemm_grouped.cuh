@@ -1,0 +1,643 @@
+// Grouped (MoE) and one-group (dense) GEMM main loops on the shared machinery of the int4 / fp8
+// GEMMs (docs/GEMM.md, docs/MOE.md): the swap-AB formulation (W rows are the MMA's M side, tokens
+// its N side), the tensor-core GEMV decode loop that streams W from global memory straight into A
+// fragments, and the prefill cp.async ring with an mma.sync body (sm_80) and a wgmma body (sm_90a).
+//
+// The three axes the issue asks for are the template / argument parameters:
+//  (a) where the rows of X come from: contiguous rows (dense), rows gathered through the routing
+//      permutation (sorted position p reads token sorted_slots[p] / topk), or rows already in sorted
+//      order; the router score of a row is a per-row scale of its output, which equals scaling the
+//      input row (the GEMM is linear; under SwiGLU both gate and up are scaled before silu);
+//  (b) which weight a row tile uses: the expert e whose group holds it (offsets from moe_gate), via
+//      per-expert pointer tables, or the one weight of the dense case;
+//  (c) the epilogue: bf16 store (+ residual), split-K partials, or SwiGLU of paired gate/up tiles.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+#include "dequant.cuh"
+#include "mma.cuh"
+#include "wgmma.cuh"
+
+namespace l4c {
+
+enum class WFmt : int { kBf16 = 0, kInt4 = 1, kFp8 = 2 };
+
+// One weight as the kernels read it: bf16 / e4m3 rows [n, ldw], or the repacked int4 layout with its
+// scales and zero biases (null: symmetric). fp8 `scales` are f32 per output channel.
+struct WeightRef {
+  const void* data;
+  const void* scales;
+  const void* zero_bias;
+};
+
+// Arguments of every kernel built from these templates (the C ABI structs are converted into it).
+struct GroupedGemm {
+  const __nv_bfloat16* x;
+  int64_t ldx;
+  // Grouped: sorted position -> slot (UINT32_MAX = padding); null in the dense (one-group) case.
+  const uint32_t* sorted_slots;
+  const float* scores;  // [slots] or null: row p is scaled by scores[sorted_slots[p]]
+  int64_t topk;
+  int32_t gather;       // 1: x is [tokens, k], row p reads token slot / topk; 0: x row p
+  const uint32_t* counts;   // [experts], null in the dense case
+  const uint32_t* offsets;  // [experts + 1], null in the dense case
+  int64_t experts;
+  // Per-expert device pointer tables [which][data|scales|zero_bias] (grouped), or the weights
+  // themselves (dense). which = 0: the weight (gate under SwiGLU), 1: up.
+  const void* const* tables[2][3];
+  WeightRef single[2];
+  const __nv_bfloat16* residual;  // dense only, [rows, n] row stride ldr
+  int64_t ldr;
+  __nv_bfloat16* out;
+  int64_t ldo;
+  float* workspace;  // split_k > 1: [split_k][rows][n] f32 partials (already scaled)
+  int64_t rows;      // dense: m; grouped: sorted positions (capacity)
+  int64_t n, k, ldw; // n: rows of each weight (= output columns, also under SwiGLU)
+  int64_t k_slabs, groups;
+  int32_t group_size, swiglu, split_k;
+
+  __device__ __forceinline__ WeightRef weight(int which, int64_t e) const {
+    if (!offsets) return single[which];
+    WeightRef r;
+    r.data = tables[which][0][e];
+    r.scales = tables[which][1] ? tables[which][1][e] : nullptr;
+    r.zero_bias = tables[which][2] ? tables[which][2][e] : nullptr;
+    return r;
+  }
+  // Element offset of the X row feeding sorted position p (-1: padding), and its output scale.
+  __device__ __forceinline__ int64_t source_row(int64_t p, float& scale) const {
+    scale = 1.0f;
+    if (!sorted_slots) return p * ldx;
+    const uint32_t slot = sorted_slots[p];
+    if (slot == 0xffffffffu) return -1;
+    if (scores) scale = scores[slot];
+    return (gather ? static_cast<int64_t>(slot / static_cast<uint64_t>(topk)) : p) * ldx;
+  }
+};
+
+__device__ __forceinline__ float silu_f32(float v) { return v / (1.0f + expf(-v)); }
+
+__device__ __forceinline__ uint32_t word4(const uint4& v, int j) {
+  return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w;
+}
+
+constexpr int kGgSlabK = 64;
+
+// ---- int4 scales of one 16-row tile for one 64-k slab (the repacked layout, docs/GEMM.md) --------
+// Pointers to (s[g], s[g+8]) pairs of one tile: group grp of that tile is at [grp * 8].
+struct Int4TileScales {
+  const uint32_t* s;
+  const uint32_t* z;  // null: symmetric
+  __device__ __forceinline__ void init(const WeightRef& w, int64_t groups, int64_t tile, int g) {
+    s = static_cast<const uint32_t*>(w.scales) + tile * groups * 8 + g;
+    z = w.zero_bias ? static_cast<const uint32_t*>(w.zero_bias) + tile * groups * 8 + g : nullptr;
+  }
+};
+struct Int4SlabScales {
+  uint32_t s[2], z[2];
+  __device__ __forceinline__ void load(const Int4TileScales& t, int64_t slab, int gshift) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t grp = (slab * kGgSlabK + h * 32) >> gshift;
+      s[h] = __ldg(t.s + grp * 8);
+      // Symmetric: zero point 8, so the bias is magic + 8.
+      z[h] = t.z ? __ldg(t.z + grp * 8) : Half2<__nv_bfloat16>::kMagic2 + 0x00080008u;
+    }
+  }
+  __device__ __forceinline__ void dequant(uint32_t word, int j, uint32_t (&a)[4]) const {
+    const int h = j >> 1;
+    dequant_int4_frag<__nv_bfloat16>(word, bcast_lo(z[h]), bcast_hi(z[h]), bcast_lo(s[h]), bcast_hi(s[h]), a);
+  }
+};
+
+// ---- decode weight streams: one warp, one 16-row tile, 64 k per slab ----------------------------
+// kPermutedK: the A fragment's k slots {2c, 2c+1 | 2c+8, 2c+9} of k16 step j hold actual k
+// 16c + 4j + {0, 1 | 2, 3} (lane c reads 16 consecutive k of its rows; the B side reads X the same
+// way, legal because the k reduction is order-free). Otherwise the standard order (ldmatrix B).
+template <WFmt F> struct DecodeW;
+
+template <> struct DecodeW<WFmt::kBf16> {
+  static constexpr int kPrefetch = 2;  // 2 slabs x 64 bytes per lane in flight
+  static constexpr bool kPermutedK = true;
+  struct Buf { uint4 lo[2], hi[2]; };
+  const __nv_bfloat16 *lo_, *hi_;
+  int64_t k_;
+  int c_;
+  __device__ __forceinline__ void init(const GroupedGemm& a, const WeightRef& w, int64_t tile, int lane) {
+    const int g = lane / 4;
+    c_ = lane % 4;
+    k_ = a.k;
+    const __nv_bfloat16* base = static_cast<const __nv_bfloat16*>(w.data);
+    lo_ = base + min(tile * 16 + g, a.n - 1) * a.ldw + 16 * c_;  // rows past n read row n - 1
+    hi_ = base + min(tile * 16 + g + 8, a.n - 1) * a.ldw + 16 * c_;
+  }
+  __device__ __forceinline__ void fetch(Buf& b, int64_t s, bool active) const {
+    const int64_t kk = s * kGgSlabK;
+    const bool ok = active && kk + 16 * c_ < k_;  // k % 16 == 0: 16 k are all in or all out
+    const uint4 z = make_uint4(0, 0, 0, 0);
+    b.lo[0] = ok ? ldg_stream128(lo_ + kk) : z;
+    b.lo[1] = ok ? ldg_stream128(lo_ + kk + 8) : z;
+    b.hi[0] = ok ? ldg_stream128(hi_ + kk) : z;
+    b.hi[1] = ok ? ldg_stream128(hi_ + kk + 8) : z;
+  }
+  __device__ __forceinline__ void frag(const Buf& b, int j, uint32_t (&a)[4]) const {
+    const uint4 &l = b.lo[j >> 1], &h = b.hi[j >> 1];
+    a[0] = (j & 1) ? l.z : l.x;
+    a[2] = (j & 1) ? l.w : l.y;
+    a[1] = (j & 1) ? h.z : h.x;
+    a[3] = (j & 1) ? h.w : h.y;
+  }
+  __device__ __forceinline__ float col_scale(int64_t) const { return 1.0f; }
+};
+
+template <> struct DecodeW<WFmt::kFp8> {
+  static constexpr int kPrefetch = 4;
+  static constexpr bool kPermutedK = true;
+  struct Buf { uint4 lo, hi; };
+  const uint8_t *lo_, *hi_;
+  const float* scales_;
+  int64_t k_, n_;
+  int c_;
+  __device__ __forceinline__ void init(const GroupedGemm& a, const WeightRef& w, int64_t tile, int lane) {
+    const int g = lane / 4;
+    c_ = lane % 4;
+    k_ = a.k;
+    n_ = a.n;
+    const uint8_t* base = static_cast<const uint8_t*>(w.data);
+    lo_ = base + min(tile * 16 + g, a.n - 1) * a.ldw + 16 * c_;
+    hi_ = base + min(tile * 16 + g + 8, a.n - 1) * a.ldw + 16 * c_;
+    scales_ = static_cast<const float*>(w.scales);
+  }
+  __device__ __forceinline__ void fetch(Buf& b, int64_t s, bool active) const {
+    const int64_t kk = s * kGgSlabK;
+    const bool ok = active && kk + 16 * c_ < k_;
+    b.lo = ok ? ldg_stream128(lo_ + kk) : make_uint4(0, 0, 0, 0);
+    b.hi = ok ? ldg_stream128(hi_ + kk) : make_uint4(0, 0, 0, 0);
+  }
+  __device__ __forceinline__ void frag(const Buf& b, int j, uint32_t (&a)[4]) const {
+    a[0] = e4m3x2_to_bf16x2(word4(b.lo, j), false);
+    a[1] = e4m3x2_to_bf16x2(word4(b.hi, j), false);
+    a[2] = e4m3x2_to_bf16x2(word4(b.lo, j), true);
+    a[3] = e4m3x2_to_bf16x2(word4(b.hi, j), true);
+  }
+  __device__ __forceinline__ float col_scale(int64_t col) const { return __ldg(scales_ + min(col, n_ - 1)); }
+};
+
+template <> struct DecodeW<WFmt::kInt4> {
+  static constexpr int kPrefetch = 4;
+  static constexpr bool kPermutedK = false;
+  struct Buf { uint4 w; Int4SlabScales sc; };
+  const uint4* wq_;
+  Int4TileScales ts_;
+  int gshift_;
+  __device__ __forceinline__ void init(const GroupedGemm& a, const WeightRef& w, int64_t tile, int lane) {
+    const int64_t t = min(tile, (a.n + 15) / 16 - 1);
+    ts_.init(w, a.groups, t, lane / 4);
+    gshift_ = __ffs(a.group_size) - 1;
+    wq_ = static_cast<const uint4*>(w.data) + t * a.k_slabs * 32 + lane;
+  }
+  __device__ __forceinline__ void fetch(Buf& b, int64_t s, bool active) const {
+    if (!active) return;
+    b.w = ldg_stream128(wq_ + s * 32);
+    b.sc.load(ts_, s, gshift_);
+  }
+  __device__ __forceinline__ void frag(const Buf& b, int j, uint32_t (&a)[4]) const {
+    b.sc.dequant(word4(b.w, j), j, a);
+  }
+  __device__ __forceinline__ float col_scale(int64_t) const { return 1.0f; }
+};
+
+// ---- decode ------------------------------------------------------------------------------------------
+// Block = 4 warps over 4 (SwiGLU: 2 gate + 2 up) 16-row tiles of W, and 8 * MT rows of X staged in
+// shared memory 512 k at a time. grid = (column blocks, split_k, experts | dense row tiles). A grouped
+// block reads its expert's count on the device: count 0 exits at once; more rows than 8 * MT loop
+// (the weight is re-streamed per row tile, which the plan keeps rare).
+constexpr int kGgDecWarps = 4;
+constexpr int kGgDecChunkSlabs = 8;
+constexpr int kGgDecChunk = kGgDecChunkSlabs * kGgSlabK;
+constexpr int kGgDecPitch = kGgDecChunk + 8;
+
+template <WFmt F, int MT>
+__device__ __forceinline__ void grouped_decode(const GroupedGemm& a) {
+  using W = DecodeW<F>;
+  constexpr int kRows = MT * 8;
+  __shared__ __align__(16) __nv_bfloat16 xs[kRows][kGgDecPitch];
+  __shared__ int64_t src[kRows];
+  __shared__ float rscale[kRows];
+  __shared__ float swap[2][MT][4][32];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+
+  int64_t e = 0, row0, nrows;
+  if (a.offsets) {
+    e = blockIdx.z;
+    row0 = a.offsets[e];
+    nrows = a.counts[e];
+  } else {
+    row0 = static_cast<int64_t>(blockIdx.z) * kRows;
+    nrows = min(static_cast<int64_t>(kRows), a.rows - row0);
+  }
+  if (nrows <= 0) return;  // uniform over the block
+
+  const int64_t ntiles = (a.n + 15) / 16;
+  const int which = a.swiglu ? warp >> 1 : 0;
+  const int64_t tile = a.swiglu ? static_cast<int64_t>(blockIdx.x) * 2 + (warp & 1)
+                                : static_cast<int64_t>(blockIdx.x) * kGgDecWarps + warp;
+  const bool active = tile < ntiles;
+  const int64_t per_split = (a.k_slabs + a.split_k - 1) / a.split_k;
+  const int64_t s_begin = blockIdx.y * per_split;
+  const int64_t s_end = min(a.k_slabs, s_begin + per_split);
+  W wsrc;
+  wsrc.init(a, a.weight(which, e), tile, lane);
+  // Output columns of the accumulator rows g and g + 8, and their per-channel scales (fp8).
+  const int64_t col_lo = tile * 16 + g, col_hi = col_lo + 8;
+  const float cs_lo = active ? wsrc.col_scale(col_lo) : 0.f, cs_hi = active ? wsrc.col_scale(col_hi) : 0.f;
+
+  for (int64_t r0 = 0; r0 < nrows; r0 += kRows) {
+    __syncthreads();  // the previous row tile's readers of src / xs / swap are done
+    if (threadIdx.x < kRows) {
+      const int64_t r = r0 + threadIdx.x;
+      float sc = 1.0f;
+      src[threadIdx.x] = r < nrows ? a.source_row(row0 + r, sc) : -1;
+      rscale[threadIdx.x] = sc;
+    }
+    __syncthreads();  // src / rscale visible (an empty split runs no chunk barrier)
+    float acc[MT][4];
+#pragma unroll
+    for (int t = 0; t < MT; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.f;
+    typename W::Buf wb[W::kPrefetch];
+#pragma unroll
+    for (int i = 0; i < W::kPrefetch; ++i)
+      if (s_begin + i < s_end) wsrc.fetch(wb[i], s_begin + i, active);
+
+    for (int64_t cs = s_begin; cs < s_end; cs += kGgDecChunkSlabs) {
+      __syncthreads();  // the previous chunk's readers are done
+      const int64_t kc = cs * kGgSlabK;
+      for (int u = threadIdx.x; u < kRows * (kGgDecChunk / 8); u += kGgDecWarps * 32) {
+        const int r = u / (kGgDecChunk / 8), col = (u % (kGgDecChunk / 8)) * 8;
+        const int64_t sr = src[r], gk = kc + col;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (sr >= 0 && gk < a.k) v = __ldg(reinterpret_cast<const uint4*>(a.x + sr + gk));
+        *reinterpret_cast<uint4*>(&xs[r][col]) = v;
+      }
+      __syncthreads();
+#pragma unroll
+      for (int i = 0; i < kGgDecChunkSlabs; ++i) {
+        const int64_t s = cs + i;
+        if (s >= s_end) break;
+        const typename W::Buf cur = wb[i % W::kPrefetch];
+        if (s + W::kPrefetch < s_end) wsrc.fetch(wb[i % W::kPrefetch], s + W::kPrefetch, active);
+        if (!active) continue;
+        if constexpr (W::kPermutedK) {
+          uint4 bx[MT][2];
+#pragma unroll
+          for (int t = 0; t < MT; ++t) {
+            const uint32_t addr = smem_u32(&xs[t * 8 + g][i * kGgSlabK + 16 * c]);
+            bx[t][0] = lds128(addr);
+            bx[t][1] = lds128(addr + 16);
+          }
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            uint32_t af[4];
+            wsrc.frag(cur, j, af);
+#pragma unroll
+            for (int t = 0; t < MT; ++t) {
+              const uint4& v = bx[t][j >> 1];
+              mma_16816(acc[t], af, (j & 1) ? v.z : v.x, (j & 1) ? v.w : v.y, __nv_bfloat16());
+            }
+          }
+        } else {
+#pragma unroll
+          for (int jj = 0; jj < 2; ++jj) {
+            uint32_t a0[4], a1[4];
+            wsrc.frag(cur, 2 * jj, a0);
+            wsrc.frag(cur, 2 * jj + 1, a1);
+#pragma unroll
+            for (int t = 0; t < MT; ++t) {
+              uint32_t b[4];
+              ldmatrix_x4(b, smem_u32(&xs[t * 8 + (lane & 7)][i * kGgSlabK + jj * 32 + (lane >> 3) * 8]));
+              mma_16816(acc[t], a0, b[0], b[1], __nv_bfloat16());
+              mma_16816(acc[t], a1, b[2], b[3], __nv_bfloat16());
+            }
+          }
+        }
+      }
+    }
+
+    // acc[t][r]: W row (output column) col_lo / col_hi for r < 2 / r >= 2, local row 8t + 2c + (r&1).
+#pragma unroll
+    for (int t = 0; t < MT; ++t) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int lr = t * 8 + 2 * c + (r & 1);
+        const int64_t col = (r >> 1) ? col_hi : col_lo;
+        const float v = acc[t][r] * ((r >> 1) ? cs_hi : cs_lo) * rscale[lr];
+        const bool row_ok = src[lr] >= 0;
+        const int64_t pos = row0 + r0 + lr;
+        if (a.swiglu) {
+          if (warp >= 2) swap[warp - 2][t][r][lane] = v;
+          acc[t][r] = v;
+        } else if (active && row_ok && col < a.n) {
+          if (a.split_k > 1) {
+            a.workspace[(static_cast<int64_t>(blockIdx.y) * a.rows + pos) * a.n + col] = v;
+          } else {
+            float o = v;
+            if (a.residual) o += __bfloat162float(a.residual[pos * a.ldr + col]);
+            a.out[pos * a.ldo + col] = __float2bfloat16_rn(o);
+          }
+        }
+      }
+    }
+    if (a.swiglu) {  // warps 0, 1 hold gate tiles, warps 2, 3 the matching up tiles
+      __syncthreads();
+      if (warp < 2 && active) {
+#pragma unroll
+        for (int t = 0; t < MT; ++t) {
+#pragma unroll
+          for (int r = 0; r < 4; ++r) {
+            const int lr = t * 8 + 2 * c + (r & 1);
+            const int64_t col = (r >> 1) ? col_hi : col_lo;
+            if (src[lr] >= 0 && col < a.n) {
+              const float h = silu_f32(acc[t][r]) * swap[warp][t][r][lane];
+              a.out[(row0 + r0 + lr) * a.ldo + col] = __float2bfloat16_rn(h);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// ---- prefill -----------------------------------------------------------------------------------------
+// Block = 128 virtual W rows (SwiGLU: 64 gate + the matching 64 up) x 128 sorted positions x 64 k per
+// stage, 256 threads, 4-stage cp.async ring; X tile 128 rows x 128 bytes with the SW128 swizzle.
+// Grouped: a row tile lies inside one expert's group (groups padded to 128 by moe_gate), found by a
+// binary search over offsets; tiles past offsets[experts] exit.
+//  bf16 W: a second SW128 tile (128 rows x 64 k). sm_80: ldmatrix A and B, mma.sync. sm_90a: each
+//    warpgroup 4 x wgmma.m64n128k16 with both operands by descriptor (one group kept in flight).
+//  int4 W: 8 raw repacked slabs (4 KiB); dequantized into register A fragments (mma.sync / wgmma RS),
+//    exactly as gemm_w4a16_prefill.
+constexpr int kGgPreBM = 128, kGgPreBN = 128, kGgPreStages = 4, kGgPreThreads = 256;
+constexpr int kGgPreXBytes = kGgPreBM * 128;
+template <WFmt F> constexpr int gg_pre_wbytes() { return F == WFmt::kBf16 ? kGgPreBN * 128 : (kGgPreBN / 16) * 512; }
+template <WFmt F> constexpr int gg_pre_stage_bytes() { return kGgPreXBytes + gg_pre_wbytes<F>(); }
+template <WFmt F> constexpr int gg_pre_smem() { return kGgPreStages * gg_pre_stage_bytes<F>() + 1024; }
+constexpr int kGgPreCsPitch = kGgPreBN + 4;
+static_assert(kGgPreBM * kGgPreCsPitch * 4 <= kGgPreStages * (kGgPreXBytes + 4096), "epilogue staging fits the ring");
+
+template <WFmt F>
+__device__ __forceinline__ void grouped_prefill(const GroupedGemm& a) {
+  static_assert(F == WFmt::kBf16 || F == WFmt::kInt4, "fp8 runs the decode loop (W8A16)");
+  constexpr int kStageBytes = gg_pre_stage_bytes<F>();
+  extern __shared__ uint8_t smem_raw[];
+  __shared__ int64_t src[kGgPreBM];
+  __shared__ float rscale[kGgPreBM];
+  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  const uint32_t sbase = smem_u32(smem);
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
+  const int64_t p0 = static_cast<int64_t>(blockIdx.y) * kGgPreBM;
+
+  int64_t e = 0, pend = a.rows;
+  if (a.offsets) {
+    if (p0 >= a.offsets[a.experts]) return;  // uniform over the block
+    int lo = 0, hi = static_cast<int>(a.experts) - 1;
+    while (lo < hi) {  // the largest e with offsets[e] <= p0: the non-empty group holding p0
+      const int mid = (lo + hi + 1) / 2;
+      if (a.offsets[mid] <= p0) lo = mid; else hi = mid - 1;
+    }
+    e = lo;
+    pend = a.offsets[e] + a.counts[e];
+  }
+  if (tid < kGgPreBM) {
+    float sc = 1.0f;
+    src[tid] = p0 + tid < pend ? a.source_row(p0 + tid, sc) : -1;
+    rscale[tid] = sc;
+  }
+  __syncthreads();
+
+  const int64_t ntiles = (a.n + 15) / 16;
+  const WeightRef w0 = a.weight(0, e);
+  const WeightRef w1 = a.swiglu ? a.weight(1, e) : w0;
+  // Virtual W row vr of the block: weight (vr >= 64 under SwiGLU) and its actual row.
+  const int64_t vrow0 = a.swiglu ? static_cast<int64_t>(blockIdx.x) * (kGgPreBN / 2)
+                                 : static_cast<int64_t>(blockIdx.x) * kGgPreBN;
+  auto actual_row = [&](int vr) -> int64_t { return a.swiglu ? vrow0 + (vr & 63) : vrow0 + vr; };
+  auto weight_of = [&](int vr) {
+    const bool up = a.swiglu && vr >= 64;
+    return WeightRef{up ? w1.data : w0.data, up ? w1.scales : w0.scales, up ? w1.zero_bias : w0.zero_bias};
+  };
+  const int64_t nslabs = a.k_slabs;
+
+  auto load_stage = [&](int st, int64_t s) {
+    const uint32_t xs = sbase + st * kStageBytes, ws = xs + kGgPreXBytes;
+#pragma unroll
+    for (int q = 0; q < kGgPreXBytes / 16 / kGgPreThreads; ++q) {
+      const int u = tid + q * kGgPreThreads, r = u / 8, ch = u % 8;
+      const int64_t sr = src[r], gk = s * kGgSlabK + ch * 8;
+      const bool ok = sr >= 0 && gk < a.k;
+      cp_async16(xs + sw128(r, ch), ok ? static_cast<const void*>(a.x + sr + gk) : a.x, ok ? 16 : 0);
+    }
+    if constexpr (F == WFmt::kBf16) {
+#pragma unroll
+      for (int q = 0; q < kGgPreBN * 8 / kGgPreThreads; ++q) {
+        const int u = tid + q * kGgPreThreads, vr = u / 8, ch = u % 8;
+        const int64_t row = actual_row(vr), gk = s * kGgSlabK + ch * 8;
+        const bool ok = row < a.n && gk < a.k;
+        const __nv_bfloat16* wp = static_cast<const __nv_bfloat16*>(weight_of(vr).data);
+        cp_async16(ws + sw128(vr, ch), ok ? static_cast<const void*>(wp + row * a.ldw + gk) : a.x, ok ? 16 : 0);
+      }
+    } else {
+      const int vt = tid / 32;  // virtual tile: 16 virtual rows
+      const int64_t t = actual_row(vt * 16) / 16;
+      const bool ok = t < ntiles;
+      const uint32_t* qw = static_cast<const uint32_t*>(weight_of(vt * 16).data);
+      cp_async16(ws + tid * 16, ok ? static_cast<const void*>(qw + (t * nslabs + s) * 128 + (tid % 32) * 4) : a.x,
+                 ok ? 16 : 0);
+    }
+  };
+
+  float* cs = reinterpret_cast<float*>(smem);
+#if L4C_WGMMA
+  // bf16: SS wgmma, one group in flight (the stage it reads is not the one being refilled).
+  // int4: RS wgmma from freshly dequantized registers, retired each slab (docs/GEMM.md).
+  constexpr int kAhead = F == WFmt::kBf16 ? kGgPreStages - 2 : kGgPreStages - 1;
+#else
+  constexpr int kAhead = kGgPreStages - 1;
+#endif
+#pragma unroll
+  for (int st = 0; st < kAhead; ++st) {
+    if (st < nslabs) load_stage(st, st);
+    cp_async_commit();
+  }
+
+#if L4C_WGMMA
+  const int wg = warp / 4;
+  float acc[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) acc[i] = 0.f;
+  [[maybe_unused]] Int4SlabScales sc_next;
+  [[maybe_unused]] Int4TileScales my_ts;
+  [[maybe_unused]] const int gshift = __ffs(a.group_size) - 1;
+  if constexpr (F == WFmt::kInt4) {
+    my_ts.init(weight_of(16 * warp), a.groups, min(actual_row(16 * warp) / 16, ntiles - 1), g);
+    sc_next.load(my_ts, 0, gshift);
+  }
+  for (int64_t s = 0; s < nslabs; ++s) {
+    cp_async_wait<kAhead - 1>();
+    fence_proxy_async();
+    __syncthreads();
+    if (s + kAhead < nslabs) load_stage((s + kAhead) % kGgPreStages, s + kAhead);
+    cp_async_commit();
+    const uint32_t xs = sbase + (s % kGgPreStages) * kStageBytes;
+    const uint64_t db = wgmma_desc_sw128(xs);
+    if constexpr (F == WFmt::kBf16) {
+      const uint64_t da = wgmma_desc_sw128(xs + kGgPreXBytes + wg * (64 * 128));
+      wgmma_fence();
+#pragma unroll
+      for (int j = 0; j < 4; ++j) wgmma_m64n128k16_ss_bf16(acc, da + 2 * j, db + 2 * j, 1);
+      wgmma_commit();
+      wgmma_wait<1>();
+    } else {
+      const Int4SlabScales sc = sc_next;
+      if (s + 1 < nslabs) sc_next.load(my_ts, s + 1, gshift);
+      const uint4 w = lds128(xs + kGgPreXBytes + warp * 512 + lane * 16);
+      uint32_t af[4][4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) sc.dequant(word4(w, j), j, af[j]);
+      wgmma_fence();
+#pragma unroll
+      for (int j = 0; j < 4; ++j) wgmma_m64n128k16_rs(acc, af[j], db + 2 * j, 1, __nv_bfloat16());
+      wgmma_commit();
+      wgmma_wait<0>();  // register-A operands are rewritten next slab
+    }
+  }
+  wgmma_wait<0>();
+  cp_async_wait<0>();
+  __syncthreads();
+  // acc[4j + r]: virtual W row 16*warp + g + 8(r>>1), row 8j + 2c + (r&1).
+#pragma unroll
+  for (int j = 0; j < 16; ++j)
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+      cs[(8 * j + 2 * c + (r & 1)) * kGgPreCsPitch + 16 * warp + g + 8 * (r >> 1)] = acc[4 * j + r];
+#else
+  const int wn = warp % 4, wm = warp / 4;
+  float acc[2][8][4];
+#pragma unroll
+  for (int x = 0; x < 2; ++x)
+#pragma unroll
+    for (int y = 0; y < 8; ++y) acc[x][y][0] = acc[x][y][1] = acc[x][y][2] = acc[x][y][3] = 0.f;
+  [[maybe_unused]] const int gshift = __ffs(a.group_size) - 1;
+  [[maybe_unused]] Int4TileScales ts0, ts1;
+  [[maybe_unused]] Int4SlabScales nx0, nx1;
+  if constexpr (F == WFmt::kInt4) {
+    ts0.init(weight_of(32 * wn), a.groups, min(actual_row(32 * wn) / 16, ntiles - 1), g);
+    ts1.init(weight_of(32 * wn + 16), a.groups, min(actual_row(32 * wn + 16) / 16, ntiles - 1), g);
+    nx0.load(ts0, 0, gshift);
+    nx1.load(ts1, 0, gshift);
+  }
+  for (int64_t s = 0; s < nslabs; ++s) {
+    cp_async_wait<kAhead - 1>();
+    __syncthreads();
+    if (s + kAhead < nslabs) load_stage((s + kAhead) % kGgPreStages, s + kAhead);
+    cp_async_commit();
+    const uint32_t xs = sbase + (s % kGgPreStages) * kStageBytes, ws = xs + kGgPreXBytes;
+    [[maybe_unused]] Int4SlabScales sc0, sc1;
+    [[maybe_unused]] uint4 w0q, w1q;
+    if constexpr (F == WFmt::kInt4) {
+      sc0 = nx0;
+      sc1 = nx1;
+      if (s + 1 < nslabs) {
+        nx0.load(ts0, s + 1, gshift);
+        nx1.load(ts1, s + 1, gshift);
+      }
+      w0q = lds128(ws + (2 * wn) * 512 + lane * 16);
+      w1q = lds128(ws + (2 * wn + 1) * 512 + lane * 16);
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      uint32_t a0[4], a1[4];
+      if constexpr (F == WFmt::kBf16) {
+        // matrices: (W rows +0..7, k 16j..+7), (+8..15, 16j..), (+0..7, 16j+8..), (+8..15, 16j+8..)
+        const int row = 32 * wn + (lane & 7) + 8 * ((lane >> 3) & 1), ch = 2 * j + (lane >> 4);
+        ldmatrix_x4(a0, ws + sw128(row, ch));
+        ldmatrix_x4(a1, ws + sw128(row + 16, ch));
+      } else {
+        sc0.dequant(word4(w0q, j), j, a0);
+        sc1.dequant(word4(w1q, j), j, a1);
+      }
+#pragma unroll
+      for (int tp = 0; tp < 4; ++tp) {
+        // matrices: (rows +0..7, k 0..7), (+0..7, k 8..15), (+8..15, k 0..7), (+8..15, k 8..15)
+        const int row = 64 * wm + 16 * tp + (lane & 7) + 8 * (lane >> 4);
+        uint32_t b[4];
+        ldmatrix_x4(b, xs + sw128(row, 2 * j + ((lane >> 3) & 1)));
+        mma_16816(acc[0][2 * tp], a0, b[0], b[1], __nv_bfloat16());
+        mma_16816(acc[1][2 * tp], a1, b[0], b[1], __nv_bfloat16());
+        mma_16816(acc[0][2 * tp + 1], a0, b[2], b[3], __nv_bfloat16());
+        mma_16816(acc[1][2 * tp + 1], a1, b[2], b[3], __nv_bfloat16());
+      }
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+  // acc[wt][tt][r]: virtual W row 32wn + 16wt + g + 8(r>>1), row 64wm + 8tt + 2c + (r&1).
+#pragma unroll
+  for (int wt = 0; wt < 2; ++wt)
+#pragma unroll
+    for (int tt = 0; tt < 8; ++tt)
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+        cs[(64 * wm + 8 * tt + 2 * c + (r & 1)) * kGgPreCsPitch + 32 * wn + 16 * wt + g + 8 * (r >> 1)] =
+            acc[wt][tt][r];
+#endif
+  __syncthreads();
+
+  // Epilogue from the f32 tile cs[row][virtual W row]: 8 output columns per step.
+  const int out_cols = a.swiglu ? kGgPreBN / 2 : kGgPreBN;
+  const int vecs = out_cols / 8;
+  const bool vec_ok = (a.ldo % 8 == 0) && ((reinterpret_cast<uintptr_t>(a.out) & 15) == 0) &&
+                      (!a.residual || ((a.ldr % 8 == 0) && (reinterpret_cast<uintptr_t>(a.residual) & 15) == 0));
+  for (int v = tid; v < kGgPreBM * vecs; v += kGgPreThreads) {
+    const int r = v / vecs, c0 = (v % vecs) * 8;
+    if (src[r] < 0) continue;
+    const int64_t pos = p0 + r, col0 = vrow0 + c0;
+    const float rs = rscale[r];
+    const float* row = cs + r * kGgPreCsPitch;
+    float f[8];
+#pragma unroll
+    for (int q = 0; q < 8; ++q) {
+      f[q] = row[c0 + q] * rs;
+      if (a.swiglu) f[q] = silu_f32(f[q]) * (row[64 + c0 + q] * rs);
+    }
+    if (vec_ok && col0 + 8 <= a.n) {
+      if (a.residual) {
+        const uint4 rv = *reinterpret_cast<const uint4*>(a.residual + pos * a.ldr + col0);
+        const __nv_bfloat162* r2 = reinterpret_cast<const __nv_bfloat162*>(&rv);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const float2 rf = __bfloat1622float2(r2[q]);
+          f[2 * q] += rf.x;
+          f[2 * q + 1] += rf.y;
+        }
+      }
+      uint4 ov;
+      __nv_bfloat162* o2 = reinterpret_cast<__nv_bfloat162*>(&ov);
+#pragma unroll
+      for (int q = 0; q < 4; ++q) o2[q] = __floats2bfloat162_rn(f[2 * q], f[2 * q + 1]);
+      *reinterpret_cast<uint4*>(a.out + pos * a.ldo + col0) = ov;
+    } else {
+#pragma unroll
+      for (int q = 0; q < 8; ++q) {
+        if (col0 + q < a.n) {
+          float o = f[q];
+          if (a.residual) o += __bfloat162float(a.residual[pos * a.ldr + col0 + q]);
+          a.out[pos * a.ldo + col0 + q] = __float2bfloat16_rn(o);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace l4c

@@ -1,0 +1,507 @@
+//! The GPU MoE block (`ops::moe::moe_block`: router GEMM, moe_gate, grouped gate_up with the score
+//! and SwiGLU fused, grouped down, shared expert, combine) against the CPU reference
+//! `reference::moe::moe_block` (which composes top_k_gating, grouped_gemm_swiglu,
+//! grouped_gemm_sorted and combine), on random inputs fresh per case (seed printed on failure):
+//! every token to one expert, empty experts, E = 128 with one token, 8192 tokens, E = 16 / 128,
+//! top-k 1 and 2, bf16 / int4 / fp8 experts, decode and prefill plans. Plus typed host errors.
+//! Without a GPU (or without kernels) every test prints one "skipped" line and passes.
+//!
+//! Routing: the GPU computes the router logits in bf16 (as the Hugging Face model does), the
+//! reference in f32, so a token whose top-k is a near tie may route differently. The test reads the
+//! GPU's routing back, compares it with the reference's, excludes such tokens from the value check
+//! and requires them to be rare (<= 1% + 1). The forced routings use a router whose allowed experts
+//! lead by ~8, so there every token must match.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::Rng;
+use cudarc::driver::{CudaSlice, CudaStream};
+use half::bf16;
+use llama4_cuda::error::Error;
+use llama4_cuda::ops::gemm::{GpuBf16Weight, GpuLinear};
+use llama4_cuda::ops::moe::{moe_block, GpuExpert, GpuMoe, MoePath, MoeScratch};
+use llama4_cuda::quant::repack::{repack_int4, unpack_int4, Act16};
+use llama4_cuda::quant::{
+    DenseWeight, Fp8Scaling, Fp8Weight, Int4Config, Int4Weight, ScaleDType, Weight,
+};
+use llama4_cuda::reference::gemm::gemm;
+use llama4_cuda::reference::moe::{moe_block as ref_moe_block, top_k_gating, SwiGlu};
+
+/// Metric max|out - ref| / max|ref| over the checked tokens. The GPU rounds to bf16 where the f32
+/// reference does not: the logits, the SwiGLU intermediate h (2^-9 relative), the expert outputs,
+/// the shared expert's gate/up/h/out, the final sum; weights and x are the same values on both sides
+/// (bf16-rounded dense weights, int4 as the kernel dequantizes it, exact fp8). Five stacked bf16
+/// roundings are <= 1e-2 in the worst case; 2e-2 is still far below the O(1) error of a wrong
+/// expert, row or score.
+const TOL: f32 = 2e-2;
+
+const POISON: bf16 = bf16::from_bits(0x7fc0); // NaN
+
+#[derive(Clone, Copy, Debug)]
+enum Fmt {
+    Bf16,
+    Int4,
+    Fp8,
+}
+
+fn gpu(test: &str) -> Option<Arc<CudaStream>> {
+    llama4_cuda::device::device_for_test(test).map(|d| d.stream().clone())
+}
+
+fn seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+}
+
+fn round_bf16(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| bf16::from_f32(x).to_f32()).collect()
+}
+
+/// A random `[n, k]` weight in `fmt`, holding exactly the values the kernels compute with.
+fn weight(rng: &mut Rng, n: usize, k: usize, fmt: Fmt) -> Weight {
+    let w = rng.vec(n * k, 2.0 / (k as f32).sqrt());
+    match fmt {
+        Fmt::Bf16 => Weight::Dense(DenseWeight {
+            n,
+            k,
+            data: round_bf16(&w),
+        }),
+        Fmt::Int4 => {
+            let cfg = Int4Config {
+                group_size: 64,
+                symmetric: true,
+                scale_dtype: ScaleDType::BF16,
+            };
+            let q = Int4Weight::quantize(&w, n, k, cfg).expect("quantize");
+            // The kernel's weight: the repack round trip (bf16 scales, exact).
+            Weight::Int4(
+                unpack_int4(&repack_int4(&q, Act16::BF16).expect("repack")).expect("unpack"),
+            )
+        }
+        Fmt::Fp8 => {
+            Weight::Fp8(Fp8Weight::quantize(&w, n, k, Fp8Scaling::PerChannel).expect("fp8"))
+        }
+    }
+}
+
+fn mlp(rng: &mut Rng, hidden: usize, inter: usize, fmt: Fmt) -> SwiGlu {
+    SwiGlu {
+        gate: weight(rng, inter, hidden, fmt),
+        up: weight(rng, inter, hidden, fmt),
+        down: weight(rng, hidden, inter, fmt),
+    }
+}
+
+/// One block case. `allowed`: experts the router may pick (None: all, with a random router).
+#[allow(clippy::too_many_arguments)]
+fn case(
+    stream: &Arc<CudaStream>,
+    fmt: Fmt,
+    tokens: usize,
+    experts: usize,
+    top_k: usize,
+    hidden: usize,
+    inter: usize,
+    allowed: Option<&[usize]>,
+) -> Option<MoePath> {
+    let s = seed();
+    let mut rng = Rng(s);
+    let what = format!("{fmt:?} tokens={tokens} E={experts} k={top_k} hidden={hidden} inter={inter} allowed={allowed:?} seed={s}");
+    let mut x = round_bf16(&rng.vec(tokens * hidden, 1.0));
+    let mut router = round_bf16(&rng.vec(experts * hidden, 1.0 / (hidden as f32).sqrt()));
+    if let Some(a) = allowed {
+        // Feature 0 is 1 for every token; allowed experts read it with +4, the others with -4.
+        for t in 0..tokens {
+            x[t * hidden] = 1.0;
+        }
+        for e in 0..experts {
+            for j in 0..hidden {
+                router[e * hidden + j] *= 0.05;
+            }
+            router[e * hidden] = if a.contains(&e) { 4.0 } else { -4.0 };
+        }
+    }
+    let router = DenseWeight {
+        n: experts,
+        k: hidden,
+        data: router,
+    };
+    let mlps: Vec<SwiGlu> = (0..experts)
+        .map(|_| mlp(&mut rng, hidden, inter, fmt))
+        .collect();
+    // An fp8 shared expert runs W8A8 (per-token activation quantization) on sm_90 above 32 tokens,
+    // which the f32 reference block does not model: there it is bf16 (its fp8 GEMMs are checked
+    // against reference::gemm_w8a8 in tests/gpu_gemm.rs).
+    let shared_fmt = match fmt {
+        Fmt::Fp8 if tokens > 32 => Fmt::Bf16,
+        f => f,
+    };
+    let shared = mlp(&mut rng, hidden, inter + 32, shared_fmt);
+
+    let moe = GpuMoe::upload(stream, &router, &mlps, &shared).expect(&what);
+    let gx = stream
+        .clone_htod(&x.iter().map(|&v| bf16::from_f32(v)).collect::<Vec<_>>())
+        .expect("x");
+    let mut out: CudaSlice<bf16> = stream
+        .clone_htod(&vec![POISON; tokens * hidden])
+        .expect("out");
+    let mut scratch = MoeScratch::new();
+    match moe_block(stream, &gx, tokens, &moe, top_k, &mut out, &mut scratch) {
+        Err(Error::KernelsNotBuilt(why)) => {
+            println!("skipped: kernels not built ({why})");
+            return None;
+        }
+        r => r.expect(&what),
+    }
+    stream.synchronize().expect(&what);
+    let plan = *scratch.last_plan().expect("plan");
+    let what = format!("{what} [{plan}]");
+    let got: Vec<f32> = stream
+        .clone_dtoh(&out)
+        .expect("download")
+        .iter()
+        .map(|v| v.to_f32())
+        .collect();
+    assert_eq!(
+        got.iter().filter(|v| v.is_nan()).count(),
+        0,
+        "{what}: outputs not written (NaN)"
+    );
+
+    // Routing agreement.
+    let logits = gemm(&x, tokens, &Weight::Dense(router.clone())).expect("logits");
+    let want_route = top_k_gating(&logits, tokens, experts, top_k).expect("gating");
+    let gpu_ids = stream
+        .clone_dtoh(&scratch.routing().expect("routing").topk_ids)
+        .expect("ids");
+    let differs: Vec<bool> = (0..tokens)
+        .map(|t| {
+            gpu_ids[t * top_k..(t + 1) * top_k] != want_route.topk_ids[t * top_k..(t + 1) * top_k]
+        })
+        .collect();
+    let n_diff = differs.iter().filter(|&&d| d).count();
+    let limit = if allowed.is_some() {
+        0
+    } else {
+        tokens / 100 + 1
+    };
+    assert!(
+        n_diff <= limit,
+        "{what}: {n_diff} tokens routed differently"
+    );
+    if let Some(a) = allowed {
+        assert!(
+            gpu_ids[..tokens * top_k]
+                .iter()
+                .all(|e| a.contains(&(*e as usize))),
+            "{what}"
+        );
+    }
+
+    let want = ref_moe_block(
+        &x,
+        tokens,
+        &Weight::Dense(router),
+        &mlps,
+        Some(&shared),
+        top_k,
+    )
+    .expect("reference");
+    let (mut err, mut mag) = (0f32, 0f32);
+    for t in (0..tokens).filter(|&t| !differs[t]) {
+        for j in 0..hidden {
+            let (g, w) = (got[t * hidden + j], want[t * hidden + j]);
+            err = err.max((g - w).abs());
+            mag = mag.max(w.abs());
+        }
+    }
+    let rel = err / mag.max(f32::MIN_POSITIVE);
+    assert!(
+        rel <= TOL,
+        "{what}: max|out-ref|/max|ref| = {rel:.3e} > {TOL:e}"
+    );
+    Some(plan.path)
+}
+
+const FMTS: [Fmt; 3] = [Fmt::Bf16, Fmt::Int4, Fmt::Fp8];
+
+#[test]
+fn decode_random_routings() {
+    let Some(s) = gpu("decode_random_routings") else {
+        return;
+    };
+    for fmt in FMTS {
+        for (tokens, experts, k) in [(1, 16, 1), (3, 16, 2), (8, 16, 1), (17, 16, 2), (40, 16, 1)] {
+            let Some(path) = case(&s, fmt, tokens, experts, k, 256, 128, None) else {
+                return;
+            };
+            assert!(matches!(path, MoePath::Decode { .. }), "{fmt:?} {tokens}");
+        }
+    }
+}
+
+#[test]
+fn one_token_of_128_experts() {
+    let Some(s) = gpu("one_token_of_128_experts") else {
+        return;
+    };
+    for fmt in FMTS {
+        for k in [1, 2] {
+            if case(&s, fmt, 1, 128, k, 128, 64, None).is_none() {
+                return;
+            }
+        }
+    }
+}
+
+#[test]
+fn every_token_to_one_expert() {
+    let Some(s) = gpu("every_token_to_one_expert") else {
+        return;
+    };
+    for fmt in FMTS {
+        // 7 tokens, and 300 on one expert (the decode loop makes 10 passes over its rows).
+        for tokens in [7, 300] {
+            if case(&s, fmt, tokens, 16, 1, 128, 64, Some(&[3])).is_none() {
+                return;
+            }
+        }
+    }
+}
+
+#[test]
+fn empty_experts() {
+    let Some(s) = gpu("empty_experts") else {
+        return;
+    };
+    for fmt in FMTS {
+        for tokens in [5, 700] {
+            if case(&s, fmt, tokens, 16, 2, 128, 64, Some(&[1, 5, 9])).is_none() {
+                return;
+            }
+        }
+        if case(&s, fmt, 1000, 128, 1, 128, 64, Some(&[0, 64, 127])).is_none() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn prefill_random_routings() {
+    let Some(s) = gpu("prefill_random_routings") else {
+        return;
+    };
+    for fmt in [Fmt::Bf16, Fmt::Int4] {
+        for (tokens, experts, k) in [(1000, 16, 1), (777, 16, 2), (5000, 128, 1)] {
+            let Some(path) = case(&s, fmt, tokens, experts, k, 256, 144, None) else {
+                return;
+            };
+            assert!(!matches!(path, MoePath::Decode { .. }), "{fmt:?} {tokens}");
+        }
+    }
+}
+
+#[test]
+fn tokens_8192() {
+    let Some(s) = gpu("tokens_8192") else { return };
+    for fmt in FMTS {
+        for k in [1, 2] {
+            if case(&s, fmt, 8192, 16, k, 128, 64, None).is_none() {
+                return;
+            }
+        }
+    }
+}
+
+/// Host validation: typed errors naming the problem, before any launch.
+#[test]
+fn rejects_bad_arguments() {
+    let Some(s) = gpu("moe rejects_bad_arguments") else {
+        return;
+    };
+    let mut rng = Rng(seed());
+    let (hidden, inter, experts) = (64, 32, 4);
+    let router = DenseWeight {
+        n: experts,
+        k: hidden,
+        data: rng.vec(experts * hidden, 0.1),
+    };
+    let mlps: Vec<SwiGlu> = (0..experts)
+        .map(|_| mlp(&mut rng, hidden, inter, Fmt::Bf16))
+        .collect();
+    let shared = mlp(&mut rng, hidden, inter, Fmt::Bf16);
+    // Router rows must equal the expert count.
+    let bad = GpuMoe::upload(&s, &router, &mlps[..3], &shared);
+    assert!(matches!(bad, Err(Error::Shape { .. })), "{:?}", bad.err());
+    // Routed experts in mixed formats.
+    let mut mixed = mlps.clone();
+    mixed[2] = mlp(&mut rng, hidden, inter, Fmt::Fp8);
+    let bad = GpuMoe::upload(&s, &router, &mixed, &shared);
+    assert!(
+        matches!(bad, Err(Error::InvalidArgument { .. })),
+        "{:?}",
+        bad.err()
+    );
+    // An expert with the wrong shape.
+    let mut wrong = mlps.clone();
+    wrong[1] = mlp(&mut rng, hidden, inter + 16, Fmt::Bf16);
+    assert!(GpuMoe::upload(&s, &router, &wrong, &shared).is_err());
+    // hidden not a multiple of 16.
+    let r2 = DenseWeight {
+        n: experts,
+        k: 40,
+        data: rng.vec(experts * 40, 0.1),
+    };
+    let m2: Vec<SwiGlu> = (0..experts)
+        .map(|_| mlp(&mut rng, 40, inter, Fmt::Bf16))
+        .collect();
+    let sh2 = mlp(&mut rng, 40, inter, Fmt::Bf16);
+    assert!(matches!(
+        GpuMoe::upload(&s, &r2, &m2, &sh2),
+        Err(Error::InvalidArgument { .. })
+    ));
+    // Assembling from device weights checks the router too.
+    let gr = GpuBf16Weight::upload(
+        &s,
+        &DenseWeight {
+            n: 3,
+            k: hidden,
+            data: rng.vec(3 * hidden, 0.1),
+        },
+    )
+    .expect("router");
+    let xs: Vec<GpuExpert> = mlps
+        .iter()
+        .map(|m| GpuExpert::upload(&s, m).expect("expert"))
+        .collect();
+    let sh = GpuExpert::upload(&s, &shared).expect("shared");
+    assert!(matches!(
+        GpuMoe::new(&s, gr, xs, sh),
+        Err(Error::Shape { .. })
+    ));
+
+    let moe = GpuMoe::upload(&s, &router, &mlps, &shared).expect("moe");
+    let x = s.alloc_zeros::<bf16>(4 * hidden).expect("x");
+    let mut out = s.alloc_zeros::<bf16>(4 * hidden).expect("out");
+    let mut sc = MoeScratch::new();
+    for k in [0, 5] {
+        let r = moe_block(&s, &x, 4, &moe, k, &mut out, &mut sc);
+        assert!(
+            matches!(r, Err(Error::InvalidArgument { .. })),
+            "k={k}: {r:?}"
+        );
+    }
+    let r = moe_block(&s, &x, 5, &moe, 1, &mut out, &mut sc);
+    assert!(matches!(r, Err(Error::Shape { .. })), "{r:?}");
+    // GpuLinear reports its shape.
+    let l = GpuLinear::upload(&s, &weight(&mut rng, 48, 64, Fmt::Int4)).expect("linear");
+    assert_eq!((l.n(), l.k()), (48, 64));
+}
+
+/// CPU mirror of the decode loop's permuted-k fragment map for bf16 weights
+/// (`DecodeW<kBf16>::frag` and the B selection in `grouped_decode`): lane (g, c) holds 16 consecutive
+/// k of rows g and g + 8 as words w0..w7 (pairs), step j feeds a[0] = w_{2j}, a[2] = w_{2j+1} and
+/// b0 / b1 from the X words at 16c + 8(j >> 1) picked by j & 1. Simulating mma.m16n8k16 with the
+/// PTX fragment layout over the 4 steps of a 64-k slab must give the plain product W · Xᵀ.
+#[test]
+fn bf16_decode_fragment_map_is_a_permutation_of_k() {
+    let mut rng = Rng(seed());
+    let w: Vec<f32> = rng.vec(16 * 64, 1.0); // [16 rows][64 k]
+    let x: Vec<f32> = rng.vec(8 * 64, 1.0); // [8 tokens][64 k]
+    let mut d = [[0f64; 8]; 16];
+    for j in 0..4 {
+        // Assemble A[16][16] and B[16][8] of step j from all lanes, then D += A · B.
+        let mut a = [[0f32; 16]; 16];
+        let mut b = [[0f32; 8]; 16];
+        for lane in 0..32 {
+            let (g, c) = (lane / 4, lane % 4);
+            let wk =
+                |r: usize, i: usize| (w[r * 64 + 16 * c + 2 * i], w[r * 64 + 16 * c + 2 * i + 1]);
+            let sel = |base: usize| if j & 1 == 1 { base + 2 } else { base };
+            let h = 4 * (j >> 1);
+            let set = |m: &mut [[f32; 16]; 16], r: usize, s: usize, p: (f32, f32)| {
+                m[r][s] = p.0;
+                m[r][s + 1] = p.1;
+            };
+            set(&mut a, g, 2 * c, wk(g, h + sel(0)));
+            set(&mut a, g + 8, 2 * c, wk(g + 8, h + sel(0)));
+            set(&mut a, g, 2 * c + 8, wk(g, h + sel(1)));
+            set(&mut a, g + 8, 2 * c + 8, wk(g + 8, h + sel(1)));
+            let xk = |comp: usize| {
+                let k = 16 * c + 8 * (j >> 1) + 2 * comp;
+                (x[g * 64 + k], x[g * 64 + k + 1])
+            };
+            let (p0, p1) = (xk(sel(0)), xk(sel(1)));
+            b[2 * c][g] = p0.0;
+            b[2 * c + 1][g] = p0.1;
+            b[2 * c + 8][g] = p1.0;
+            b[2 * c + 9][g] = p1.1;
+        }
+        for (r, dr) in d.iter_mut().enumerate() {
+            for (t, dv) in dr.iter_mut().enumerate() {
+                *dv += (0..16)
+                    .map(|s| a[r][s] as f64 * b[s][t] as f64)
+                    .sum::<f64>();
+            }
+        }
+    }
+    for r in 0..16 {
+        for t in 0..8 {
+            let want: f64 = (0..64)
+                .map(|k| w[r * 64 + k] as f64 * x[t * 64 + k] as f64)
+                .sum();
+            assert!(
+                (d[r][t] - want).abs() < 1e-9,
+                "row {r} token {t}: {} vs {want}",
+                d[r][t]
+            );
+        }
+    }
+}
+
+/// CPU mirror of the prefill's expert lookup (`grouped_prefill`): the largest e with
+/// offsets[e] <= p0 is the non-empty group holding p0, empty experts included.
+#[test]
+fn prefill_tile_expert_lookup() {
+    let find = |offsets: &[u32], p0: u32| {
+        let (mut lo, mut hi) = (0usize, offsets.len() - 2);
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            if offsets[mid] <= p0 {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        lo
+    };
+    let mut rng = Rng(seed());
+    for _ in 0..200 {
+        let experts = 1 + rng.below(40);
+        let counts: Vec<u32> = (0..experts)
+            .map(|_| {
+                if rng.below(3) == 0 {
+                    0
+                } else {
+                    rng.below(300) as u32
+                }
+            })
+            .collect();
+        let mut offsets = vec![0u32];
+        for c in &counts {
+            offsets.push(offsets.last().unwrap() + c.div_ceil(128) * 128);
+        }
+        let mut p0 = 0;
+        while p0 < *offsets.last().unwrap() {
+            let e = find(&offsets, p0);
+            assert!(
+                counts[e] > 0 && offsets[e] <= p0 && p0 < offsets[e + 1],
+                "{counts:?} p0={p0} e={e}"
+            );
+            p0 += 128;
+        }
+    }
+}
