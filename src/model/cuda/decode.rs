@@ -337,6 +337,10 @@ impl<'m> BatchDecoder<'m> {
             .op("BatchDecoder::capture");
         // SAFETY: restores the default; no capture is active any more.
         unsafe { ctx.enable_event_tracking() };
+        // The captured step advanced the caches' host mirrors without running: reload them.
+        for kv in &mut self.kv {
+            kv.sync_lens(&st)?;
+        }
         stepped?;
         let graph = graph?.ok_or_else(|| {
             Error::invalid("BatchDecoder::capture", "the capture recorded no work")
@@ -346,13 +350,20 @@ impl<'m> BatchDecoder<'m> {
         Ok(())
     }
 
-    /// Replays the captured step ([`Self::capture`] first).
-    pub fn replay(&self) -> Result<()> {
-        self.graph
+    /// Replays the captured step ([`Self::capture`] first). Fails with [`Error::CacheFull`], running
+    /// nothing, when a sequence has no room for one more token.
+    pub fn replay(&mut self) -> Result<()> {
+        let graph = self
+            .graph
             .as_ref()
-            .ok_or_else(|| Error::invalid("BatchDecoder::replay", "no graph captured"))?
-            .launch()
-            .op("BatchDecoder::replay")
+            .ok_or_else(|| Error::invalid("BatchDecoder::replay", "no graph captured"))?;
+        // The graph advances the device lengths; the host mirrors are told first (this checks room
+        // and changes nothing on failure). The layers' lengths move together, so a failure can only
+        // come from the first layer.
+        for kv in &mut self.kv {
+            kv.note_replayed_steps(1)?;
+        }
+        graph.launch().op("BatchDecoder::replay")
     }
 
     /// The last step's logits, `[batch, vocab]` (synchronises).
