@@ -11,8 +11,20 @@ use std::path::{Path, PathBuf};
 const REL_TOL: f32 = 1e-3;
 
 /// Prefill lengths: one token, just before / at / after an attention-chunk boundary (chunks of 8 and
-/// 16) and a NoPE temperature step, and all but the last token.
+/// 16) and a NoPE temperature step, and all but the last token of the 40-token fixtures.
 const SPLITS: [usize; 7] = [1, 3, 7, 8, 9, 17, 39];
+
+/// `SPLITS` that fit the fixture, then just before / at / after its first and second attention-chunk
+/// boundaries and all but the last token (gpu_hd128: chunk 64, 150 tokens), each length once.
+fn splits(n_tokens: usize, chunk: usize) -> Vec<usize> {
+    let mut s: Vec<usize> = SPLITS.iter().copied().filter(|&p| p < n_tokens).collect();
+    for p in [chunk - 1, chunk, chunk + 1, 2 * chunk + 1, n_tokens - 1] {
+        if p >= 1 && p < n_tokens && !s.contains(&p) {
+            s.push(p);
+        }
+    }
+    s
+}
 
 fn fixtures() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf");
@@ -23,9 +35,13 @@ fn fixtures() -> Vec<PathBuf> {
         .collect();
     dirs.sort();
     assert!(
-        dirs.len() >= 3,
-        "expected the three fixtures in {}",
+        dirs.len() >= 4,
+        "expected the four fixtures in {}",
         root.display()
+    );
+    assert!(
+        dirs.iter().any(|d| d.ends_with("gpu_hd128")),
+        "the head_dim-128 fixture (the one the GPU kernels take) is missing"
     );
     dirs
 }
@@ -78,10 +94,11 @@ fn logits_match_transformers_for_every_fixture_and_split() {
                 (l.min(x), h.max(x))
             });
         let range = hi - lo;
-        for prefill in std::iter::once(tokens.len()).chain(SPLITS) {
+        let chunk = model.config().attention_chunk_size;
+        for prefill in std::iter::once(tokens.len()).chain(splits(tokens.len(), chunk)) {
             let ours = model.logits(&tokens, Some(prefill)).unwrap();
             let err = max_abs_diff(&ours, &theirs);
-            println!("{name:>14} prefill {prefill:>2}: max |ours - theirs| = {err:.3e}, range {range:.2}, ratio {:.2e}", err / range);
+            println!("{name:>14} prefill {prefill:>3}: max |ours - theirs| = {err:.3e}, range {range:.2}, ratio {:.2e}", err / range);
             if err > REL_TOL * range {
                 failures.push(format!(
                     "{name} prefill {prefill}: {err:.3e} > {REL_TOL} x {range:.2}"

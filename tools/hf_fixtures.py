@@ -127,6 +127,42 @@ SPECS = {
             attn_scale=0.1,
         ),
     ),
+    # The one fixture the GPU kernels take: head_dim 128, 4 query heads over 2 KV heads (GQA group 2,
+    # two KV heads in the cache), heads * head_dim = 512 != hidden 256 (Llama 4 allows it), attention
+    # chunk 64 (the GPU cache page is the chunk: a multiple of the prefill kernel's 64-key tile) and
+    # 150 tokens, so chunks at 64 and 128 are crossed. Layers: RoPE+dense, RoPE+MoE (4 experts, top-1),
+    # NoPE+dense with temperature tuning. Also checked against a bf16 transformers run (`bf16_check`).
+    "gpu_hd128": dict(
+        shape="flat",
+        seed=4000,
+        seq_len=150,
+        bf16_check=True,
+        text=dict(
+            COMMON,
+            hidden_size=256,
+            head_dim=128,
+            intermediate_size=64,
+            intermediate_size_mlp=128,
+            num_hidden_layers=3,
+            interleave_moe_layer_step=2,
+            num_local_experts=4,
+            num_experts_per_tok=1,
+            use_qk_norm=True,
+            no_rope_layers=[1, 1, 0],
+            rope_parameters=dict(
+                rope_type="llama3",
+                rope_theta=500000.0,
+                factor=16.0,
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
+                original_max_position_embeddings=64,
+            ),
+            attention_chunk_size=64,
+            attn_temperature_tuning=True,
+            floor_scale=16,
+            attn_scale=0.2,
+        ),
+    ),
 }
 
 # Tiny vision tower for the multimodal wrapper: only there so the checkpoint has the released
@@ -232,10 +268,8 @@ def forward_logits(model, tokens):
     return out.logits[0].float()
 
 
-def router_margin(text_model, tokens, k):
-    """Smallest gap between the k-th and (k+1)-th router logit over all tokens and MoE layers."""
-    import torch
-
+def router_logits(text_model, tokens):
+    """The router logits `[T, experts]` of every MoE layer, in layer order."""
     seen = []
     hooks = [
         m.register_forward_hook(lambda _m, _i, out: seen.append(out[1].detach()))
@@ -245,6 +279,14 @@ def router_margin(text_model, tokens, k):
     forward_logits(text_model, tokens)
     for h in hooks:
         h.remove()
+    return seen
+
+
+def router_margin(text_model, tokens, k):
+    """Smallest gap between the k-th and (k+1)-th router logit over all tokens and MoE layers."""
+    import torch
+
+    seen = router_logits(text_model, tokens)
     margins = [
         (srt[:, k - 1] - srt[:, k]).min().item()
         for srt in (torch.sort(lg, dim=-1, descending=True).values for lg in seen)
@@ -363,6 +405,46 @@ def variant_logits(spec, seed, tokens, **overrides):
     s["text"].update(overrides)
     model, _, _ = build(s, seed)
     return forward_logits(model, tokens)
+
+
+def bf16_copy(model):
+    """`model` with bf16 weights and activations, as a bf16 inference engine runs it. The f32 RoPE
+    buffers (inv_freq) stay f32: rounding them would move a position-150 angle by ~0.3 rad, an error
+    of the copy, not of bf16 activations (the GPU path computes its angles in f32 too)."""
+    import torch
+
+    m = copy.deepcopy(model)
+    keep = [
+        (mod, name, buf)
+        for mod in m.modules()
+        for name, buf in mod._buffers.items()
+        if buf is not None and buf.is_floating_point()
+    ]
+    m.to(torch.bfloat16)
+    for mod, name, buf in keep:
+        mod._buffers[name] = buf
+    return m
+
+
+def bf16_checks(spec, model, tokens, logits, k):
+    """How far bf16 activations move the logits (a reference point for a bf16 GPU path's tolerance),
+    and how many top-k router choices they change (must be none, or the fixture is fragile)."""
+    import torch
+
+    b = bf16_copy(model)
+    text_b = b.language_model if spec["shape"] == "nested" else b
+    text_f = model.language_model if spec["shape"] == "nested" else model
+    diff = float((forward_logits(b, tokens).double() - logits.double()).abs().max())
+    changed = sum(
+        int((torch.topk(f.float(), k).indices.sort().values != torch.topk(g.float(), k).indices.sort().values).any(-1).sum())
+        for f, g in zip(router_logits(text_f, tokens), router_logits(text_b, tokens))
+    )
+    rng = float(logits.max() - logits.min())
+    return {
+        "bf16_transformers_max_abs_diff": diff,
+        "bf16_transformers_max_abs_diff_over_range": diff / rng,
+        "bf16_router_choices_changed": changed,
+    }
 
 
 def decode_logits(model, tokens):
@@ -537,7 +619,7 @@ def make_fixture(name, spec, out_root, versions):
     from safetensors.torch import save_file
 
     rng = np.random.default_rng(spec["seed"])
-    tokens = [BOS] + [int(t) for t in rng.integers(0, BOS, SEQ_LEN - 1)]
+    tokens = [BOS] + [int(t) for t in rng.integers(0, BOS, spec.get("seq_len", SEQ_LEN) - 1)]
     k = spec["text"]["num_experts_per_tok"]
 
     min_margin = spec.get("min_router_margin", MIN_ROUTER_MARGIN)
@@ -577,6 +659,9 @@ def make_fixture(name, spec, out_root, versions):
     checks["mutation_max_abs_diff"] = {
         m: round(maxdiff(numpy_forward(out_dir, tokens, m), logits), 6) for m in MUTATIONS
     }
+    if spec.get("bf16_check"):
+        checks.update(bf16_checks(spec, model, tokens, logits, k))
+        assert checks["bf16_router_choices_changed"] == 0, checks
     if spec["text"]["attn_temperature_tuning"]:
         checks["no_temperature_tuning_max_abs_diff"] = maxdiff(
             variant_logits(spec, seed, tokens, attn_temperature_tuning=False), logits
@@ -634,6 +719,16 @@ def spec_notes(name):
             "no_rope_layers [1,1,0,1]: layer 2 is the NoPE/full-attention layer, not layer 3.",
             "attn_temperature_tuning false; rms_norm_eps 0.05 (large on purpose: also the qk-norm eps).",
             "llama3 RoPE low == high == 1 (Scout-Instruct style: two regimes), theta 1e4: frequencies 0..2 kept, 3..7 / 16.",
+        ],
+        "gpu_hd128": [
+            "Sized for the GPU kernels: head_dim 128, 4 query heads over 2 KV heads, hidden 256 "
+            "(!= heads * head_dim = 512), attention chunk 64 (a multiple of the prefill kernel's 64-key tile).",
+            "150 tokens: chunk boundaries at 64 and 128; temperature steps (floor_scale 16) at 15, 31, ..., 143.",
+            "Layers: 0 RoPE+dense, 1 RoPE+MoE (4 experts, top-1, intermediate 64), 2 NoPE+dense (intermediate_size_mlp 128); "
+            "qk norm; llama3 RoPE factor 16 / low 1 / high 4 / original 64, theta 5e5: frequencies 0..4 kept, "
+            "5..11 smoothed, 12..63 divided by 16.",
+            "bf16_* checks: the same weights run by transformers in bf16 (weights and activations; RoPE inv_freq "
+            "kept f32), against these f32 logits: what bf16 activations alone cost, and no router choice changes.",
         ],
     }
     return notes[name]
