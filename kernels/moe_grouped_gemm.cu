@@ -22,23 +22,6 @@ __global__ void __launch_bounds__(kGgPreThreads, 1) moe_grouped_gemm_prefill(con
   grouped_prefill<F>(a);
 }
 
-// Sums split-K partials (already scaled) in split order, adds the residual, stores bf16. Positions
-// that hold no row (grouped: past offsets[experts] or padding) are skipped.
-__global__ void moe_grouped_gemm_splitk_reduce(const __grid_constant__ GroupedGemm a) {
-  const int64_t total = a.rows * a.n;
-  const int64_t end = a.offsets ? static_cast<int64_t>(a.offsets[a.experts]) : a.rows;
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t p = idx / a.n, col = idx % a.n;
-    if (p >= end) continue;
-    if (a.sorted_slots && a.sorted_slots[p] == 0xffffffffu) continue;
-    float v = 0.f;
-    for (int s = 0; s < a.split_k; ++s) v += a.workspace[s * total + idx];
-    if (a.residual) v += __bfloat162float(a.residual[p * a.ldr + col]);
-    a.out[p * a.ldo + col] = __float2bfloat16_rn(v);
-  }
-}
-
 // One block per token: out[t] = shared[t] + sum_j y[inverse[t * topk + j]], f32, j ascending.
 constexpr int kCombineThreads = 256;
 __global__ void __launch_bounds__(kCombineThreads) moe_combine_kernel(const __grid_constant__ l4c_moe_combine_params p) {
@@ -91,10 +74,9 @@ l4c_status run(const GroupedGemm& a, WFmt f, int path, int token_tiles, int64_t 
       default: st = launch_decode<WFmt::kFp8>(a, token_tiles, grid, s); break;
     }
     if (st != L4C_OK || a.split_k == 1) return st;
-    const int64_t total = a.rows * a.n;
-    const int64_t blocks = std::min<int64_t>((total + 255) / 256, 4096);
-    moe_grouped_gemm_splitk_reduce<<<static_cast<unsigned>(blocks), 256, 0, s>>>(a);
-    return L4C_LAUNCH_STATUS();
+    // Grouped partials are already scaled (the Epilogue has no scales here).
+    return launch_splitk_reduce(a.workspace, a.split_k, a.epilogue(), s, a.sorted_slots,
+                                a.offsets ? a.offsets + a.experts : nullptr);
   }
   const int64_t cols_per_block = a.swiglu ? kGgPreBN / 2 : kGgPreBN;
   const dim3 grid(static_cast<unsigned>((a.n + cols_per_block - 1) / cols_per_block),
@@ -124,24 +106,9 @@ extern "C" l4c_status l4c_gemm_bf16(const l4c_gemm_bf16_params* p, l4c_stream_t 
   } else if (p->path != L4C_GEMM_PATH_PREFILL) {
     return L4C_ERR_INVALID_ARGUMENT;
   }
-  GroupedGemm a{};
-  a.x = static_cast<const __nv_bfloat16*>(p->x);
-  a.ldx = p->ldx;
-  a.topk = 1;
-  a.single[0] = WeightRef{p->w, nullptr, nullptr};
-  a.single[1] = a.single[0];
-  a.residual = static_cast<const __nv_bfloat16*>(p->residual);
-  a.ldr = p->ldr;
-  a.out = static_cast<__nv_bfloat16*>(p->out);
-  a.ldo = p->ldo;
-  a.workspace = p->workspace;
-  a.rows = p->m;
-  a.n = p->n;
-  a.k = p->k;
-  a.ldw = p->ldw;
-  a.k_slabs = k_slabs;
-  a.group_size = 128;
-  a.split_k = p->path == L4C_GEMM_PATH_DECODE ? p->split_k : 1;
+  const GroupedGemm a = dense_gemm(p->x, p->ldx, WeightRef{p->w, nullptr, nullptr}, p->residual, p->ldr, p->out,
+                                   p->ldo, p->workspace, p->m, p->n, p->k, p->ldw, k_slabs,
+                                   p->path == L4C_GEMM_PATH_DECODE ? p->split_k : 1);
   return run(a, WFmt::kBf16, p->path, p->token_tiles, groups_z, reinterpret_cast<cudaStream_t>(stream));
 }
 
@@ -183,7 +150,7 @@ extern "C" l4c_status l4c_moe_grouped_gemm(const l4c_moe_grouped_gemm_params* p,
     return L4C_ERR_INVALID_ARGUMENT;
   }
   GroupedGemm a{};
-  a.x = static_cast<const __nv_bfloat16*>(p->x);
+  a.x = static_cast<const uint16_t*>(p->x);
   a.ldx = p->ldx;
   a.sorted_slots = p->sorted_slots;
   a.scores = p->scores;
