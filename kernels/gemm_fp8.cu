@@ -95,11 +95,7 @@ __global__ void __launch_bounds__(kPreThreads, 1) gemm_fp8_prefill(const __grid_
 #else
   constexpr int kAhead = kPreStages - 1;
 #endif
-#pragma unroll
-  for (int st = 0; st < kAhead; ++st) {
-    if (st < ktiles) load_stage(st, st);
-    cp_async_commit();
-  }
+  ring_prologue<kAhead>(ktiles, load_stage);
 
   float* cs = reinterpret_cast<float*>(smem);
 #if L4C_WGMMA
@@ -108,11 +104,7 @@ __global__ void __launch_bounds__(kPreThreads, 1) gemm_fp8_prefill(const __grid_
 #pragma unroll
   for (int i = 0; i < 64; ++i) acc[i] = 0.f;
   for (int64_t kt = 0; kt < ktiles; ++kt) {
-    cp_async_wait<kAhead - 1>();
-    fence_proxy_async();
-    __syncthreads();
-    if (kt + kAhead < ktiles) load_stage((kt + kAhead) % kPreStages, kt + kAhead);
-    cp_async_commit();
+    ring_advance<kAhead, kPreStages, true>(kt, ktiles, load_stage);
     const uint32_t xs = sbase + (kt % kPreStages) * kPreStageBytes;
     const uint64_t da = wgmma_desc_sw128(xs + wg * (64 * 128)), db = wgmma_desc_sw128(xs + kPreTileBytes);
     wgmma_fence();
@@ -141,10 +133,7 @@ __global__ void __launch_bounds__(kPreThreads, 1) gemm_fp8_prefill(const __grid_
 #pragma unroll
     for (int b = 0; b < 4; ++b) acc[a][b][0] = acc[a][b][1] = acc[a][b][2] = acc[a][b][3] = 0.f;
   for (int64_t kt = 0; kt < ktiles; ++kt) {
-    cp_async_wait<kAhead - 1>();
-    __syncthreads();
-    if (kt + kAhead < ktiles) load_stage((kt + kAhead) % kPreStages, kt + kAhead);
-    cp_async_commit();
+    ring_advance<kAhead, kPreStages, false>(kt, ktiles, load_stage);
     const uint32_t xs = sbase + (kt % kPreStages) * kPreStageBytes, ws = xs + kPreTileBytes;
 #pragma unroll
     for (int u = 0; u < kPreBK / 32; ++u) {
@@ -218,9 +207,7 @@ extern "C" l4c_status l4c_gemm_fp8(const l4c_gemm_fp8_params* p, l4c_stream_t st
   if (p->path == L4C_GEMM_PATH_DECODE) {
     const int64_t kslabs = (p->k + l4c::kGgSlabK - 1) / l4c::kGgSlabK;
     if (p->ldx % 8 != 0) return L4C_ERR_INVALID_ARGUMENT;
-    if (p->token_tiles != 1 && p->token_tiles != 2 && p->token_tiles != 4) return L4C_ERR_INVALID_ARGUMENT;
-    if (p->split_k < 1 || p->split_k > kslabs || p->split_k > 65535) return L4C_ERR_INVALID_ARGUMENT;
-    if (p->split_k > 1 && !p->workspace) return L4C_ERR_INVALID_ARGUMENT;
+    if (!l4c::decode_plan_ok(p->token_tiles, p->split_k, kslabs, p->workspace)) return L4C_ERR_INVALID_ARGUMENT;
     // The per-channel scales go to the Epilogue (DecodeW<kFp8> leaves the accumulator unscaled).
     l4c::GroupedGemm a = l4c::dense_gemm(p->x, p->ldx, l4c::WeightRef{p->w, nullptr, nullptr}, p->residual, p->ldr,
                                          p->out, p->ldo, p->workspace, p->m, p->n, p->k, p->ldw, kslabs, p->split_k);

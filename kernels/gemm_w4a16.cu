@@ -102,9 +102,7 @@ extern "C" l4c_status l4c_gemm_w4a16(const l4c_gemm_w4a16_params* p, l4c_stream_
   if (p->ldx < p->k || p->ldo < p->n || (p->residual && p->ldr < p->n)) return L4C_ERR_INVALID_ARGUMENT;
   if (p->act_dtype != L4C_DTYPE_BF16 && p->act_dtype != L4C_DTYPE_F16) return L4C_ERR_UNSUPPORTED_DTYPE;
   if (p->path == L4C_GEMM_PATH_DECODE) {
-    if (p->token_tiles != 1 && p->token_tiles != 2 && p->token_tiles != 4) return L4C_ERR_INVALID_ARGUMENT;
-    if (p->split_k < 1 || p->split_k > p->k_slabs || p->split_k > 65535) return L4C_ERR_INVALID_ARGUMENT;
-    if (p->split_k > 1 && !p->workspace) return L4C_ERR_INVALID_ARGUMENT;
+    if (!decode_plan_ok(p->token_tiles, p->split_k, p->k_slabs, p->workspace)) return L4C_ERR_INVALID_ARGUMENT;
   } else if (p->path == L4C_GEMM_PATH_PREFILL) {
     // cp.async moves 16-byte pieces of X rows.
     if (p->k % 8 != 0 || p->ldx % 8 != 0 || (reinterpret_cast<uintptr_t>(p->x) & 15) != 0) return L4C_ERR_INVALID_ARGUMENT;

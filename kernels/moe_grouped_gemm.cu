@@ -98,9 +98,7 @@ extern "C" l4c_status l4c_gemm_bf16(const l4c_gemm_bf16_params* p, l4c_stream_t 
   const int64_t k_slabs = (p->k + kGgSlabK - 1) / kGgSlabK;
   int64_t groups_z = 1;
   if (p->path == L4C_GEMM_PATH_DECODE) {
-    if (p->token_tiles != 1 && p->token_tiles != 2 && p->token_tiles != 4) return L4C_ERR_INVALID_ARGUMENT;
-    if (p->split_k < 1 || p->split_k > k_slabs || p->split_k > 65535) return L4C_ERR_INVALID_ARGUMENT;
-    if (p->split_k > 1 && !p->workspace) return L4C_ERR_INVALID_ARGUMENT;
+    if (!decode_plan_ok(p->token_tiles, p->split_k, k_slabs, p->workspace)) return L4C_ERR_INVALID_ARGUMENT;
     groups_z = (p->m + 8 * p->token_tiles - 1) / (8 * p->token_tiles);
     if (groups_z > 65535) return L4C_ERR_INVALID_ARGUMENT;
   } else if (p->path != L4C_GEMM_PATH_PREFILL) {
@@ -140,18 +138,17 @@ extern "C" l4c_status l4c_moe_grouped_gemm(const l4c_moe_grouped_gemm_params* p,
     default: return L4C_ERR_UNSUPPORTED_DTYPE;
   }
   if (p->path == L4C_GEMM_PATH_DECODE) {
-    if (p->token_tiles != 1 && p->token_tiles != 2 && p->token_tiles != 4) return L4C_ERR_INVALID_ARGUMENT;
-    if (p->split_k < 1 || p->split_k > k_slabs || p->split_k > 65535) return L4C_ERR_INVALID_ARGUMENT;
-    if (p->split_k > 1 && (!p->workspace || swiglu)) return L4C_ERR_INVALID_ARGUMENT;
+    if (!decode_plan_ok(p->token_tiles, p->split_k, k_slabs, p->workspace) || (p->split_k > 1 && swiglu))
+      return L4C_ERR_INVALID_ARGUMENT;
   } else if (p->path == L4C_GEMM_PATH_PREFILL) {
     if (f == WFmt::kFp8 || p->pad % kGgPreBM != 0) return L4C_ERR_INVALID_ARGUMENT;
     if ((p->rows + kGgPreBM - 1) / kGgPreBM > 65535) return L4C_ERR_INVALID_ARGUMENT;
   } else {
     return L4C_ERR_INVALID_ARGUMENT;
   }
-  GroupedGemm a{};
-  a.x = static_cast<const uint16_t*>(p->x);
-  a.ldx = p->ldx;
+  // The dense fields (single weight unused), then the grouping.
+  GroupedGemm a = dense_gemm(p->x, p->ldx, WeightRef{}, nullptr, 0, p->out, p->ldo, p->workspace, p->rows, p->n, p->k,
+                             p->k, k_slabs, p->path == L4C_GEMM_PATH_DECODE ? p->split_k : 1);
   a.sorted_slots = p->sorted_slots;
   a.scores = p->scores;
   a.topk = p->topk;
@@ -165,18 +162,9 @@ extern "C" l4c_status l4c_moe_grouped_gemm(const l4c_moe_grouped_gemm_params* p,
     a.tables[i][1] = ws[i]->scales;
     a.tables[i][2] = ws[i]->zero_bias;
   }
-  a.out = static_cast<__nv_bfloat16*>(p->out);
-  a.ldo = p->ldo;
-  a.workspace = p->workspace;
-  a.rows = p->rows;
-  a.n = p->n;
-  a.k = p->k;
-  a.ldw = p->k;
-  a.k_slabs = k_slabs;
   a.groups = p->groups;
   a.group_size = f == WFmt::kInt4 ? p->group_size : 128;
   a.swiglu = swiglu ? 1 : 0;
-  a.split_k = p->path == L4C_GEMM_PATH_DECODE ? p->split_k : 1;
   return run(a, f, p->path, p->token_tiles, p->experts, reinterpret_cast<cudaStream_t>(stream));
 }
 

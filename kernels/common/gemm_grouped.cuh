@@ -88,6 +88,14 @@ struct GroupedGemm {
   }
 };
 
+// Host check of a decode plan (every decode launcher): 8 * token_tiles rows per block, split_k
+// k-slices of k_slabs slabs (grid.y), a workspace for the split-K partials.
+inline bool decode_plan_ok(int64_t token_tiles, int64_t split_k, int64_t k_slabs, const void* workspace) {
+  if (token_tiles != 1 && token_tiles != 2 && token_tiles != 4) return false;
+  if (split_k < 1 || split_k > k_slabs || split_k > 65535) return false;
+  return split_k == 1 || workspace != nullptr;
+}
+
 // The dense (one-group) case: Y[m, n] = X[m, k] . W^T (+ residual), W one weight of n rows.
 inline GroupedGemm dense_gemm(const void* x, int64_t ldx, WeightRef w, const void* residual, int64_t ldr, void* out,
                               int64_t ldo, float* workspace, int64_t m, int64_t n, int64_t k, int64_t ldw,
@@ -116,6 +124,31 @@ inline GroupedGemm dense_gemm(const void* x, int64_t ldx, WeightRef w, const voi
 __device__ __forceinline__ float silu_f32(float v) { return v / (1.0f + expf(-v)); }
 
 constexpr int kGgSlabK = 64;
+
+// ---- cp.async ring (prefill) ------------------------------------------------------------------------
+// load(stage, slab) issues one slab's cp.async copies. The prologue queues slabs 0..kAhead-1, one
+// commit group each (empty past the end); ring_advance makes slab s's stage visible (kFence: to the
+// async proxy too, for wgmma operands read by descriptor) and queues slab s + kAhead.
+template <int kAhead, typename Load>
+__device__ __forceinline__ void ring_prologue(int64_t nslabs, Load&& load) {
+#pragma unroll
+  for (int st = 0; st < kAhead; ++st) {
+    if (st < nslabs) load(st, st);
+    cp_async_commit();
+  }
+}
+template <int kAhead, int kStages, bool kFence, typename Load>
+__device__ __forceinline__ void ring_advance(int64_t s, int64_t nslabs, Load&& load) {
+  cp_async_wait<kAhead - 1>();
+#if L4C_WGMMA
+  if constexpr (kFence) fence_proxy_async();
+#else
+  static_assert(!kFence, "the async-proxy fence is for wgmma (sm_90a)");
+#endif
+  __syncthreads();
+  if (s + kAhead < nslabs) load(static_cast<int>((s + kAhead) % kStages), s + kAhead);
+  cp_async_commit();
+}
 
 // ---- int4 scales of one 16-row tile for one 64-k slab (the repacked layout, docs/GEMM.md) --------
 // Pointers to (s[g], s[g+8]) pairs of one tile: group grp of that tile is at [grp * 8].
@@ -524,11 +557,7 @@ __device__ __forceinline__ void grouped_prefill(const GroupedGemm& a) {
 #else
   constexpr int kAhead = kGgPreStages - 1;
 #endif
-#pragma unroll
-  for (int st = 0; st < kAhead; ++st) {
-    if (st < nslabs) load_stage(st, st);
-    cp_async_commit();
-  }
+  ring_prologue<kAhead>(nslabs, load_stage);
 
 #if L4C_WGMMA
   const int wg = warp / 4;
@@ -543,11 +572,7 @@ __device__ __forceinline__ void grouped_prefill(const GroupedGemm& a) {
     sc_next.load(my_ts, 0, gshift);
   }
   for (int64_t s = 0; s < nslabs; ++s) {
-    cp_async_wait<kAhead - 1>();
-    fence_proxy_async();
-    __syncthreads();
-    if (s + kAhead < nslabs) load_stage((s + kAhead) % kGgPreStages, s + kAhead);
-    cp_async_commit();
+    ring_advance<kAhead, kGgPreStages, true>(s, nslabs, load_stage);
     const uint32_t xs = sbase + (s % kGgPreStages) * kStageBytes;
     const uint64_t db = wgmma_desc_sw128(xs);
     if constexpr (F == WFmt::kBf16) {
@@ -597,10 +622,7 @@ __device__ __forceinline__ void grouped_prefill(const GroupedGemm& a) {
     nx1.load(ts1, 0, gshift);
   }
   for (int64_t s = 0; s < nslabs; ++s) {
-    cp_async_wait<kAhead - 1>();
-    __syncthreads();
-    if (s + kAhead < nslabs) load_stage((s + kAhead) % kGgPreStages, s + kAhead);
-    cp_async_commit();
+    ring_advance<kAhead, kGgPreStages, false>(s, nslabs, load_stage);
     const uint32_t xs = sbase + (s % kGgPreStages) * kStageBytes, ws = xs + kGgPreXBytes;
     [[maybe_unused]] Int4SlabScales<T> sc0, sc1;
     [[maybe_unused]] uint4 w0q, w1q;
@@ -675,21 +697,7 @@ __device__ __forceinline__ void grouped_prefill(const GroupedGemm& a) {
       if (a.swiglu) f[q] = silu_f32(f[q]) * (row[64 + c0 + q] * rs);
     }
     if (vec_ok && col0 + 8 <= a.n) {
-      if (a.residual) {
-        const uint4 rv = *reinterpret_cast<const uint4*>(a.residual + pos * a.ldr + col0);
-        const __nv_bfloat162* r2 = reinterpret_cast<const __nv_bfloat162*>(&rv);
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const float2 rf = __bfloat1622float2(r2[q]);
-          f[2 * q] += rf.x;
-          f[2 * q + 1] += rf.y;
-        }
-      }
-      uint4 ov;
-      __nv_bfloat162* o2 = reinterpret_cast<__nv_bfloat162*>(&ov);
-#pragma unroll
-      for (int q = 0; q < 4; ++q) o2[q] = __floats2bfloat162_rn(f[2 * q], f[2 * q + 1]);
-      *reinterpret_cast<uint4*>(a.out + pos * a.ldo + col0) = ov;
+      store8_bf16(a.out + pos * a.ldo + col0, a.residual ? a.residual + pos * a.ldr + col0 : nullptr, f);
     } else {
 #pragma unroll
       for (int q = 0; q < 8; ++q) {
