@@ -250,10 +250,8 @@ template <typename T> struct DecodeW<WFmt::kFp8, T> {
     a[2] = e4m3x2_to_bf16x2(u4_word(b.lo, j), true);
     a[3] = e4m3x2_to_bf16x2(u4_word(b.hi, j), true);
   }
-  // Null scales: the dense GEMM applies them in its epilogue (GroupedGemm::col_scale).
-  __device__ __forceinline__ float col_scale(int64_t col) const {
-    return scales_ ? __ldg(scales_ + min(col, n_ - 1)) : 1.0f;
-  }
+  // Grouped only: the dense kernels (kDense) leave the scales to the Epilogue (GroupedGemm::col_scale).
+  __device__ __forceinline__ float col_scale(int64_t col) const { return __ldg(scales_ + min(col, n_ - 1)); }
 };
 
 template <typename T> struct DecodeW<WFmt::kInt4, T> {
