@@ -119,9 +119,7 @@ __global__ void __launch_bounds__(kPreThreads, 1) gemm_fp8_prefill(const __grid_
   // acc[4j + r]: token 64wg + 16w + g + 8(r>>1), column 8j + 2c + (r&1).
 #pragma unroll
   for (int j = 0; j < 16; ++j)
-#pragma unroll
-    for (int r = 0; r < 4; ++r)
-      cs[(64 * wg + 16 * w + g + 8 * (r >> 1)) * kPreCsPitch + 8 * j + 2 * c + (r & 1)] = acc[4 * j + r];
+    stage_frag<false>(cs, kPreCsPitch, 64 * wg + 16 * w, 8 * j, g, c, acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
 #else
   // Warp (wm, wn) = (warp / 4, warp % 4): tokens 64wm..+64 (4 m16 tiles) x columns 32wn..+32 (4 n8 tiles).
   // Per 32-byte k unit u, lane (g, c) reads 8 bytes at k = 32u + 8c of its rows, which become the
@@ -170,10 +168,8 @@ __global__ void __launch_bounds__(kPreThreads, 1) gemm_fp8_prefill(const __grid_
   for (int mt = 0; mt < 4; ++mt)
 #pragma unroll
     for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-      for (int r = 0; r < 4; ++r)
-        cs[(64 * wm + 16 * mt + g + 8 * (r >> 1)) * kPreCsPitch + 32 * wn + 8 * nt + 2 * c + (r & 1)] =
-            acc[mt][nt][r];
+      stage_frag<false>(cs, kPreCsPitch, 64 * wm + 16 * mt, 32 * wn + 8 * nt, g, c, acc[mt][nt][0], acc[mt][nt][1],
+                        acc[mt][nt][2], acc[mt][nt][3]);
 #endif
   __syncthreads();
   const Epilogue ep{static_cast<__nv_bfloat16*>(p.out), static_cast<const __nv_bfloat16*>(p.residual),

@@ -33,6 +33,20 @@ struct Epilogue {
   }
 };
 
+// Writes one m16n8 mma accumulator fragment (d_r: row r0 + g + 8(r>>1), column c0 + 2c + (r&1),
+// g = lane / 4, c = lane % 4) into the f32 staging tile cs; kTrans stores it as cs[column][row]
+// (swap-AB: the MMA rows are the output columns).
+template <bool kTrans>
+__device__ __forceinline__ void stage_frag(float* cs, int pitch, int r0, int c0, int g, int c, float d0, float d1,
+                                           float d2, float d3) {
+  const float d[4] = {d0, d1, d2, d3};
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const int row = r0 + g + 8 * (r >> 1), col = c0 + 2 * c + (r & 1);
+    cs[kTrans ? col * pitch + row : row * pitch + col] = d[r];
+  }
+}
+
 // out[0..8) = bf16(f[e] + residual[e]) (residual optional), one 16-byte load and store; both
 // pointers 16-byte aligned.
 __device__ __forceinline__ void store8_bf16(__nv_bfloat16* out, const __nv_bfloat16* residual, float (&f)[8]) {

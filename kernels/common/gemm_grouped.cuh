@@ -600,9 +600,7 @@ __device__ __forceinline__ void grouped_prefill(const GroupedGemm& a) {
   // acc[4j + r]: virtual W row 16*warp + g + 8(r>>1), row 8j + 2c + (r&1).
 #pragma unroll
   for (int j = 0; j < 16; ++j)
-#pragma unroll
-    for (int r = 0; r < 4; ++r)
-      cs[(8 * j + 2 * c + (r & 1)) * kGgPreCsPitch + 16 * warp + g + 8 * (r >> 1)] = acc[4 * j + r];
+    stage_frag<true>(cs, kGgPreCsPitch, 16 * warp, 8 * j, g, c, acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
 #else
   const int wn = warp % 4, wm = warp / 4;
   float acc[2][8][4];
@@ -666,10 +664,8 @@ __device__ __forceinline__ void grouped_prefill(const GroupedGemm& a) {
   for (int wt = 0; wt < 2; ++wt)
 #pragma unroll
     for (int tt = 0; tt < 8; ++tt)
-#pragma unroll
-      for (int r = 0; r < 4; ++r)
-        cs[(64 * wm + 8 * tt + 2 * c + (r & 1)) * kGgPreCsPitch + 32 * wn + 16 * wt + g + 8 * (r >> 1)] =
-            acc[wt][tt][r];
+      stage_frag<true>(cs, kGgPreCsPitch, 32 * wn + 16 * wt, 64 * wm + 8 * tt, g, c, acc[wt][tt][0], acc[wt][tt][1],
+                       acc[wt][tt][2], acc[wt][tt][3]);
 #endif
   __syncthreads();
 
