@@ -12,38 +12,15 @@
 #include <algorithm>
 
 #include "common/dequant.cuh"
+#include "common/fp8.cuh"
 #include "common/gemm_epilogue.cuh"
+#include "common/gemm_grouped.cuh"
 #include "common/mma.cuh"
 #include "common/status.cuh"
 #include "common/wgmma.cuh"
 
 namespace {
 using namespace l4c;
-
-constexpr float kE4M3Max = 448.0f;
-
-// e4m3fn encoding, round to nearest even, saturating to +-448; NaN -> 0x7f (sign kept).
-// Matches crate::quant::fp8::e4m3_encode bit for bit.
-__device__ __forceinline__ uint8_t e4m3_encode(float v) {
-  const uint32_t sign = (__float_as_uint(v) >> 24) & 0x80u;
-  const float a = fabsf(v);
-  if (!(a == a)) return static_cast<uint8_t>(sign | 0x7fu);
-  if (a >= kE4M3Max) return static_cast<uint8_t>(sign | 0x7eu);
-  if (a < 0.015625f) {  // below 2^-6: subnormal grid of step 2^-9 (a * 512 is exact)
-    return static_cast<uint8_t>(sign | static_cast<uint32_t>(rintf(a * 512.0f)));
-  }
-  const uint32_t b = __float_as_uint(a);
-  const uint32_t r = b + 0x7ffffu + ((b >> 20) & 1u);  // round the 23-bit mantissa to 3 bits, RNE
-  uint32_t code = (((r >> 23) - 120u) << 3) | ((r >> 20) & 7u);
-  if (code > 0x7eu) code = 0x7eu;
-  return static_cast<uint8_t>(sign | code);
-}
-
-__device__ __forceinline__ float e4m3_decode(uint8_t c) {
-  const uint32_t e = (c >> 3) & 15u, m = c & 7u;
-  const float mag = e ? ldexpf(1.0f + m * 0.125f, static_cast<int>(e) - 7) : ldexpf(static_cast<float>(m), -9);
-  return (c & 0x80u) ? -mag : mag;
-}
 
 // ------------------------------------------------------------------------------------------------
 // Per-token quantization: one block per row. absmax -> scale = absmax / 448 (1 for a zero row) ->
@@ -67,117 +44,20 @@ __global__ void __launch_bounds__(kQuantThreads) gemm_fp8_quantize_per_token(con
   if (threadIdx.x == 0) p.scales[row] = scale;
   const int64_t kpad = p.codes ? p.ldc : p.k;
   for (int64_t j = threadIdx.x; j < kpad; j += kQuantThreads) {
-    const uint8_t code = j < p.k ? e4m3_encode(__fdiv_rn(__bfloat162float(x[j]), scale)) : 0;
+    const uint8_t code = j < p.k ? e4m3_encode_rn(__fdiv_rn(__bfloat162float(x[j]), scale)) : 0;
     if (p.codes) p.codes[row * p.ldc + j] = code;
-    if (p.decoded && j < p.k) static_cast<__nv_bfloat16*>(p.decoded)[row * p.k + j] = __float2bfloat16_rn(e4m3_decode(code));
+    if (p.decoded && j < p.k) static_cast<__nv_bfloat16*>(p.decoded)[row * p.k + j] = __float2bfloat16_rn(e4m3_decode_f32(code));
   }
 }
 
 // ------------------------------------------------------------------------------------------------
-// Decode (W8A16). Warp = one 16-row tile of W; per 64-k slab lane (g, c) loads 16 bytes of rows g
-// and g + 8 at k = 16c.. (two 16-byte loads; a row's 64 bytes come from 4 lanes). The reduction
-// over k does not care which k sits in which fragment slot as long as A and B agree, so k16 step
-// j (0..3) maps the thread's slots {2c, 2c+1 | 2c+8, 2c+9} to actual k {16c+4j, +1 | +2, +3}: the
-// thread's A bytes are word j of its loads and its B values are 4 consecutive X elements.
-constexpr int kDecWarps = 4;
-constexpr int kDecChunkSlabs = 8;
-constexpr int kDecChunk = kDecChunkSlabs * 64;
-constexpr int kDecPitch = kDecChunk + 8;  // 1040-byte rows: the 16-byte reads of a quarter-warp hit distinct banks
-constexpr int kDecPrefetch = 4;
-
-__device__ __forceinline__ uint32_t word_of(const uint4& v, int j) {
-  return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w;
-}
-
+// Decode (W8A16): the dense instantiation of the shared tensor-core GEMV (common/gemm_grouped.cuh,
+// DecodeW<kFp8>: lane c reads 16 bytes of rows g and g + 8 at k = 16c per 64-k slab, k16 step j
+// maps fragment slots to k 16c + 4j.., codes widened to bf16 exactly). Scales in the Epilogue.
 template <int MT>
-__global__ void __launch_bounds__(kDecWarps * 32, MT == 4 ? 3 : 4)
-    gemm_fp8_decode(const __grid_constant__ l4c_gemm_fp8_params p) {
-  __shared__ __align__(16) __nv_bfloat16 xs[MT * 8][kDecPitch];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
-  const int64_t ntiles = (p.n + 15) / 16;
-  const int64_t tile = static_cast<int64_t>(blockIdx.x) * kDecWarps + warp;
-  const bool active = tile < ntiles;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.z) * (MT * 8);
-  const int64_t kslabs = (p.k + 63) / 64;
-  const int64_t per_split = (kslabs + p.split_k - 1) / p.split_k;
-  const int64_t s_begin = blockIdx.y * per_split;
-  const int64_t s_end = min(kslabs, s_begin + per_split);
-  const __nv_bfloat16* x = static_cast<const __nv_bfloat16*>(p.x);
-  // Rows past n read row n - 1 (their results are never stored).
-  const uint8_t* wlo = p.w + min(tile * 16 + g, p.n - 1) * p.ldw + 16 * c;
-  const uint8_t* whi = p.w + min(tile * 16 + g + 8, p.n - 1) * p.ldw + 16 * c;
-
-  float acc[MT][4];
-#pragma unroll
-  for (int t = 0; t < MT; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.f;
-
-  uint4 blo[kDecPrefetch], bhi[kDecPrefetch];
-  auto fetch = [&](int slot, int64_t s) {
-    const int64_t k = s * 64;
-    const bool ok = active && k + 16 * c < p.k;  // k % 16 == 0: a 16-byte piece is all in or all out
-    blo[slot] = ok ? ldg_stream128(wlo + k) : make_uint4(0, 0, 0, 0);
-    bhi[slot] = ok ? ldg_stream128(whi + k) : make_uint4(0, 0, 0, 0);
-  };
-#pragma unroll
-  for (int i = 0; i < kDecPrefetch; ++i)
-    if (s_begin + i < s_end) fetch(i, s_begin + i);
-
-  for (int64_t cs = s_begin; cs < s_end; cs += kDecChunkSlabs) {
-    __syncthreads();
-    const int64_t kc = cs * 64;
-    for (int u = threadIdx.x; u < MT * 8 * (kDecChunk / 8); u += kDecWarps * 32) {
-      const int r = u / (kDecChunk / 8), col = (u % (kDecChunk / 8)) * 8;
-      const int64_t gm = m0 + r, gk = kc + col;
-      uint4 v = make_uint4(0, 0, 0, 0);
-      if (gm < p.m && gk < p.k) v = __ldg(reinterpret_cast<const uint4*>(x + gm * p.ldx + gk));
-      *reinterpret_cast<uint4*>(&xs[r][col]) = v;
-    }
-    __syncthreads();
-#pragma unroll
-    for (int i = 0; i < kDecChunkSlabs; ++i) {
-      const int64_t s = cs + i;
-      if (s >= s_end) break;
-      const uint4 lo = blo[i % kDecPrefetch], hi = bhi[i % kDecPrefetch];
-      if (s + kDecPrefetch < s_end) fetch(i % kDecPrefetch, s + kDecPrefetch);
-      if (!active) continue;
-      uint4 bx[MT][2];
-#pragma unroll
-      for (int t = 0; t < MT; ++t) {
-        const uint32_t addr = smem_u32(&xs[t * 8 + g][i * 64 + 16 * c]);
-        bx[t][0] = lds128(addr);
-        bx[t][1] = lds128(addr + 16);
-      }
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        uint32_t a[4];
-        a[0] = e4m3x2_to_bf16x2(word_of(lo, j), false);
-        a[1] = e4m3x2_to_bf16x2(word_of(hi, j), false);
-        a[2] = e4m3x2_to_bf16x2(word_of(lo, j), true);
-        a[3] = e4m3x2_to_bf16x2(word_of(hi, j), true);
-#pragma unroll
-        for (int t = 0; t < MT; ++t) {
-          const uint4& v = bx[t][j >> 1];
-          const uint32_t b0 = (j & 1) ? v.z : v.x, b1 = (j & 1) ? v.w : v.y;
-          mma_16816(acc[t], a, b0, b1, __nv_bfloat16());
-        }
-      }
-    }
-  }
-  if (!active) return;
-  const Epilogue ep{static_cast<__nv_bfloat16*>(p.out), static_cast<const __nv_bfloat16*>(p.residual),
-                    p.x_scales, p.w_scales, p.m, p.n, p.ldo, p.ldr};
-#pragma unroll
-  for (int t = 0; t < MT; ++t) {
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int64_t n = tile * 16 + g + 8 * (r >> 1), m = m0 + t * 8 + 2 * c + (r & 1);
-      if (p.split_k == 1) {
-        ep.store(acc[t][r], m, n);
-      } else if (m < p.m && n < p.n) {
-        p.workspace[(static_cast<int64_t>(blockIdx.y) * p.m + m) * p.n + n] = acc[t][r];
-      }
-    }
-  }
+__global__ void __launch_bounds__(kGgDecWarps * 32, MT == 4 ? 3 : 4)
+    gemm_fp8_decode(const __grid_constant__ GroupedGemm a) {
+  grouped_decode<WFmt::kFp8, MT, __nv_bfloat16, true>(a);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -215,11 +95,7 @@ __global__ void __launch_bounds__(kPreThreads, 1) gemm_fp8_prefill(const __grid_
 #else
   constexpr int kAhead = kPreStages - 1;
 #endif
-#pragma unroll
-  for (int st = 0; st < kAhead; ++st) {
-    if (st < ktiles) load_stage(st, st);
-    cp_async_commit();
-  }
+  ring_prologue<kAhead>(ktiles, load_stage);
 
   float* cs = reinterpret_cast<float*>(smem);
 #if L4C_WGMMA
@@ -228,11 +104,7 @@ __global__ void __launch_bounds__(kPreThreads, 1) gemm_fp8_prefill(const __grid_
 #pragma unroll
   for (int i = 0; i < 64; ++i) acc[i] = 0.f;
   for (int64_t kt = 0; kt < ktiles; ++kt) {
-    cp_async_wait<kAhead - 1>();
-    fence_proxy_async();
-    __syncthreads();
-    if (kt + kAhead < ktiles) load_stage((kt + kAhead) % kPreStages, kt + kAhead);
-    cp_async_commit();
+    ring_advance<kAhead, kPreStages, true>(kt, ktiles, load_stage);
     const uint32_t xs = sbase + (kt % kPreStages) * kPreStageBytes;
     const uint64_t da = wgmma_desc_sw128(xs + wg * (64 * 128)), db = wgmma_desc_sw128(xs + kPreTileBytes);
     wgmma_fence();
@@ -247,9 +119,7 @@ __global__ void __launch_bounds__(kPreThreads, 1) gemm_fp8_prefill(const __grid_
   // acc[4j + r]: token 64wg + 16w + g + 8(r>>1), column 8j + 2c + (r&1).
 #pragma unroll
   for (int j = 0; j < 16; ++j)
-#pragma unroll
-    for (int r = 0; r < 4; ++r)
-      cs[(64 * wg + 16 * w + g + 8 * (r >> 1)) * kPreCsPitch + 8 * j + 2 * c + (r & 1)] = acc[4 * j + r];
+    stage_frag<false>(cs, kPreCsPitch, 64 * wg + 16 * w, 8 * j, g, c, acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
 #else
   // Warp (wm, wn) = (warp / 4, warp % 4): tokens 64wm..+64 (4 m16 tiles) x columns 32wn..+32 (4 n8 tiles).
   // Per 32-byte k unit u, lane (g, c) reads 8 bytes at k = 32u + 8c of its rows, which become the
@@ -261,10 +131,7 @@ __global__ void __launch_bounds__(kPreThreads, 1) gemm_fp8_prefill(const __grid_
 #pragma unroll
     for (int b = 0; b < 4; ++b) acc[a][b][0] = acc[a][b][1] = acc[a][b][2] = acc[a][b][3] = 0.f;
   for (int64_t kt = 0; kt < ktiles; ++kt) {
-    cp_async_wait<kAhead - 1>();
-    __syncthreads();
-    if (kt + kAhead < ktiles) load_stage((kt + kAhead) % kPreStages, kt + kAhead);
-    cp_async_commit();
+    ring_advance<kAhead, kPreStages, false>(kt, ktiles, load_stage);
     const uint32_t xs = sbase + (kt % kPreStages) * kPreStageBytes, ws = xs + kPreTileBytes;
 #pragma unroll
     for (int u = 0; u < kPreBK / 32; ++u) {
@@ -301,10 +168,8 @@ __global__ void __launch_bounds__(kPreThreads, 1) gemm_fp8_prefill(const __grid_
   for (int mt = 0; mt < 4; ++mt)
 #pragma unroll
     for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-      for (int r = 0; r < 4; ++r)
-        cs[(64 * wm + 16 * mt + g + 8 * (r >> 1)) * kPreCsPitch + 32 * wn + 8 * nt + 2 * c + (r & 1)] =
-            acc[mt][nt][r];
+      stage_frag<false>(cs, kPreCsPitch, 64 * wm + 16 * mt, 32 * wn + 8 * nt, g, c, acc[mt][nt][0], acc[mt][nt][1],
+                        acc[mt][nt][2], acc[mt][nt][3]);
 #endif
   __syncthreads();
   const Epilogue ep{static_cast<__nv_bfloat16*>(p.out), static_cast<const __nv_bfloat16*>(p.residual),
@@ -336,24 +201,25 @@ extern "C" l4c_status l4c_gemm_fp8(const l4c_gemm_fp8_params* p, l4c_stream_t st
   cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
   const int64_t ntiles = (p->n + 15) / 16;
   if (p->path == L4C_GEMM_PATH_DECODE) {
-    const int64_t kslabs = (p->k + 63) / 64;
+    const int64_t kslabs = (p->k + l4c::kGgSlabK - 1) / l4c::kGgSlabK;
     if (p->ldx % 8 != 0) return L4C_ERR_INVALID_ARGUMENT;
-    if (p->token_tiles != 1 && p->token_tiles != 2 && p->token_tiles != 4) return L4C_ERR_INVALID_ARGUMENT;
-    if (p->split_k < 1 || p->split_k > kslabs || p->split_k > 65535) return L4C_ERR_INVALID_ARGUMENT;
-    if (p->split_k > 1 && !p->workspace) return L4C_ERR_INVALID_ARGUMENT;
+    if (!l4c::decode_plan_ok(p->token_tiles, p->split_k, kslabs, p->workspace)) return L4C_ERR_INVALID_ARGUMENT;
+    // The per-channel scales go to the Epilogue (DecodeW<kFp8> leaves the accumulator unscaled).
+    l4c::GroupedGemm a = l4c::dense_gemm(p->x, p->ldx, l4c::WeightRef{p->w, nullptr, nullptr}, p->residual, p->ldr,
+                                         p->out, p->ldo, p->workspace, p->m, p->n, p->k, p->ldw, kslabs, p->split_k);
+    a.row_scale = p->x_scales;
+    a.col_scale = p->w_scales;
     const int64_t tokens = 8 * p->token_tiles;
-    const dim3 grid(static_cast<unsigned>((ntiles + kDecWarps - 1) / kDecWarps), static_cast<unsigned>(p->split_k),
-                    static_cast<unsigned>((p->m + tokens - 1) / tokens));
+    const dim3 grid(static_cast<unsigned>((ntiles + l4c::kGgDecWarps - 1) / l4c::kGgDecWarps),
+                    static_cast<unsigned>(p->split_k), static_cast<unsigned>((p->m + tokens - 1) / tokens));
     switch (p->token_tiles) {
-      case 1: gemm_fp8_decode<1><<<grid, kDecWarps * 32, 0, s>>>(*p); break;
-      case 2: gemm_fp8_decode<2><<<grid, kDecWarps * 32, 0, s>>>(*p); break;
-      default: gemm_fp8_decode<4><<<grid, kDecWarps * 32, 0, s>>>(*p); break;
+      case 1: gemm_fp8_decode<1><<<grid, l4c::kGgDecWarps * 32, 0, s>>>(a); break;
+      case 2: gemm_fp8_decode<2><<<grid, l4c::kGgDecWarps * 32, 0, s>>>(a); break;
+      default: gemm_fp8_decode<4><<<grid, l4c::kGgDecWarps * 32, 0, s>>>(a); break;
     }
     const l4c_status st = L4C_LAUNCH_STATUS();
     if (st != L4C_OK || p->split_k == 1) return st;
-    const l4c::Epilogue ep{static_cast<__nv_bfloat16*>(p->out), static_cast<const __nv_bfloat16*>(p->residual),
-                           p->x_scales, p->w_scales, p->m, p->n, p->ldo, p->ldr};
-    return l4c::launch_splitk_reduce(p->workspace, p->split_k, ep, s);
+    return l4c::launch_splitk_reduce(p->workspace, p->split_k, a.epilogue(), s);
   }
   if (p->path != L4C_GEMM_PATH_PREFILL) return L4C_ERR_INVALID_ARGUMENT;
   if (!p->x_scales || p->ldx % 16 != 0) return L4C_ERR_INVALID_ARGUMENT;

@@ -22,23 +22,6 @@ __global__ void __launch_bounds__(kGgPreThreads, 1) moe_grouped_gemm_prefill(con
   grouped_prefill<F>(a);
 }
 
-// Sums split-K partials (already scaled) in split order, adds the residual, stores bf16. Positions
-// that hold no row (grouped: past offsets[experts] or padding) are skipped.
-__global__ void moe_grouped_gemm_splitk_reduce(const __grid_constant__ GroupedGemm a) {
-  const int64_t total = a.rows * a.n;
-  const int64_t end = a.offsets ? static_cast<int64_t>(a.offsets[a.experts]) : a.rows;
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t p = idx / a.n, col = idx % a.n;
-    if (p >= end) continue;
-    if (a.sorted_slots && a.sorted_slots[p] == 0xffffffffu) continue;
-    float v = 0.f;
-    for (int s = 0; s < a.split_k; ++s) v += a.workspace[s * total + idx];
-    if (a.residual) v += __bfloat162float(a.residual[p * a.ldr + col]);
-    a.out[p * a.ldo + col] = __float2bfloat16_rn(v);
-  }
-}
-
 // One block per token: out[t] = shared[t] + sum_j y[inverse[t * topk + j]], f32, j ascending.
 constexpr int kCombineThreads = 256;
 __global__ void __launch_bounds__(kCombineThreads) moe_combine_kernel(const __grid_constant__ l4c_moe_combine_params p) {
@@ -91,10 +74,9 @@ l4c_status run(const GroupedGemm& a, WFmt f, int path, int token_tiles, int64_t 
       default: st = launch_decode<WFmt::kFp8>(a, token_tiles, grid, s); break;
     }
     if (st != L4C_OK || a.split_k == 1) return st;
-    const int64_t total = a.rows * a.n;
-    const int64_t blocks = std::min<int64_t>((total + 255) / 256, 4096);
-    moe_grouped_gemm_splitk_reduce<<<static_cast<unsigned>(blocks), 256, 0, s>>>(a);
-    return L4C_LAUNCH_STATUS();
+    // Grouped partials are already scaled (the Epilogue has no scales here).
+    return launch_splitk_reduce(a.workspace, a.split_k, a.epilogue(), s, a.sorted_slots,
+                                a.offsets ? a.offsets + a.experts : nullptr);
   }
   const int64_t cols_per_block = a.swiglu ? kGgPreBN / 2 : kGgPreBN;
   const dim3 grid(static_cast<unsigned>((a.n + cols_per_block - 1) / cols_per_block),
@@ -116,32 +98,15 @@ extern "C" l4c_status l4c_gemm_bf16(const l4c_gemm_bf16_params* p, l4c_stream_t 
   const int64_t k_slabs = (p->k + kGgSlabK - 1) / kGgSlabK;
   int64_t groups_z = 1;
   if (p->path == L4C_GEMM_PATH_DECODE) {
-    if (p->token_tiles != 1 && p->token_tiles != 2 && p->token_tiles != 4) return L4C_ERR_INVALID_ARGUMENT;
-    if (p->split_k < 1 || p->split_k > k_slabs || p->split_k > 65535) return L4C_ERR_INVALID_ARGUMENT;
-    if (p->split_k > 1 && !p->workspace) return L4C_ERR_INVALID_ARGUMENT;
+    if (!decode_plan_ok(p->token_tiles, p->split_k, k_slabs, p->workspace)) return L4C_ERR_INVALID_ARGUMENT;
     groups_z = (p->m + 8 * p->token_tiles - 1) / (8 * p->token_tiles);
     if (groups_z > 65535) return L4C_ERR_INVALID_ARGUMENT;
   } else if (p->path != L4C_GEMM_PATH_PREFILL) {
     return L4C_ERR_INVALID_ARGUMENT;
   }
-  GroupedGemm a{};
-  a.x = static_cast<const __nv_bfloat16*>(p->x);
-  a.ldx = p->ldx;
-  a.topk = 1;
-  a.single[0] = WeightRef{p->w, nullptr, nullptr};
-  a.single[1] = a.single[0];
-  a.residual = static_cast<const __nv_bfloat16*>(p->residual);
-  a.ldr = p->ldr;
-  a.out = static_cast<__nv_bfloat16*>(p->out);
-  a.ldo = p->ldo;
-  a.workspace = p->workspace;
-  a.rows = p->m;
-  a.n = p->n;
-  a.k = p->k;
-  a.ldw = p->ldw;
-  a.k_slabs = k_slabs;
-  a.group_size = 128;
-  a.split_k = p->path == L4C_GEMM_PATH_DECODE ? p->split_k : 1;
+  const GroupedGemm a = dense_gemm(p->x, p->ldx, WeightRef{p->w, nullptr, nullptr}, p->residual, p->ldr, p->out,
+                                   p->ldo, p->workspace, p->m, p->n, p->k, p->ldw, k_slabs,
+                                   p->path == L4C_GEMM_PATH_DECODE ? p->split_k : 1);
   return run(a, WFmt::kBf16, p->path, p->token_tiles, groups_z, reinterpret_cast<cudaStream_t>(stream));
 }
 
@@ -173,18 +138,17 @@ extern "C" l4c_status l4c_moe_grouped_gemm(const l4c_moe_grouped_gemm_params* p,
     default: return L4C_ERR_UNSUPPORTED_DTYPE;
   }
   if (p->path == L4C_GEMM_PATH_DECODE) {
-    if (p->token_tiles != 1 && p->token_tiles != 2 && p->token_tiles != 4) return L4C_ERR_INVALID_ARGUMENT;
-    if (p->split_k < 1 || p->split_k > k_slabs || p->split_k > 65535) return L4C_ERR_INVALID_ARGUMENT;
-    if (p->split_k > 1 && (!p->workspace || swiglu)) return L4C_ERR_INVALID_ARGUMENT;
+    if (!decode_plan_ok(p->token_tiles, p->split_k, k_slabs, p->workspace) || (p->split_k > 1 && swiglu))
+      return L4C_ERR_INVALID_ARGUMENT;
   } else if (p->path == L4C_GEMM_PATH_PREFILL) {
     if (f == WFmt::kFp8 || p->pad % kGgPreBM != 0) return L4C_ERR_INVALID_ARGUMENT;
     if ((p->rows + kGgPreBM - 1) / kGgPreBM > 65535) return L4C_ERR_INVALID_ARGUMENT;
   } else {
     return L4C_ERR_INVALID_ARGUMENT;
   }
-  GroupedGemm a{};
-  a.x = static_cast<const __nv_bfloat16*>(p->x);
-  a.ldx = p->ldx;
+  // The dense fields (single weight unused), then the grouping.
+  GroupedGemm a = dense_gemm(p->x, p->ldx, WeightRef{}, nullptr, 0, p->out, p->ldo, p->workspace, p->rows, p->n, p->k,
+                             p->k, k_slabs, p->path == L4C_GEMM_PATH_DECODE ? p->split_k : 1);
   a.sorted_slots = p->sorted_slots;
   a.scores = p->scores;
   a.topk = p->topk;
@@ -198,18 +162,9 @@ extern "C" l4c_status l4c_moe_grouped_gemm(const l4c_moe_grouped_gemm_params* p,
     a.tables[i][1] = ws[i]->scales;
     a.tables[i][2] = ws[i]->zero_bias;
   }
-  a.out = static_cast<__nv_bfloat16*>(p->out);
-  a.ldo = p->ldo;
-  a.workspace = p->workspace;
-  a.rows = p->rows;
-  a.n = p->n;
-  a.k = p->k;
-  a.ldw = p->k;
-  a.k_slabs = k_slabs;
   a.groups = p->groups;
   a.group_size = f == WFmt::kInt4 ? p->group_size : 128;
   a.swiglu = swiglu ? 1 : 0;
-  a.split_k = p->path == L4C_GEMM_PATH_DECODE ? p->split_k : 1;
   return run(a, f, p->path, p->token_tiles, p->experts, reinterpret_cast<cudaStream_t>(stream));
 }
 

@@ -1,6 +1,6 @@
-// Device helpers of the KV append and split-KV decode kernels (kernels/attn_decode.cu): the scalar
-// e4m3 codec and the power-of-two KV scale rule (bit-exact with crate::quant::fp8 and
-// crate::kv_cache), the paged-view address math, movmatrix, and the base-2 log-sum-exp merge.
+// Device helpers of the KV append and split-KV decode kernels (kernels/attn_decode.cu): the
+// power-of-two KV scale rule (bit-exact with crate::kv_cache; the scalar e4m3 codec is
+// common/fp8.cuh), the paged-view address math, movmatrix, and the base-2 log-sum-exp merge.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -8,36 +8,10 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "fp8.cuh"
 #include "llama4_cuda.h"
 
 namespace l4c {
-
-constexpr float kE4M3MaxF = 448.0f;
-
-// e4m3fn, round to nearest even, saturating to +-448; NaN -> 0x7f (sign kept). Bit-exact with
-// crate::quant::fp8::e4m3_encode (the same routine as the private copy in gemm_fp8.cu).
-__device__ __forceinline__ uint8_t e4m3_encode_rn(float v) {
-    const uint32_t sign = (__float_as_uint(v) >> 24) & 0x80u;
-    const float a = fabsf(v);
-    if (!(a == a)) return static_cast<uint8_t>(sign | 0x7fu);
-    if (a >= kE4M3MaxF) return static_cast<uint8_t>(sign | 0x7eu);
-    if (a < 0.015625f) {  // below 2^-6: subnormal grid of step 2^-9 (a * 512 is exact)
-        return static_cast<uint8_t>(sign | static_cast<uint32_t>(rintf(a * 512.0f)));
-    }
-    const uint32_t b = __float_as_uint(a);
-    const uint32_t r = b + 0x7ffffu + ((b >> 20) & 1u);  // round the 23-bit mantissa to 3 bits, RNE
-    uint32_t code = (((r >> 23) - 120u) << 3) | ((r >> 20) & 7u);
-    if (code > 0x7eu) code = 0x7eu;
-    return static_cast<uint8_t>(sign | code);
-}
-
-// Exact value of an e4m3fn code, built from its bit fields (NaN codes decode as +-480; the cache
-// never stores them).
-__device__ __forceinline__ float e4m3_decode_f32(uint32_t c) {
-    const uint32_t e = (c >> 3) & 15u, m = c & 7u;
-    const float mag = e ? __uint_as_float(((e + 120u) << 23) | (m << 20)) : static_cast<float>(m) * 0.001953125f;
-    return (c & 0x80u) ? -mag : mag;
-}
 
 // crate::kv_cache::storage::pow2_scale: the smallest power of two s >= 2^-126 with amax / s <= 448;
 // 0 for amax == 0. The CPU computes it from amax / 448 and corrects upward; that is exactly this
@@ -48,8 +22,8 @@ __device__ __forceinline__ float kv_pow2_scale(float amax) {
     if (!(amax <= FLT_MAX)) amax = FLT_MAX;
     const int eb = static_cast<int>(__float_as_uint(amax) >> 23);  // biased exponent (amax >= 0)
     float s = __uint_as_float(static_cast<uint32_t>(max(eb - 8, 1)) << 23);
-    while (amax > __fmul_rn(kE4M3MaxF, s)) s = __fmul_rn(s, 2.0f);
-    while (s > FLT_MIN && amax <= __fmul_rn(kE4M3MaxF, __fmul_rn(s, 0.5f))) s = __fmul_rn(s, 0.5f);
+    while (amax > __fmul_rn(kE4M3Max, s)) s = __fmul_rn(s, 2.0f);
+    while (s > FLT_MIN && amax <= __fmul_rn(kE4M3Max, __fmul_rn(s, 0.5f))) s = __fmul_rn(s, 0.5f);
     return s;
 }
 
@@ -97,11 +71,6 @@ __device__ __forceinline__ uint4 ldg_nc128(const void *p) {
         : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
         : "l"(p));
     return v;
-}
-
-// Component w (0..3, a compile-time constant after unrolling) of a 16-byte vector.
-__device__ __forceinline__ uint32_t u4_word(const uint4 &v, int w) {
-    return w == 0 ? v.x : w == 1 ? v.y : w == 2 ? v.z : v.w;
 }
 
 }  // namespace l4c

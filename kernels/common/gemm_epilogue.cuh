@@ -33,6 +33,40 @@ struct Epilogue {
   }
 };
 
+// Writes one m16n8 mma accumulator fragment (d_r: row r0 + g + 8(r>>1), column c0 + 2c + (r&1),
+// g = lane / 4, c = lane % 4) into the f32 staging tile cs; kTrans stores it as cs[column][row]
+// (swap-AB: the MMA rows are the output columns).
+template <bool kTrans>
+__device__ __forceinline__ void stage_frag(float* cs, int pitch, int r0, int c0, int g, int c, float d0, float d1,
+                                           float d2, float d3) {
+  const float d[4] = {d0, d1, d2, d3};
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const int row = r0 + g + 8 * (r >> 1), col = c0 + 2 * c + (r & 1);
+    cs[kTrans ? col * pitch + row : row * pitch + col] = d[r];
+  }
+}
+
+// out[0..8) = bf16(f[e] + residual[e]) (residual optional), one 16-byte load and store; both
+// pointers 16-byte aligned.
+__device__ __forceinline__ void store8_bf16(__nv_bfloat16* out, const __nv_bfloat16* residual, float (&f)[8]) {
+  if (residual) {
+    const uint4 rv = *reinterpret_cast<const uint4*>(residual);
+    const __nv_bfloat162* r2 = reinterpret_cast<const __nv_bfloat162*>(&rv);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float2 rf = __bfloat1622float2(r2[e]);
+      f[2 * e] += rf.x;
+      f[2 * e + 1] += rf.y;
+    }
+  }
+  uint4 ov;
+  __nv_bfloat162* o2 = reinterpret_cast<__nv_bfloat162*>(&ov);
+#pragma unroll
+  for (int e = 0; e < 4; ++e) o2[e] = __floats2bfloat162_rn(f[2 * e], f[2 * e + 1]);
+  *reinterpret_cast<uint4*>(out) = ov;
+}
+
 // Writes a tile staged in shared memory as f32 `cs[r * pitch + c]` (r = row of the output, c =
 // column) for output rows [m0, m0 + rows) and columns [n0, n0 + cols), 8 columns per step with one
 // 16-byte store where the row is fully in range and aligned, element-wise at the edges.
@@ -61,21 +95,7 @@ __device__ __forceinline__ void store_tile_from_smem(const Epilogue& ep, const f
           f[e] *= s;
         }
       }
-      if (ep.residual) {
-        const uint4 rv = *reinterpret_cast<const uint4*>(ep.residual + i * ep.ldr + j);
-        const __nv_bfloat162* r2 = reinterpret_cast<const __nv_bfloat162*>(&rv);
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float2 rf = __bfloat1622float2(r2[e]);
-          f[2 * e] += rf.x;
-          f[2 * e + 1] += rf.y;
-        }
-      }
-      uint4 ov;
-      __nv_bfloat162* o2 = reinterpret_cast<__nv_bfloat162*>(&ov);
-#pragma unroll
-      for (int e = 0; e < 4; ++e) o2[e] = __floats2bfloat162_rn(f[2 * e], f[2 * e + 1]);
-      *reinterpret_cast<uint4*>(ep.out + i * ep.ldo + j) = ov;
+      store8_bf16(ep.out + i * ep.ldo + j, ep.residual ? ep.residual + i * ep.ldr + j : nullptr, f);
     } else {
       for (int e = 0; e < 8; ++e) ep.store(src[e], i, j + e);
     }
@@ -84,7 +104,9 @@ __device__ __forceinline__ void store_tile_from_smem(const Epilogue& ep, const f
 
 struct Epilogue;
 // Sums split-K partials `ws[split][m][n]` (f32) in split order and applies `ep`; defined in
-// gemm_w4a16.cu, used by every split-K GEMM.
-l4c_status launch_splitk_reduce(const float* ws, int split, const Epilogue& ep, cudaStream_t stream);
+// gemm_w4a16.cu, used by every split-K GEMM. Grouped: rows at or past `*end` (device) and rows whose
+// `sorted_slots` entry is padding (UINT32_MAX) are left untouched.
+l4c_status launch_splitk_reduce(const float* ws, int split, const Epilogue& ep, cudaStream_t stream,
+                                const uint32_t* sorted_slots = nullptr, const uint32_t* end = nullptr);
 
 }  // namespace l4c

@@ -14,9 +14,13 @@
 #pragma once
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <stdint.h>
 
+#include <type_traits>
+
 #include "dequant.cuh"
+#include "gemm_epilogue.cuh"
 #include "mma.cuh"
 #include "wgmma.cuh"
 
@@ -34,7 +38,7 @@ struct WeightRef {
 
 // Arguments of every kernel built from these templates (the C ABI structs are converted into it).
 struct GroupedGemm {
-  const __nv_bfloat16* x;
+  const uint16_t* x;  // bf16, or f16 where the kernel's activation type T is __half
   int64_t ldx;
   // Grouped: sorted position -> slot (UINT32_MAX = padding); null in the dense (one-group) case.
   const uint32_t* sorted_slots;
@@ -50,6 +54,10 @@ struct GroupedGemm {
   WeightRef single[2];
   const __nv_bfloat16* residual;  // dense only, [rows, n] row stride ldr
   int64_t ldr;
+  // Dense fp8 only: the Epilogue's per-row (token) and per-column (channel) scales, applied to the
+  // unscaled accumulator (after the split-K sum) as acc * (row * col), as gemm_fp8 always has.
+  const float* row_scale;
+  const float* col_scale;
   __nv_bfloat16* out;
   int64_t ldo;
   float* workspace;  // split_k > 1: [split_k][rows][n] f32 partials (already scaled)
@@ -58,6 +66,9 @@ struct GroupedGemm {
   int64_t k_slabs, groups;
   int32_t group_size, swiglu, split_k;
 
+  __host__ __device__ __forceinline__ Epilogue epilogue() const {
+    return Epilogue{out, residual, row_scale, col_scale, rows, n, ldo, ldr};
+  }
   __device__ __forceinline__ WeightRef weight(int which, int64_t e) const {
     if (!offsets) return single[which];
     WeightRef r;
@@ -77,13 +88,67 @@ struct GroupedGemm {
   }
 };
 
-__device__ __forceinline__ float silu_f32(float v) { return v / (1.0f + expf(-v)); }
-
-__device__ __forceinline__ uint32_t word4(const uint4& v, int j) {
-  return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w;
+// Host check of a decode plan (every decode launcher): 8 * token_tiles rows per block, split_k
+// k-slices of k_slabs slabs (grid.y), a workspace for the split-K partials.
+inline bool decode_plan_ok(int64_t token_tiles, int64_t split_k, int64_t k_slabs, const void* workspace) {
+  if (token_tiles != 1 && token_tiles != 2 && token_tiles != 4) return false;
+  if (split_k < 1 || split_k > k_slabs || split_k > 65535) return false;
+  return split_k == 1 || workspace != nullptr;
 }
 
+// The dense (one-group) case: Y[m, n] = X[m, k] . W^T (+ residual), W one weight of n rows.
+inline GroupedGemm dense_gemm(const void* x, int64_t ldx, WeightRef w, const void* residual, int64_t ldr, void* out,
+                              int64_t ldo, float* workspace, int64_t m, int64_t n, int64_t k, int64_t ldw,
+                              int64_t k_slabs, int32_t split_k) {
+  GroupedGemm a{};
+  a.x = static_cast<const uint16_t*>(x);
+  a.ldx = ldx;
+  a.topk = 1;
+  a.single[0] = w;
+  a.single[1] = w;
+  a.residual = static_cast<const __nv_bfloat16*>(residual);
+  a.ldr = ldr;
+  a.out = static_cast<__nv_bfloat16*>(out);
+  a.ldo = ldo;
+  a.workspace = workspace;
+  a.rows = m;
+  a.n = n;
+  a.k = k;
+  a.ldw = ldw;
+  a.k_slabs = k_slabs;
+  a.group_size = 128;
+  a.split_k = split_k;
+  return a;
+}
+
+__device__ __forceinline__ float silu_f32(float v) { return v / (1.0f + expf(-v)); }
+
 constexpr int kGgSlabK = 64;
+
+// ---- cp.async ring (prefill) ------------------------------------------------------------------------
+// load(stage, slab) issues one slab's cp.async copies. The prologue queues slabs 0..kAhead-1, one
+// commit group each (empty past the end); ring_advance makes slab s's stage visible (kFence: to the
+// async proxy too, for wgmma operands read by descriptor) and queues slab s + kAhead.
+template <int kAhead, typename Load>
+__device__ __forceinline__ void ring_prologue(int64_t nslabs, Load&& load) {
+#pragma unroll
+  for (int st = 0; st < kAhead; ++st) {
+    if (st < nslabs) load(st, st);
+    cp_async_commit();
+  }
+}
+template <int kAhead, int kStages, bool kFence, typename Load>
+__device__ __forceinline__ void ring_advance(int64_t s, int64_t nslabs, Load&& load) {
+  cp_async_wait<kAhead - 1>();
+#if L4C_WGMMA
+  if constexpr (kFence) fence_proxy_async();
+#else
+  static_assert(!kFence, "the async-proxy fence is for wgmma (sm_90a)");
+#endif
+  __syncthreads();
+  if (s + kAhead < nslabs) load(static_cast<int>((s + kAhead) % kStages), s + kAhead);
+  cp_async_commit();
+}
 
 // ---- int4 scales of one 16-row tile for one 64-k slab (the repacked layout, docs/GEMM.md) --------
 // Pointers to (s[g], s[g+8]) pairs of one tile: group grp of that tile is at [grp * 8].
@@ -95,7 +160,7 @@ struct Int4TileScales {
     z = w.zero_bias ? static_cast<const uint32_t*>(w.zero_bias) + tile * groups * 8 + g : nullptr;
   }
 };
-struct Int4SlabScales {
+template <typename T> struct Int4SlabScales {
   uint32_t s[2], z[2];
   __device__ __forceinline__ void load(const Int4TileScales& t, int64_t slab, int gshift) {
 #pragma unroll
@@ -103,12 +168,12 @@ struct Int4SlabScales {
       const int64_t grp = (slab * kGgSlabK + h * 32) >> gshift;
       s[h] = __ldg(t.s + grp * 8);
       // Symmetric: zero point 8, so the bias is magic + 8.
-      z[h] = t.z ? __ldg(t.z + grp * 8) : Half2<__nv_bfloat16>::kMagic2 + 0x00080008u;
+      z[h] = t.z ? __ldg(t.z + grp * 8) : Half2<T>::kMagic2 + 0x00080008u;
     }
   }
   __device__ __forceinline__ void dequant(uint32_t word, int j, uint32_t (&a)[4]) const {
     const int h = j >> 1;
-    dequant_int4_frag<__nv_bfloat16>(word, bcast_lo(z[h]), bcast_hi(z[h]), bcast_lo(s[h]), bcast_hi(s[h]), a);
+    dequant_int4_frag<T>(word, bcast_lo(z[h]), bcast_hi(z[h]), bcast_lo(s[h]), bcast_hi(s[h]), a);
   }
 };
 
@@ -116,9 +181,11 @@ struct Int4SlabScales {
 // kPermutedK: the A fragment's k slots {2c, 2c+1 | 2c+8, 2c+9} of k16 step j hold actual k
 // 16c + 4j + {0, 1 | 2, 3} (lane c reads 16 consecutive k of its rows; the B side reads X the same
 // way, legal because the k reduction is order-free). Otherwise the standard order (ldmatrix B).
-template <WFmt F> struct DecodeW;
+// T: the activation type (bf16, or f16 for int4 weights, whose dequant targets either).
+template <WFmt F, typename T> struct DecodeW;
 
-template <> struct DecodeW<WFmt::kBf16> {
+template <typename T> struct DecodeW<WFmt::kBf16, T> {
+  static_assert(sizeof(T) == 2 && !std::is_same<T, __half>::value, "bf16 weights take bf16 activations");
   static constexpr int kPrefetch = 2;  // 2 slabs x 64 bytes per lane in flight
   static constexpr bool kPermutedK = true;
   struct Buf { uint4 lo[2], hi[2]; };
@@ -152,7 +219,8 @@ template <> struct DecodeW<WFmt::kBf16> {
   __device__ __forceinline__ float col_scale(int64_t) const { return 1.0f; }
 };
 
-template <> struct DecodeW<WFmt::kFp8> {
+template <typename T> struct DecodeW<WFmt::kFp8, T> {
+  static_assert(!std::is_same<T, __half>::value, "fp8 weights decode to bf16");
   static constexpr int kPrefetch = 4;
   static constexpr bool kPermutedK = true;
   struct Buf { uint4 lo, hi; };
@@ -177,18 +245,19 @@ template <> struct DecodeW<WFmt::kFp8> {
     b.hi = ok ? ldg_stream128(hi_ + kk) : make_uint4(0, 0, 0, 0);
   }
   __device__ __forceinline__ void frag(const Buf& b, int j, uint32_t (&a)[4]) const {
-    a[0] = e4m3x2_to_bf16x2(word4(b.lo, j), false);
-    a[1] = e4m3x2_to_bf16x2(word4(b.hi, j), false);
-    a[2] = e4m3x2_to_bf16x2(word4(b.lo, j), true);
-    a[3] = e4m3x2_to_bf16x2(word4(b.hi, j), true);
+    a[0] = e4m3x2_to_bf16x2(u4_word(b.lo, j), false);
+    a[1] = e4m3x2_to_bf16x2(u4_word(b.hi, j), false);
+    a[2] = e4m3x2_to_bf16x2(u4_word(b.lo, j), true);
+    a[3] = e4m3x2_to_bf16x2(u4_word(b.hi, j), true);
   }
+  // Grouped only: the dense kernels (kDense) leave the scales to the Epilogue (GroupedGemm::col_scale).
   __device__ __forceinline__ float col_scale(int64_t col) const { return __ldg(scales_ + min(col, n_ - 1)); }
 };
 
-template <> struct DecodeW<WFmt::kInt4> {
+template <typename T> struct DecodeW<WFmt::kInt4, T> {
   static constexpr int kPrefetch = 4;
   static constexpr bool kPermutedK = false;
-  struct Buf { uint4 w; Int4SlabScales sc; };
+  struct Buf { uint4 w; Int4SlabScales<T> sc; };
   const uint4* wq_;
   Int4TileScales ts_;
   int gshift_;
@@ -204,7 +273,7 @@ template <> struct DecodeW<WFmt::kInt4> {
     b.sc.load(ts_, s, gshift_);
   }
   __device__ __forceinline__ void frag(const Buf& b, int j, uint32_t (&a)[4]) const {
-    b.sc.dequant(word4(b.w, j), j, a);
+    b.sc.dequant(u4_word(b.w, j), j, a);
   }
   __device__ __forceinline__ float col_scale(int64_t) const { return 1.0f; }
 };
@@ -214,23 +283,27 @@ template <> struct DecodeW<WFmt::kInt4> {
 // shared memory 512 k at a time. grid = (column blocks, split_k, experts | dense row tiles). A grouped
 // block reads its expert's count on the device: count 0 exits at once; more rows than 8 * MT loop
 // (the weight is re-streamed per row tile, which the plan keeps rare).
+// kDense (gemm_w4a16 / gemm_fp8 decode): one weight, contiguous rows, no SwiGLU, known at compile
+// time; X may be f16 (T) and unaligned / k % 8 != 0 (staged element-wise); the epilogue is the
+// GroupedGemm's Epilogue (fp8 row / column scales) and split-K partials are unscaled.
 constexpr int kGgDecWarps = 4;
 constexpr int kGgDecChunkSlabs = 8;
 constexpr int kGgDecChunk = kGgDecChunkSlabs * kGgSlabK;
 constexpr int kGgDecPitch = kGgDecChunk + 8;
 
-template <WFmt F, int MT>
+template <WFmt F, int MT, typename T = __nv_bfloat16, bool kDense = false>
 __device__ __forceinline__ void grouped_decode(const GroupedGemm& a) {
-  using W = DecodeW<F>;
+  using W = DecodeW<F, T>;
   constexpr int kRows = MT * 8;
-  __shared__ __align__(16) __nv_bfloat16 xs[kRows][kGgDecPitch];
+  __shared__ __align__(16) T xs[kRows][kGgDecPitch];
   __shared__ int64_t src[kRows];
   __shared__ float rscale[kRows];
   __shared__ float swap[2][MT][4][32];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
 
+  const T* x = reinterpret_cast<const T*>(a.x);
   int64_t e = 0, row0, nrows;
-  if (a.offsets) {
+  if (!kDense && a.offsets) {
     e = blockIdx.z;
     row0 = a.offsets[e];
     nrows = a.counts[e];
@@ -241,9 +314,10 @@ __device__ __forceinline__ void grouped_decode(const GroupedGemm& a) {
   if (nrows <= 0) return;  // uniform over the block
 
   const int64_t ntiles = (a.n + 15) / 16;
-  const int which = a.swiglu ? warp >> 1 : 0;
-  const int64_t tile = a.swiglu ? static_cast<int64_t>(blockIdx.x) * 2 + (warp & 1)
-                                : static_cast<int64_t>(blockIdx.x) * kGgDecWarps + warp;
+  const bool swiglu = !kDense && a.swiglu;
+  const int which = swiglu ? warp >> 1 : 0;
+  const int64_t tile = swiglu ? static_cast<int64_t>(blockIdx.x) * 2 + (warp & 1)
+                              : static_cast<int64_t>(blockIdx.x) * kGgDecWarps + warp;
   const bool active = tile < ntiles;
   const int64_t per_split = (a.k_slabs + a.split_k - 1) / a.split_k;
   const int64_t s_begin = blockIdx.y * per_split;
@@ -251,21 +325,26 @@ __device__ __forceinline__ void grouped_decode(const GroupedGemm& a) {
   W wsrc;
   wsrc.init(a, a.weight(which, e), tile, lane);
   // Output columns of the accumulator rows g and g + 8, and their per-channel scales (fp8).
+  // Dense: 1 (the Epilogue scales), and one row tile per block (nrows <= kRows), known at compile time.
   const int64_t col_lo = tile * 16 + g, col_hi = col_lo + 8;
-  const float cs_lo = active ? wsrc.col_scale(col_lo) : 0.f, cs_hi = active ? wsrc.col_scale(col_hi) : 0.f;
+  const float cs_lo = kDense ? 1.f : active ? wsrc.col_scale(col_lo) : 0.f;
+  const float cs_hi = kDense ? 1.f : active ? wsrc.col_scale(col_hi) : 0.f;
+  const int64_t row_end = kDense ? 1 : nrows;
 
-  for (int64_t r0 = 0; r0 < nrows; r0 += kRows) {
+  for (int64_t r0 = 0; r0 < row_end; r0 += kRows) {
     __syncthreads();  // the previous row tile's readers of src / xs / swap are done
     if (threadIdx.x < kRows) {
       const int64_t r = r0 + threadIdx.x;
       float sc = 1.0f;
-      src[threadIdx.x] = r < nrows ? a.source_row(row0 + r, sc) : -1;
+      src[threadIdx.x] = r >= nrows ? -1 : kDense ? (row0 + r) * a.ldx : a.source_row(row0 + r, sc);
       rscale[threadIdx.x] = sc;
     }
     __syncthreads();  // src / rscale visible (an empty split runs no chunk barrier)
     float acc[MT][4];
 #pragma unroll
     for (int t = 0; t < MT; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.f;
+    // 16-byte staging of X needs k, ldx and x 16-byte aligned (always so for the grouped GEMM).
+    const bool xvec = !kDense || ((a.k % 8 == 0) && (a.ldx % 8 == 0) && ((reinterpret_cast<uintptr_t>(x) & 15) == 0));
     typename W::Buf wb[W::kPrefetch];
 #pragma unroll
     for (int i = 0; i < W::kPrefetch; ++i)
@@ -274,12 +353,20 @@ __device__ __forceinline__ void grouped_decode(const GroupedGemm& a) {
     for (int64_t cs = s_begin; cs < s_end; cs += kGgDecChunkSlabs) {
       __syncthreads();  // the previous chunk's readers are done
       const int64_t kc = cs * kGgSlabK;
-      for (int u = threadIdx.x; u < kRows * (kGgDecChunk / 8); u += kGgDecWarps * 32) {
-        const int r = u / (kGgDecChunk / 8), col = (u % (kGgDecChunk / 8)) * 8;
-        const int64_t sr = src[r], gk = kc + col;
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (sr >= 0 && gk < a.k) v = __ldg(reinterpret_cast<const uint4*>(a.x + sr + gk));
-        *reinterpret_cast<uint4*>(&xs[r][col]) = v;
+      if (xvec) {
+        for (int u = threadIdx.x; u < kRows * (kGgDecChunk / 8); u += kGgDecWarps * 32) {
+          const int r = u / (kGgDecChunk / 8), col = (u % (kGgDecChunk / 8)) * 8;
+          const int64_t sr = src[r], gk = kc + col;
+          uint4 v = make_uint4(0, 0, 0, 0);
+          if (sr >= 0 && gk < a.k) v = __ldg(reinterpret_cast<const uint4*>(x + sr + gk));
+          *reinterpret_cast<uint4*>(&xs[r][col]) = v;
+        }
+      } else {
+        for (int u = threadIdx.x; u < kRows * kGgDecChunk; u += kGgDecWarps * 32) {
+          const int r = u / kGgDecChunk, col = u % kGgDecChunk;
+          const int64_t sr = src[r], gk = kc + col;
+          xs[r][col] = (sr >= 0 && gk < a.k) ? x[sr + gk] : T(0.f);
+        }
       }
       __syncthreads();
 #pragma unroll
@@ -304,7 +391,7 @@ __device__ __forceinline__ void grouped_decode(const GroupedGemm& a) {
 #pragma unroll
             for (int t = 0; t < MT; ++t) {
               const uint4& v = bx[t][j >> 1];
-              mma_16816(acc[t], af, (j & 1) ? v.z : v.x, (j & 1) ? v.w : v.y, __nv_bfloat16());
+              mma_16816(acc[t], af, (j & 1) ? v.z : v.x, (j & 1) ? v.w : v.y, T());
             }
           }
         } else {
@@ -317,8 +404,8 @@ __device__ __forceinline__ void grouped_decode(const GroupedGemm& a) {
             for (int t = 0; t < MT; ++t) {
               uint32_t b[4];
               ldmatrix_x4(b, smem_u32(&xs[t * 8 + (lane & 7)][i * kGgSlabK + jj * 32 + (lane >> 3) * 8]));
-              mma_16816(acc[t], a0, b[0], b[1], __nv_bfloat16());
-              mma_16816(acc[t], a1, b[2], b[3], __nv_bfloat16());
+              mma_16816(acc[t], a0, b[0], b[1], T());
+              mma_16816(acc[t], a1, b[2], b[3], T());
             }
           }
         }
@@ -326,30 +413,30 @@ __device__ __forceinline__ void grouped_decode(const GroupedGemm& a) {
     }
 
     // acc[t][r]: W row (output column) col_lo / col_hi for r < 2 / r >= 2, local row 8t + 2c + (r&1).
+    // Dense: v is the raw accumulator; the Epilogue scales the stored value / the split-K sum.
+    const Epilogue ep = a.epilogue();
 #pragma unroll
     for (int t = 0; t < MT; ++t) {
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         const int lr = t * 8 + 2 * c + (r & 1);
         const int64_t col = (r >> 1) ? col_hi : col_lo;
-        const float v = acc[t][r] * ((r >> 1) ? cs_hi : cs_lo) * rscale[lr];
+        const float v = kDense ? acc[t][r] : acc[t][r] * ((r >> 1) ? cs_hi : cs_lo) * rscale[lr];
         const bool row_ok = src[lr] >= 0;
         const int64_t pos = row0 + r0 + lr;
-        if (a.swiglu) {
+        if (swiglu) {
           if (warp >= 2) swap[warp - 2][t][r][lane] = v;
           acc[t][r] = v;
         } else if (active && row_ok && col < a.n) {
           if (a.split_k > 1) {
             a.workspace[(static_cast<int64_t>(blockIdx.y) * a.rows + pos) * a.n + col] = v;
           } else {
-            float o = v;
-            if (a.residual) o += __bfloat162float(a.residual[pos * a.ldr + col]);
-            a.out[pos * a.ldo + col] = __float2bfloat16_rn(o);
+            a.out[pos * a.ldo + col] = __float2bfloat16_rn(ep.apply(v, pos, col));
           }
         }
       }
     }
-    if (a.swiglu) {  // warps 0, 1 hold gate tiles, warps 2, 3 the matching up tiles
+    if (swiglu) {  // warps 0, 1 hold gate tiles, warps 2, 3 the matching up tiles
       __syncthreads();
       if (warp < 2 && active) {
 #pragma unroll
@@ -376,8 +463,9 @@ __device__ __forceinline__ void grouped_decode(const GroupedGemm& a) {
 // binary search over offsets; tiles past offsets[experts] exit.
 //  bf16 W: a second SW128 tile (128 rows x 64 k). sm_80: ldmatrix A and B, mma.sync. sm_90a: each
 //    warpgroup 4 x wgmma.m64n128k16 with both operands by descriptor (one group kept in flight).
-//  int4 W: 8 raw repacked slabs (4 KiB); dequantized into register A fragments (mma.sync / wgmma RS),
-//    exactly as gemm_w4a16_prefill.
+//  int4 W: 8 raw repacked slabs (4 KiB); dequantized into register A fragments (mma.sync / wgmma RS).
+// kDense (gemm_w4a16 prefill): one weight, contiguous rows, X bf16 or f16 (T), and the Epilogue's
+// tile store.
 constexpr int kGgPreBM = 128, kGgPreBN = 128, kGgPreStages = 4, kGgPreThreads = 256;
 constexpr int kGgPreXBytes = kGgPreBM * 128;
 template <WFmt F> constexpr int gg_pre_wbytes() { return F == WFmt::kBf16 ? kGgPreBN * 128 : (kGgPreBN / 16) * 512; }
@@ -386,9 +474,10 @@ template <WFmt F> constexpr int gg_pre_smem() { return kGgPreStages * gg_pre_sta
 constexpr int kGgPreCsPitch = kGgPreBN + 4;
 static_assert(kGgPreBM * kGgPreCsPitch * 4 <= kGgPreStages * (kGgPreXBytes + 4096), "epilogue staging fits the ring");
 
-template <WFmt F>
+template <WFmt F, typename T = __nv_bfloat16, bool kDense = false>
 __device__ __forceinline__ void grouped_prefill(const GroupedGemm& a) {
   static_assert(F == WFmt::kBf16 || F == WFmt::kInt4, "fp8 runs the decode loop (W8A16)");
+  static_assert(F == WFmt::kInt4 || std::is_same<T, __nv_bfloat16>::value, "bf16 weights take bf16 activations");
   constexpr int kStageBytes = gg_pre_stage_bytes<F>();
   extern __shared__ uint8_t smem_raw[];
   __shared__ int64_t src[kGgPreBM];
@@ -399,7 +488,7 @@ __device__ __forceinline__ void grouped_prefill(const GroupedGemm& a) {
   const int64_t p0 = static_cast<int64_t>(blockIdx.y) * kGgPreBM;
 
   int64_t e = 0, pend = a.rows;
-  if (a.offsets) {
+  if (!kDense && a.offsets) {
     if (p0 >= a.offsets[a.experts]) return;  // uniform over the block
     int lo = 0, hi = static_cast<int>(a.experts) - 1;
     while (lo < hi) {  // the largest e with offsets[e] <= p0: the non-empty group holding p0
@@ -411,20 +500,21 @@ __device__ __forceinline__ void grouped_prefill(const GroupedGemm& a) {
   }
   if (tid < kGgPreBM) {
     float sc = 1.0f;
-    src[tid] = p0 + tid < pend ? a.source_row(p0 + tid, sc) : -1;
+    src[tid] = p0 + tid >= pend ? -1 : kDense ? (p0 + tid) * a.ldx : a.source_row(p0 + tid, sc);
     rscale[tid] = sc;
   }
   __syncthreads();
 
   const int64_t ntiles = (a.n + 15) / 16;
   const WeightRef w0 = a.weight(0, e);
-  const WeightRef w1 = a.swiglu ? a.weight(1, e) : w0;
+  const bool swiglu = !kDense && a.swiglu;
+  const WeightRef w1 = swiglu ? a.weight(1, e) : w0;
   // Virtual W row vr of the block: weight (vr >= 64 under SwiGLU) and its actual row.
-  const int64_t vrow0 = a.swiglu ? static_cast<int64_t>(blockIdx.x) * (kGgPreBN / 2)
-                                 : static_cast<int64_t>(blockIdx.x) * kGgPreBN;
-  auto actual_row = [&](int vr) -> int64_t { return a.swiglu ? vrow0 + (vr & 63) : vrow0 + vr; };
+  const int64_t vrow0 = swiglu ? static_cast<int64_t>(blockIdx.x) * (kGgPreBN / 2)
+                               : static_cast<int64_t>(blockIdx.x) * kGgPreBN;
+  auto actual_row = [&](int vr) -> int64_t { return swiglu ? vrow0 + (vr & 63) : vrow0 + vr; };
   auto weight_of = [&](int vr) {
-    const bool up = a.swiglu && vr >= 64;
+    const bool up = swiglu && vr >= 64;
     return WeightRef{up ? w1.data : w0.data, up ? w1.scales : w0.scales, up ? w1.zero_bias : w0.zero_bias};
   };
   const int64_t nslabs = a.k_slabs;
@@ -465,18 +555,14 @@ __device__ __forceinline__ void grouped_prefill(const GroupedGemm& a) {
 #else
   constexpr int kAhead = kGgPreStages - 1;
 #endif
-#pragma unroll
-  for (int st = 0; st < kAhead; ++st) {
-    if (st < nslabs) load_stage(st, st);
-    cp_async_commit();
-  }
+  ring_prologue<kAhead>(nslabs, load_stage);
 
 #if L4C_WGMMA
   const int wg = warp / 4;
   float acc[64];
 #pragma unroll
   for (int i = 0; i < 64; ++i) acc[i] = 0.f;
-  [[maybe_unused]] Int4SlabScales sc_next;
+  [[maybe_unused]] Int4SlabScales<T> sc_next;
   [[maybe_unused]] Int4TileScales my_ts;
   [[maybe_unused]] const int gshift = __ffs(a.group_size) - 1;
   if constexpr (F == WFmt::kInt4) {
@@ -484,11 +570,7 @@ __device__ __forceinline__ void grouped_prefill(const GroupedGemm& a) {
     sc_next.load(my_ts, 0, gshift);
   }
   for (int64_t s = 0; s < nslabs; ++s) {
-    cp_async_wait<kAhead - 1>();
-    fence_proxy_async();
-    __syncthreads();
-    if (s + kAhead < nslabs) load_stage((s + kAhead) % kGgPreStages, s + kAhead);
-    cp_async_commit();
+    ring_advance<kAhead, kGgPreStages, true>(s, nslabs, load_stage);
     const uint32_t xs = sbase + (s % kGgPreStages) * kStageBytes;
     const uint64_t db = wgmma_desc_sw128(xs);
     if constexpr (F == WFmt::kBf16) {
@@ -499,15 +581,15 @@ __device__ __forceinline__ void grouped_prefill(const GroupedGemm& a) {
       wgmma_commit();
       wgmma_wait<1>();
     } else {
-      const Int4SlabScales sc = sc_next;
+      const Int4SlabScales<T> sc = sc_next;
       if (s + 1 < nslabs) sc_next.load(my_ts, s + 1, gshift);
       const uint4 w = lds128(xs + kGgPreXBytes + warp * 512 + lane * 16);
       uint32_t af[4][4];
 #pragma unroll
-      for (int j = 0; j < 4; ++j) sc.dequant(word4(w, j), j, af[j]);
+      for (int j = 0; j < 4; ++j) sc.dequant(u4_word(w, j), j, af[j]);
       wgmma_fence();
 #pragma unroll
-      for (int j = 0; j < 4; ++j) wgmma_m64n128k16_rs(acc, af[j], db + 2 * j, 1, __nv_bfloat16());
+      for (int j = 0; j < 4; ++j) wgmma_m64n128k16_rs(acc, af[j], db + 2 * j, 1, T());
       wgmma_commit();
       wgmma_wait<0>();  // register-A operands are rewritten next slab
     }
@@ -518,9 +600,7 @@ __device__ __forceinline__ void grouped_prefill(const GroupedGemm& a) {
   // acc[4j + r]: virtual W row 16*warp + g + 8(r>>1), row 8j + 2c + (r&1).
 #pragma unroll
   for (int j = 0; j < 16; ++j)
-#pragma unroll
-    for (int r = 0; r < 4; ++r)
-      cs[(8 * j + 2 * c + (r & 1)) * kGgPreCsPitch + 16 * warp + g + 8 * (r >> 1)] = acc[4 * j + r];
+    stage_frag<true>(cs, kGgPreCsPitch, 16 * warp, 8 * j, g, c, acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
 #else
   const int wn = warp % 4, wm = warp / 4;
   float acc[2][8][4];
@@ -530,7 +610,7 @@ __device__ __forceinline__ void grouped_prefill(const GroupedGemm& a) {
     for (int y = 0; y < 8; ++y) acc[x][y][0] = acc[x][y][1] = acc[x][y][2] = acc[x][y][3] = 0.f;
   [[maybe_unused]] const int gshift = __ffs(a.group_size) - 1;
   [[maybe_unused]] Int4TileScales ts0, ts1;
-  [[maybe_unused]] Int4SlabScales nx0, nx1;
+  [[maybe_unused]] Int4SlabScales<T> nx0, nx1;
   if constexpr (F == WFmt::kInt4) {
     ts0.init(weight_of(32 * wn), a.groups, min(actual_row(32 * wn) / 16, ntiles - 1), g);
     ts1.init(weight_of(32 * wn + 16), a.groups, min(actual_row(32 * wn + 16) / 16, ntiles - 1), g);
@@ -538,12 +618,9 @@ __device__ __forceinline__ void grouped_prefill(const GroupedGemm& a) {
     nx1.load(ts1, 0, gshift);
   }
   for (int64_t s = 0; s < nslabs; ++s) {
-    cp_async_wait<kAhead - 1>();
-    __syncthreads();
-    if (s + kAhead < nslabs) load_stage((s + kAhead) % kGgPreStages, s + kAhead);
-    cp_async_commit();
+    ring_advance<kAhead, kGgPreStages, false>(s, nslabs, load_stage);
     const uint32_t xs = sbase + (s % kGgPreStages) * kStageBytes, ws = xs + kGgPreXBytes;
-    [[maybe_unused]] Int4SlabScales sc0, sc1;
+    [[maybe_unused]] Int4SlabScales<T> sc0, sc1;
     [[maybe_unused]] uint4 w0q, w1q;
     if constexpr (F == WFmt::kInt4) {
       sc0 = nx0;
@@ -564,8 +641,8 @@ __device__ __forceinline__ void grouped_prefill(const GroupedGemm& a) {
         ldmatrix_x4(a0, ws + sw128(row, ch));
         ldmatrix_x4(a1, ws + sw128(row + 16, ch));
       } else {
-        sc0.dequant(word4(w0q, j), j, a0);
-        sc1.dequant(word4(w1q, j), j, a1);
+        sc0.dequant(u4_word(w0q, j), j, a0);
+        sc1.dequant(u4_word(w1q, j), j, a1);
       }
 #pragma unroll
       for (int tp = 0; tp < 4; ++tp) {
@@ -573,10 +650,10 @@ __device__ __forceinline__ void grouped_prefill(const GroupedGemm& a) {
         const int row = 64 * wm + 16 * tp + (lane & 7) + 8 * (lane >> 4);
         uint32_t b[4];
         ldmatrix_x4(b, xs + sw128(row, 2 * j + ((lane >> 3) & 1)));
-        mma_16816(acc[0][2 * tp], a0, b[0], b[1], __nv_bfloat16());
-        mma_16816(acc[1][2 * tp], a1, b[0], b[1], __nv_bfloat16());
-        mma_16816(acc[0][2 * tp + 1], a0, b[2], b[3], __nv_bfloat16());
-        mma_16816(acc[1][2 * tp + 1], a1, b[2], b[3], __nv_bfloat16());
+        mma_16816(acc[0][2 * tp], a0, b[0], b[1], T());
+        mma_16816(acc[1][2 * tp], a1, b[0], b[1], T());
+        mma_16816(acc[0][2 * tp + 1], a0, b[2], b[3], T());
+        mma_16816(acc[1][2 * tp + 1], a1, b[2], b[3], T());
       }
     }
   }
@@ -587,13 +664,15 @@ __device__ __forceinline__ void grouped_prefill(const GroupedGemm& a) {
   for (int wt = 0; wt < 2; ++wt)
 #pragma unroll
     for (int tt = 0; tt < 8; ++tt)
-#pragma unroll
-      for (int r = 0; r < 4; ++r)
-        cs[(64 * wm + 8 * tt + 2 * c + (r & 1)) * kGgPreCsPitch + 32 * wn + 16 * wt + g + 8 * (r >> 1)] =
-            acc[wt][tt][r];
+      stage_frag<true>(cs, kGgPreCsPitch, 32 * wn + 16 * wt, 64 * wm + 8 * tt, g, c, acc[wt][tt][0], acc[wt][tt][1],
+                       acc[wt][tt][2], acc[wt][tt][3]);
 #endif
   __syncthreads();
 
+  if constexpr (kDense) {
+    store_tile_from_smem<kGgPreThreads>(a.epilogue(), cs, kGgPreCsPitch, kGgPreBM, kGgPreBN, p0, vrow0);
+    return;
+  }
   // Epilogue from the f32 tile cs[row][virtual W row]: 8 output columns per step.
   const int out_cols = a.swiglu ? kGgPreBN / 2 : kGgPreBN;
   const int vecs = out_cols / 8;
@@ -612,21 +691,7 @@ __device__ __forceinline__ void grouped_prefill(const GroupedGemm& a) {
       if (a.swiglu) f[q] = silu_f32(f[q]) * (row[64 + c0 + q] * rs);
     }
     if (vec_ok && col0 + 8 <= a.n) {
-      if (a.residual) {
-        const uint4 rv = *reinterpret_cast<const uint4*>(a.residual + pos * a.ldr + col0);
-        const __nv_bfloat162* r2 = reinterpret_cast<const __nv_bfloat162*>(&rv);
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const float2 rf = __bfloat1622float2(r2[q]);
-          f[2 * q] += rf.x;
-          f[2 * q + 1] += rf.y;
-        }
-      }
-      uint4 ov;
-      __nv_bfloat162* o2 = reinterpret_cast<__nv_bfloat162*>(&ov);
-#pragma unroll
-      for (int q = 0; q < 4; ++q) o2[q] = __floats2bfloat162_rn(f[2 * q], f[2 * q + 1]);
-      *reinterpret_cast<uint4*>(a.out + pos * a.ldo + col0) = ov;
+      store8_bf16(a.out + pos * a.ldo + col0, a.residual ? a.residual + pos * a.ldr + col0 : nullptr, f);
     } else {
 #pragma unroll
       for (int q = 0; q < 8; ++q) {

@@ -86,6 +86,11 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
 
 // ---- shared memory ----------------------------------------------------------------------------------
 
+// Component w (0..3, a compile-time constant after unrolling) of a 16-byte vector.
+__device__ __forceinline__ uint32_t u4_word(const uint4& v, int w) {
+  return w == 0 ? v.x : w == 1 ? v.y : w == 2 ? v.z : v.w;
+}
+
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
