@@ -9,7 +9,8 @@ dest="${L4C_CUDA_DIR:-$repo/.cuda}/py"
 python="${PYTHON:-python3}"
 
 # Pin every piece: an unpinned nvvm pulls a newer one whose PTX version nvcc 13.0's ptxas rejects.
-# cuobjdump has no 13.0.x wheel on PyPI; 13.2.51 (the oldest) reads 13.0 fatbinaries and is only a reader.
+# cuobjdump and nvdisasm have no 13.0.x wheel on PyPI; 13.2.51 (the oldest) reads 13.0 fatbinaries and
+# is only a reader (cuobjdump --dump-sass calls nvdisasm).
 pins=(
   nvidia-cuda-nvcc==13.0.88
   nvidia-cuda-runtime==13.0.96
@@ -17,6 +18,7 @@ pins=(
   nvidia-nvvm==13.0.88
   nvidia-cuda-cccl==13.0.85
   nvidia-cuda-cuobjdump==13.2.51
+  nvidia-cuda-nvdisasm==13.2.51
   libclang==18.1.1
 )
 stamp="$dest/.llama4-cuda-toolchain"
