@@ -4,13 +4,17 @@
 //! Error metric: `max |out - ref| / max |ref|` over the checked rows. Every output is poisoned with
 //! NaN (bf16 0x7fc0) before the launch and every element is checked to be written.
 
-use std::sync::Arc;
+mod common;
 
-use cudarc::driver::{CudaSlice, CudaStream};
+use common::gpu::poisoned;
+use common::{rel_err, Rng};
+use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
-use llama4_cuda::error::Error;
+use llama4_cuda::device::{device_for_test, Device};
+use llama4_cuda::error::{Error, Result};
 use llama4_cuda::ops::gemm::{
-    self, Fp8Mode, GemmPath, GemmScratch, GpuBf16Weight, GpuFp8Weight, GpuInt4Weight, GpuLinear,
+    self, Fp8Mode, GemmPath, GemmPlan, GemmScratch, GpuBf16Weight, GpuFp8Weight, GpuInt4Weight,
+    GpuLinear,
 };
 use llama4_cuda::quant::repack::{repack_int4, unpack_int4, Act16};
 use llama4_cuda::quant::{
@@ -21,41 +25,10 @@ use llama4_cuda::reference::gemm as reference;
 /// bf16 operands and bf16 output: the weight rounds to bf16 once ((q - z) * s, 2^-9 relative), the
 /// output rounds once (2^-9), f32 accumulation differs only in order. 1e-2 leaves a 2.5x margin over
 /// the worst case of the two roundings stacked, and is far below what a wrong index produces (O(1)).
-const TOL_W4A16: f32 = 1e-2;
+const TOL_W4A16: f64 = 1e-2;
 /// fp8 x fp8 (or fp8 x bf16) products are exact in f32; only summation order and the final bf16
 /// rounding (2^-9 relative) differ from the reference.
-const TOL_FP8: f32 = 5e-3;
-
-const POISON: bf16 = bf16::from_bits(0x7fc0); // NaN
-
-fn gpu(test: &str) -> Option<Arc<CudaStream>> {
-    llama4_cuda::device::device_for_test(test).map(|d| d.stream().clone())
-}
-
-/// SplitMix64, seeded per case from the clock (printed on failure so a case can be replayed).
-struct Rng(u64);
-impl Rng {
-    fn fresh() -> Self {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64);
-        Rng(t)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-    fn vec(&mut self, len: usize, scale: f32) -> Vec<f32> {
-        (0..len).map(|_| self.unit() * scale).collect()
-    }
-}
+const TOL_FP8: f64 = 5e-3;
 
 /// Rounds to the activation dtype; returns (bits for the GPU, the rounded values for the reference).
 fn to_act(x: &[f32], act: Act16) -> (Vec<u16>, Vec<f32>) {
@@ -74,24 +47,26 @@ fn check_rows(m: usize, rng: &mut Rng) -> Vec<usize> {
     if m <= 64 {
         return (0..m).collect();
     }
-    let mut rows: Vec<usize> = (0..14).map(|_| (rng.next() % m as u64) as usize).collect();
+    let mut rows: Vec<usize> = (0..14).map(|_| rng.below(m)).collect();
     rows.extend([0, m - 1]);
     rows.sort_unstable();
     rows.dedup();
     rows
 }
 
-/// Downloads `out`, checks every element was written, and compares `rows` with `reference(rows)`.
+/// Downloads `out`, checks every element was written, and compares `rows` with `want` (the
+/// reference of those rows) by [`rel_err`].
 fn compare(
     what: &str,
-    stream: &Arc<CudaStream>,
+    dev: &Device,
     out: &CudaSlice<bf16>,
     n: usize,
     rows: &[usize],
     want: &[f32],
-    tol: f32,
+    tol: f64,
 ) {
-    let got: Vec<f32> = stream
+    let got: Vec<f32> = dev
+        .stream()
         .clone_dtoh(out)
         .expect("download")
         .iter()
@@ -102,19 +77,47 @@ fn compare(
         unwritten, 0,
         "{what}: {unwritten} outputs not written (still NaN)"
     );
-    let (mut err, mut mag) = (0f32, 0f32);
-    for (i, &r) in rows.iter().enumerate() {
-        for j in 0..n {
-            let (g, w) = (got[r * n + j], want[i * n + j]);
-            err = err.max((g - w).abs());
-            mag = mag.max(w.abs());
-        }
-    }
-    let rel = err / mag.max(f32::MIN_POSITIVE);
+    let rel = rel_err(&gather_rows(&got, n, rows), want);
     assert!(
         rel <= tol,
         "{what}: max|out-ref|/max|ref| = {rel:.3e} > {tol:e}"
     );
+}
+
+/// The end of every case: skips (None) without kernels, else waits for the launch, checks the
+/// sampled rows of `out` against `reference(x rows, rows)` plus the residual, returns the path.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    what: &str,
+    dev: &Device,
+    run: Result<GemmPlan>,
+    rng: &mut Rng,
+    (m, n, k): (usize, usize, usize),
+    xvals: &[f32],
+    res: Option<&(Vec<u16>, Vec<f32>)>,
+    out: &CudaSlice<bf16>,
+    reference: impl FnOnce(&[f32], usize) -> Result<Vec<f32>>,
+    tol: f64,
+) -> Option<GemmPath> {
+    let plan = match run {
+        Err(Error::KernelsNotBuilt(why)) => {
+            println!("skipped: kernels not built ({why})");
+            return None;
+        }
+        r => r.expect(what),
+    };
+    dev.stream().synchronize().expect(what);
+    let rows = check_rows(m, rng);
+    let mut want = reference(&gather_rows(xvals, k, &rows), rows.len()).expect("reference");
+    if let Some((_, rv)) = res {
+        for (i, &r) in rows.iter().enumerate() {
+            for j in 0..n {
+                want[i * n + j] += rv[r * n + j];
+            }
+        }
+    }
+    compare(&format!("{what} [{plan}]"), dev, out, n, &rows, &want, tol);
+    Some(plan.path)
 }
 
 fn gather_rows(x: &[f32], k: usize, rows: &[usize]) -> Vec<f32> {
@@ -126,7 +129,7 @@ fn gather_rows(x: &[f32], k: usize, rows: &[usize]) -> Vec<f32> {
 /// Runs one W4A16 case and checks it; returns the plan's path.
 #[allow(clippy::too_many_arguments)]
 fn w4a16_case(
-    stream: &Arc<CudaStream>,
+    dev: &Device,
     m: usize,
     n: usize,
     k: usize,
@@ -135,8 +138,8 @@ fn w4a16_case(
     act: Act16,
     with_residual: bool,
 ) -> Option<GemmPath> {
-    let mut rng = Rng::fresh();
-    let seed = rng.0;
+    let stream = dev.stream();
+    let (mut rng, seed) = Rng::fresh();
     let what = format!("w4a16 m={m} n={n} k={k} g={group_size} sym={symmetric} {act:?} res={with_residual} seed={seed}");
     let w = rng.vec(n * k, 0.05);
     let config = Int4Config {
@@ -155,7 +158,7 @@ fn w4a16_case(
     let gr = res
         .as_ref()
         .map(|r| stream.clone_htod(&as_bf16(&r.0)).expect("residual"));
-    let mut out = stream.clone_htod(&vec![POISON; m * n]).expect("out");
+    let mut out = poisoned::<bf16>(dev, m * n);
     let mut scratch = GemmScratch::new();
     let run = match act {
         Act16::BF16 => {
@@ -168,41 +171,25 @@ fn w4a16_case(
             gemm::gemm_w4a16(stream, &gx, m, &gw, gr.as_ref(), &mut out, &mut scratch)
         }
     };
-    let plan = match run {
-        Err(Error::KernelsNotBuilt(why)) => {
-            println!("skipped: kernels not built ({why})");
-            return None;
-        }
-        r => r.expect(&what),
-    };
-    stream.synchronize().expect(&what);
-    let rows = check_rows(m, &mut rng);
-    let mut want = reference::gemm(&gather_rows(&xvals, k, &rows), rows.len(), &kernel_weight)
-        .expect("reference");
-    if let Some((_, rv)) = &res {
-        for (i, &r) in rows.iter().enumerate() {
-            for j in 0..n {
-                want[i * n + j] += rv[r * n + j];
-            }
-        }
-    }
-    compare(
-        &format!("{what} [{plan}]"),
-        stream,
+    finish(
+        &what,
+        dev,
+        run,
+        &mut rng,
+        (m, n, k),
+        &xvals,
+        res.as_ref(),
         &out,
-        n,
-        &rows,
-        &want,
+        |x, rows| reference::gemm(x, rows, &kernel_weight),
         TOL_W4A16,
-    );
-    Some(plan.path)
+    )
 }
 
 /// The Llama 4 projections, sampled: every M class (decode token tiles 1/2/4 with and without
 /// split-K, prefill) meets K = 5120, 8192 and 16384. N is kept <= 8192 so the CPU side stays small.
 #[test]
 fn w4a16_llama_shapes() {
-    let Some(stream) = gpu("w4a16_llama_shapes") else {
+    let Some(dev) = device_for_test("w4a16_llama_shapes") else {
         return;
     };
     let cases = [
@@ -216,7 +203,7 @@ fn w4a16_llama_shapes() {
         (2048, 1024, 16384),
     ];
     for (m, n, k) in cases {
-        if w4a16_case(&stream, m, n, k, 128, true, Act16::BF16, false).is_none() {
+        if w4a16_case(&dev, m, n, k, 128, true, Act16::BF16, false).is_none() {
             return;
         }
     }
@@ -226,7 +213,7 @@ fn w4a16_llama_shapes() {
 /// multiple of 64 or of 8 (decode fallback); every group size; asymmetric; f16; residual.
 #[test]
 fn w4a16_odd_shapes() {
-    let Some(stream) = gpu("w4a16_odd_shapes") else {
+    let Some(dev) = device_for_test("w4a16_odd_shapes") else {
         return;
     };
     let cases = [
@@ -240,7 +227,7 @@ fn w4a16_odd_shapes() {
         (257, 1, 640, 64, false, Act16::F16, false),
     ];
     for (m, n, k, g, sym, act, res) in cases {
-        if w4a16_case(&stream, m, n, k, g, sym, act, res).is_none() {
+        if w4a16_case(&dev, m, n, k, g, sym, act, res).is_none() {
             return;
         }
     }
@@ -249,11 +236,12 @@ fn w4a16_odd_shapes() {
 /// Split-K partials are reduced in a fixed order: two runs give identical bits.
 #[test]
 fn w4a16_split_k_is_deterministic() {
-    let Some(stream) = gpu("w4a16_split_k_is_deterministic") else {
+    let Some(dev) = device_for_test("w4a16_split_k_is_deterministic") else {
         return;
     };
+    let stream = dev.stream().clone();
     let (m, n, k) = (4, 1024, 16384);
-    let mut rng = Rng::fresh();
+    let (mut rng, _) = Rng::fresh();
     let w = rng.vec(n * k, 0.05);
     let q = Int4Weight::quantize(&w, n, k, Int4Config::default()).expect("quantize");
     let gw = GpuInt4Weight::upload(&stream, &repack_int4(&q, Act16::BF16).expect("repack"))
@@ -264,7 +252,7 @@ fn w4a16_split_k_is_deterministic() {
     let mut runs = Vec::new();
     let mut scratch = GemmScratch::new();
     for _ in 0..2 {
-        let mut out = stream.clone_htod(&vec![POISON; m * n]).expect("out");
+        let mut out = poisoned::<bf16>(&dev, m * n);
         match gemm::gemm_w4a16(&stream, &gx, m, &gw, None, &mut out, &mut scratch) {
             Err(Error::KernelsNotBuilt(_)) => return println!("skipped: kernels not built"),
             r => assert!(
@@ -280,10 +268,11 @@ fn w4a16_split_k_is_deterministic() {
 /// rows with mixed magnitudes, a row of zeros and k not a multiple of 16 (zero padding).
 #[test]
 fn fp8_quantize_bit_exact() {
-    let Some(stream) = gpu("fp8_quantize_bit_exact") else {
+    let Some(dev) = device_for_test("fp8_quantize_bit_exact") else {
         return;
     };
-    let mut rng = Rng::fresh();
+    let stream = dev.stream().clone();
+    let (mut rng, _) = Rng::fresh();
     for (m, k) in [(1, 5120), (7, 100), (33, 4096)] {
         let mut x = rng.vec(m * k, 1.0);
         for (i, v) in x.iter_mut().enumerate() {
@@ -322,18 +311,16 @@ fn fp8_quantize_bit_exact() {
 }
 
 fn fp8_case(
-    stream: &Arc<CudaStream>,
+    dev: &Device,
     m: usize,
     n: usize,
     k: usize,
     mode: Fp8Mode,
     with_residual: bool,
 ) -> Option<GemmPath> {
-    let mut rng = Rng::fresh();
-    let what = format!(
-        "fp8 {mode:?} m={m} n={n} k={k} res={with_residual} seed={}",
-        rng.0
-    );
+    let stream = dev.stream();
+    let (mut rng, seed) = Rng::fresh();
+    let what = format!("fp8 {mode:?} m={m} n={n} k={k} res={with_residual} seed={seed}");
     let w = rng.vec(n * k, 0.05);
     let q = Fp8Weight::quantize(&w, n, k, Fp8Scaling::PerChannel).expect("quantize");
     let (xbits, xvals) = to_act(&rng.vec(m * k, 1.0), Act16::BF16);
@@ -343,9 +330,9 @@ fn fp8_case(
     let gr = res
         .as_ref()
         .map(|r| stream.clone_htod(&as_bf16(&r.0)).expect("residual"));
-    let mut out = stream.clone_htod(&vec![POISON; m * n]).expect("out");
+    let mut out = poisoned::<bf16>(dev, m * n);
     let mut scratch = GemmScratch::new();
-    let plan = match gemm::gemm_fp8(
+    let run = gemm::gemm_fp8(
         stream,
         &gx,
         m,
@@ -354,44 +341,28 @@ fn fp8_case(
         gr.as_ref(),
         &mut out,
         &mut scratch,
-    ) {
-        Err(Error::KernelsNotBuilt(why)) => {
-            println!("skipped: kernels not built ({why})");
-            return None;
-        }
-        r => r.expect(&what),
-    };
-    stream.synchronize().expect(&what);
-    let rows = check_rows(m, &mut rng);
-    let xr = gather_rows(&xvals, k, &rows);
-    let mut want = match mode {
-        Fp8Mode::W8A16 => reference::gemm(&xr, rows.len(), &Weight::Fp8(q.clone())),
-        Fp8Mode::W8A8 => reference::gemm_w8a8(&xr, rows.len(), &q),
-    }
-    .expect("reference");
-    if let Some((_, rv)) = &res {
-        for (i, &r) in rows.iter().enumerate() {
-            for j in 0..n {
-                want[i * n + j] += rv[r * n + j];
-            }
-        }
-    }
-    compare(
-        &format!("{what} [{plan}]"),
-        stream,
-        &out,
-        n,
-        &rows,
-        &want,
-        TOL_FP8,
     );
-    Some(plan.path)
+    finish(
+        &what,
+        dev,
+        run,
+        &mut rng,
+        (m, n, k),
+        &xvals,
+        res.as_ref(),
+        &out,
+        |x, rows| match mode {
+            Fp8Mode::W8A16 => reference::gemm(x, rows, &Weight::Fp8(q.clone())),
+            Fp8Mode::W8A8 => reference::gemm_w8a8(x, rows, &q),
+        },
+        TOL_FP8,
+    )
 }
 
 /// W8A8 on decode (quantize + GEMV) and prefill (wgmma / mma.sync) shapes, W8A16 decode, odd shapes.
 #[test]
 fn fp8_shapes() {
-    let Some(stream) = gpu("fp8_shapes") else {
+    let Some(dev) = device_for_test("fp8_shapes") else {
         return;
     };
     let cases = [
@@ -408,7 +379,7 @@ fn fp8_shapes() {
         (33, 17, 48, Fp8Mode::W8A16, true),
     ];
     for (m, n, k, mode, res) in cases {
-        if fp8_case(&stream, m, n, k, mode, res).is_none() {
+        if fp8_case(&dev, m, n, k, mode, res).is_none() {
             return;
         }
     }
@@ -416,18 +387,13 @@ fn fp8_shapes() {
 
 /// bf16 x bf16 products are exact in f32; the weight is bf16-rounded on both sides, so only the
 /// summation order and the final bf16 rounding (2^-9 relative) differ from the reference.
-const TOL_BF16: f32 = 5e-3;
+const TOL_BF16: f64 = 5e-3;
 
 /// One gemm_bf16 case (through `GpuLinear` half of the time, which must pick the same kernel).
-fn bf16_case(
-    stream: &Arc<CudaStream>,
-    m: usize,
-    n: usize,
-    k: usize,
-    with_residual: bool,
-) -> Option<GemmPath> {
-    let mut rng = Rng::fresh();
-    let what = format!("bf16 m={m} n={n} k={k} res={with_residual} seed={}", rng.0);
+fn bf16_case(dev: &Device, m: usize, n: usize, k: usize, with_residual: bool) -> Option<GemmPath> {
+    let stream = dev.stream();
+    let (mut rng, seed) = Rng::fresh();
+    let what = format!("bf16 m={m} n={n} k={k} res={with_residual} seed={seed}");
     let (_, wvals) = to_act(&rng.vec(n * k, 0.05), Act16::BF16);
     let dense = DenseWeight { n, k, data: wvals };
     let (xbits, xvals) = to_act(&rng.vec(m * k, 1.0), Act16::BF16);
@@ -436,9 +402,9 @@ fn bf16_case(
     let gr = res
         .as_ref()
         .map(|r| stream.clone_htod(&as_bf16(&r.0)).expect("residual"));
-    let mut out = stream.clone_htod(&vec![POISON; m * n]).expect("out");
+    let mut out = poisoned::<bf16>(dev, m * n);
     let mut scratch = GemmScratch::new();
-    let run = if rng.next() % 2 == 0 {
+    let run = if rng.below(2) == 0 {
         let gw = GpuBf16Weight::upload(stream, &dense).expect("upload");
         gemm::gemm_bf16(stream, &gx, m, &gw, gr.as_ref(), &mut out, &mut scratch)
     } else {
@@ -446,45 +412,25 @@ fn bf16_case(
         assert_eq!((gl.n(), gl.k()), (n, k));
         gl.gemm(stream, &gx, m, gr.as_ref(), &mut out, &mut scratch)
     };
-    let plan = match run {
-        Err(Error::KernelsNotBuilt(why)) => {
-            println!("skipped: kernels not built ({why})");
-            return None;
-        }
-        r => r.expect(&what),
-    };
-    stream.synchronize().expect(&what);
-    let rows = check_rows(m, &mut rng);
-    let mut want = reference::gemm(
-        &gather_rows(&xvals, k, &rows),
-        rows.len(),
-        &Weight::Dense(dense),
-    )
-    .expect("reference");
-    if let Some((_, rv)) = &res {
-        for (i, &r) in rows.iter().enumerate() {
-            for j in 0..n {
-                want[i * n + j] += rv[r * n + j];
-            }
-        }
-    }
-    compare(
-        &format!("{what} [{plan}]"),
-        stream,
+    finish(
+        &what,
+        dev,
+        run,
+        &mut rng,
+        (m, n, k),
+        &xvals,
+        res.as_ref(),
         &out,
-        n,
-        &rows,
-        &want,
+        |x, rows| reference::gemm(x, rows, &Weight::Dense(dense)),
         TOL_BF16,
-    );
-    Some(plan.path)
+    )
 }
 
 /// gemm_bf16: decode (token tiles 1/2/4, split-K) and prefill (wgmma / mma.sync) on Llama shapes
 /// (the router 16/128 x 5120 included) and odd ones (n not a multiple of 16 or 128, m = 1/3/17/33/130).
 #[test]
 fn bf16_shapes() {
-    let Some(stream) = gpu("bf16_shapes") else {
+    let Some(dev) = device_for_test("bf16_shapes") else {
         return;
     };
     let cases = [
@@ -501,7 +447,7 @@ fn bf16_shapes() {
         (257, 143, 16 * 71, false),
     ];
     for (m, n, k, res) in cases {
-        let Some(path) = bf16_case(&stream, m, n, k, res) else {
+        let Some(path) = bf16_case(&dev, m, n, k, res) else {
             return;
         };
         assert_eq!(matches!(path, GemmPath::Decode { .. }), m <= 32, "m={m}");
@@ -511,11 +457,12 @@ fn bf16_shapes() {
 /// Bad input is a typed error before anything is launched.
 #[test]
 fn rejects_bad_shapes() {
-    let Some(stream) = gpu("rejects_bad_shapes") else {
+    let Some(dev) = device_for_test("rejects_bad_shapes") else {
         return;
     };
+    let stream = dev.stream().clone();
     let w = Int4Weight::quantize(
-        &Rng::fresh().vec(32 * 128, 0.1),
+        &Rng::fresh().0.vec(32 * 128, 0.1),
         32,
         128,
         Int4Config::default(),
@@ -524,7 +471,7 @@ fn rejects_bad_shapes() {
     let gw = GpuInt4Weight::upload(&stream, &repack_int4(&w, Act16::BF16).expect("repack"))
         .expect("upload");
     let gx = stream.clone_htod(&vec![bf16::ONE; 2 * 128]).expect("x");
-    let mut out = stream.clone_htod(&vec![POISON; 2 * 32]).expect("out");
+    let mut out = poisoned::<bf16>(&dev, 2 * 32);
     let mut scratch = GemmScratch::new();
     // x too short for m = 3.
     assert!(matches!(
@@ -532,7 +479,7 @@ fn rejects_bad_shapes() {
         Err(Error::Shape { .. })
     ));
     let fw = Fp8Weight::quantize(
-        &Rng::fresh().vec(32 * 40, 0.1),
+        &Rng::fresh().0.vec(32 * 40, 0.1),
         32,
         40,
         Fp8Scaling::PerChannel,
@@ -560,7 +507,7 @@ fn rejects_bad_shapes() {
         &DenseWeight {
             n: 32,
             k: 40,
-            data: Rng::fresh().vec(32 * 40, 0.1),
+            data: Rng::fresh().0.vec(32 * 40, 0.1),
         },
     )
     .expect("upload");
