@@ -14,7 +14,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{copy_bandwidth, env_list, env_usizes, print_rows, tensor_peaks, time, Row};
+use common::{copy_bandwidth, env_list, env_usizes, print_rows, tensor_peaks, time, xorshift, Row};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use cudarc::driver::CudaSlice;
 use half::bf16;
@@ -36,13 +36,6 @@ const SHAPES: [(usize, usize); 7] = [
 const MS: [usize; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 512, 2048, 8192];
 /// Total weight bytes the rotation spans (H100 L2 is 50 MB).
 const ROTATE_BYTES: usize = 256 << 20;
-
-fn xorshift(seed: &mut u64) -> u64 {
-    *seed ^= *seed << 13;
-    *seed ^= *seed >> 7;
-    *seed ^= *seed << 17;
-    *seed
-}
 
 /// A random repacked int4 weight (random nibbles, small bf16 scales): timing needs no quantizer.
 fn random_int4(n: usize, k: usize, seed: u64) -> RepackedInt4 {

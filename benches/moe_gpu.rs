@@ -17,7 +17,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{copy_bandwidth, env_list, env_usizes, print_rows, tensor_peaks, Row};
+use common::{copy_bandwidth, env_list, env_usizes, print_rows, tensor_peaks, xorshift_unit, Row};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use cudarc::driver::{CudaSlice, CudaStream};
 use half::bf16;
@@ -81,13 +81,6 @@ fn expert_bytes(fmt: ExpertFormat) -> f64 {
     }
 }
 
-fn xorshift(seed: &mut u64) -> f32 {
-    *seed ^= *seed << 13;
-    *seed ^= *seed >> 7;
-    *seed ^= *seed << 17;
-    ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-}
-
 fn bench(c: &mut Criterion) {
     let Some(device) = common::device("moe_gpu") else {
         return;
@@ -124,7 +117,7 @@ fn bench(c: &mut Criterion) {
     let x: CudaSlice<bf16> = s
         .clone_htod(
             &(0..max_t * HIDDEN)
-                .map(|_| bf16::from_f32(xorshift(&mut seed)))
+                .map(|_| bf16::from_f32(xorshift_unit(&mut seed)))
                 .collect::<Vec<_>>(),
         )
         .expect("x");
@@ -137,7 +130,7 @@ fn bench(c: &mut Criterion) {
     for &fmt in &fmts {
         for &e in &experts {
             let router: Vec<bf16> = (0..e * HIDDEN)
-                .map(|_| bf16::from_f32(0.02 * xorshift(&mut seed)))
+                .map(|_| bf16::from_f32(0.02 * xorshift_unit(&mut seed)))
                 .collect();
             let router = GpuBf16Weight {
                 n: e,

@@ -73,6 +73,19 @@ pub fn env_usizes(var: &str, default: &[usize]) -> Vec<usize> {
     })
 }
 
+/// xorshift64 (`seed` must be nonzero): bench data needs speed, not test-grade randomness.
+pub fn xorshift(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+/// [`xorshift`] as a value uniform in [-1, 1).
+pub fn xorshift_unit(seed: &mut u64) -> f32 {
+    ((xorshift(seed) >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+}
+
 /// One measured case of a table.
 pub struct Row {
     pub name: String,
