@@ -95,13 +95,7 @@ fn bench(c: &mut Criterion) {
     let bw = copy_bandwidth(&s);
     let (peak_bf16, peak_fp8) = tensor_peaks(dev.cc);
     let mut rows = Vec::new();
-    println!(
-        "device sm_{}{} ({} SMs): copy bandwidth {:.0} GB/s",
-        dev.cc.0,
-        dev.cc.1,
-        dev.sm_count,
-        bw / 1e9
-    );
+    common::print_device(&dev, bw);
     let ms = env_usizes("L4C_GEMM_M", &MS);
     let shapes: Vec<(usize, usize)> = env_list("L4C_GEMM_SHAPES").map_or(SHAPES.to_vec(), |v| {
         v.iter()

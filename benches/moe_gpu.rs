@@ -90,13 +90,7 @@ fn bench(c: &mut Criterion) {
     let peak = tensor_peaks(dev.cc).0;
     let bw = copy_bandwidth(&s);
     let mut rows = Vec::new();
-    println!(
-        "device sm_{}{} ({} SMs): copy bandwidth {:.0} GB/s",
-        dev.cc.0,
-        dev.cc.1,
-        dev.sm_count,
-        bw / 1e9
-    );
+    common::print_device(&dev, bw);
     let tokens = env_usizes("L4C_MOE_TOKENS", &TOKENS);
     let experts = env_usizes("L4C_MOE_E", &EXPERTS);
     let fmts: Vec<ExpertFormat> = env_list("L4C_MOE_FMT").map_or(

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use cudarc::driver::CudaStream;
 use llama4_cuda::device::{driver_error, time_stream, Device};
+use llama4_cuda::ops::gemm::DeviceInfo;
 
 /// The first CUDA device, or None after printing `<bench>: skipped: ...` (no kernels in this build,
 /// or no device).
@@ -47,6 +48,17 @@ pub fn copy_bandwidth(s: &Arc<CudaStream>) -> f64 {
     })
     .expect("copy");
     2.0 * n as f64 * 10.0 / t.as_secs_f64()
+}
+
+/// Prints the device line: compute capability, SM count and the copy bandwidth `bw` (bytes/s).
+pub fn print_device(dev: &DeviceInfo, bw: f64) {
+    println!(
+        "device sm_{}{} ({} SMs): copy bandwidth {:.0} GB/s",
+        dev.cc.0,
+        dev.cc.1,
+        dev.sm_count,
+        bw / 1e9
+    );
 }
 
 /// Datasheet dense tensor peaks (bf16, fp8) in FLOP/s for compute capability `cc`: H100 SXM 989 /
