@@ -84,40 +84,93 @@ fn compare(
     );
 }
 
-/// The end of every case: skips (None) without kernels, else waits for the launch, checks the
-/// sampled rows of `out` against `reference(x rows, rows)` plus the residual, returns the path.
-#[allow(clippy::too_many_arguments)]
-fn finish(
-    what: &str,
-    dev: &Device,
-    run: Result<GemmPlan>,
-    rng: &mut Rng,
-    (m, n, k): (usize, usize, usize),
-    xvals: &[f32],
-    res: Option<&(Vec<u16>, Vec<f32>)>,
-    out: &CudaSlice<bf16>,
-    reference: impl FnOnce(&[f32], usize) -> Result<Vec<f32>>,
-    tol: f64,
-) -> Option<GemmPath> {
-    let plan = match run {
-        Err(Error::KernelsNotBuilt(why)) => {
-            println!("skipped: kernels not built ({why})");
-            return None;
-        }
-        r => r.expect(what),
-    };
-    dev.stream().synchronize().expect(what);
-    let rows = check_rows(m, rng);
-    let mut want = reference(&gather_rows(xvals, k, &rows), rows.len()).expect("reference");
-    if let Some((_, rv)) = res {
-        for (i, &r) in rows.iter().enumerate() {
-            for j in 0..n {
-                want[i * n + j] += rv[r * n + j];
-            }
+/// One case's random data (weight values `w`, activations rounded to `act`, an optional bf16
+/// residual, drawn in that order from a fresh [`Rng`]), its device buffers (x is left to the case:
+/// its type depends on `act`) and a NaN-poisoned output.
+struct Case<'a> {
+    dev: &'a Device,
+    what: String,
+    rng: Rng,
+    mnk: (usize, usize, usize),
+    w: Vec<f32>,
+    xbits: Vec<u16>,
+    xvals: Vec<f32>,
+    res: Option<Vec<f32>>,
+    gr: Option<CudaSlice<bf16>>,
+    out: CudaSlice<bf16>,
+    scratch: GemmScratch,
+}
+
+impl<'a> Case<'a> {
+    fn new(
+        dev: &'a Device,
+        label: String,
+        (m, n, k): (usize, usize, usize),
+        act: Act16,
+        with_residual: bool,
+    ) -> Self {
+        let (mut rng, seed) = Rng::fresh();
+        let w = rng.vec(n * k, 0.05);
+        let (xbits, xvals) = to_act(&rng.vec(m * k, 1.0), act);
+        let res = with_residual.then(|| to_act(&rng.vec(m * n, 1.0), Act16::BF16));
+        let gr = res
+            .as_ref()
+            .map(|r| dev.stream().clone_htod(&as_bf16(&r.0)).expect("residual"));
+        Case {
+            dev,
+            what: format!("{label} seed={seed}"),
+            rng,
+            mnk: (m, n, k),
+            w,
+            xbits,
+            xvals,
+            res: res.map(|r| r.1),
+            gr,
+            out: poisoned::<bf16>(dev, m * n),
+            scratch: GemmScratch::new(),
         }
     }
-    compare(&format!("{what} [{plan}]"), dev, out, n, &rows, &want, tol);
-    Some(plan.path)
+
+    /// x as bf16 on the device.
+    fn x_bf16(&self) -> CudaSlice<bf16> {
+        self.dev
+            .stream()
+            .clone_htod(&as_bf16(&self.xbits))
+            .expect("x")
+    }
+
+    /// The end of every case: skips (None) without kernels, else waits for the launch, checks the
+    /// sampled rows of `out` against `reference(x rows, rows)` plus the residual, returns the path.
+    fn finish(
+        mut self,
+        run: Result<GemmPlan>,
+        reference: impl FnOnce(&[f32], usize) -> Result<Vec<f32>>,
+        tol: f64,
+    ) -> Option<GemmPath> {
+        let what = &self.what;
+        let (m, n, k) = self.mnk;
+        let plan = match run {
+            Err(Error::KernelsNotBuilt(why)) => {
+                println!("skipped: kernels not built ({why})");
+                return None;
+            }
+            r => r.expect(what),
+        };
+        self.dev.stream().synchronize().expect(what);
+        let rows = check_rows(m, &mut self.rng);
+        let mut want =
+            reference(&gather_rows(&self.xvals, k, &rows), rows.len()).expect("reference");
+        if let Some(rv) = &self.res {
+            for (i, &r) in rows.iter().enumerate() {
+                for j in 0..n {
+                    want[i * n + j] += rv[r * n + j];
+                }
+            }
+        }
+        let what = format!("{what} [{plan}]");
+        compare(&what, self.dev, &self.out, n, &rows, &want, tol);
+        Some(plan.path)
+    }
 }
 
 fn gather_rows(x: &[f32], k: usize, rows: &[usize]) -> Vec<f32> {
@@ -139,47 +192,49 @@ fn w4a16_case(
     with_residual: bool,
 ) -> Option<GemmPath> {
     let stream = dev.stream();
-    let (mut rng, seed) = Rng::fresh();
-    let what = format!("w4a16 m={m} n={n} k={k} g={group_size} sym={symmetric} {act:?} res={with_residual} seed={seed}");
-    let w = rng.vec(n * k, 0.05);
+    let label = format!(
+        "w4a16 m={m} n={n} k={k} g={group_size} sym={symmetric} {act:?} res={with_residual}"
+    );
+    let mut c = Case::new(dev, label, (m, n, k), act, with_residual);
     let config = Int4Config {
         group_size,
         symmetric,
         scale_dtype: ScaleDType::BF16,
     };
-    let q = Int4Weight::quantize(&w, n, k, config).expect("quantize");
+    let q = Int4Weight::quantize(&c.w, n, k, config).expect("quantize");
     let packed = repack_int4(&q, act).expect("repack");
     // The reference uses exactly the weight the kernel sees (scales in the activation dtype).
     let kernel_weight = Weight::Int4(unpack_int4(&packed).expect("unpack"));
-    let (xbits, xvals) = to_act(&rng.vec(m * k, 1.0), act);
-    let res = with_residual.then(|| to_act(&rng.vec(m * n, 1.0), Act16::BF16));
-
     let gw = GpuInt4Weight::upload(stream, &packed).expect("upload");
-    let gr = res
-        .as_ref()
-        .map(|r| stream.clone_htod(&as_bf16(&r.0)).expect("residual"));
-    let mut out = poisoned::<bf16>(dev, m * n);
-    let mut scratch = GemmScratch::new();
     let run = match act {
         Act16::BF16 => {
-            let gx = stream.clone_htod(&as_bf16(&xbits)).expect("x");
-            gemm::gemm_w4a16(stream, &gx, m, &gw, gr.as_ref(), &mut out, &mut scratch)
+            let gx = c.x_bf16();
+            gemm::gemm_w4a16(
+                stream,
+                &gx,
+                m,
+                &gw,
+                c.gr.as_ref(),
+                &mut c.out,
+                &mut c.scratch,
+            )
         }
         Act16::F16 => {
-            let xh: Vec<f16> = xbits.iter().map(|&b| f16::from_bits(b)).collect();
+            let xh: Vec<f16> = c.xbits.iter().map(|&b| f16::from_bits(b)).collect();
             let gx = stream.clone_htod(&xh).expect("x");
-            gemm::gemm_w4a16(stream, &gx, m, &gw, gr.as_ref(), &mut out, &mut scratch)
+            gemm::gemm_w4a16(
+                stream,
+                &gx,
+                m,
+                &gw,
+                c.gr.as_ref(),
+                &mut c.out,
+                &mut c.scratch,
+            )
         }
     };
-    finish(
-        &what,
-        dev,
+    c.finish(
         run,
-        &mut rng,
-        (m, n, k),
-        &xvals,
-        res.as_ref(),
-        &out,
         |x, rows| reference::gemm(x, rows, &kernel_weight),
         TOL_W4A16,
     )
@@ -318,39 +373,23 @@ fn fp8_case(
     mode: Fp8Mode,
     with_residual: bool,
 ) -> Option<GemmPath> {
-    let stream = dev.stream();
-    let (mut rng, seed) = Rng::fresh();
-    let what = format!("fp8 {mode:?} m={m} n={n} k={k} res={with_residual} seed={seed}");
-    let w = rng.vec(n * k, 0.05);
-    let q = Fp8Weight::quantize(&w, n, k, Fp8Scaling::PerChannel).expect("quantize");
-    let (xbits, xvals) = to_act(&rng.vec(m * k, 1.0), Act16::BF16);
-    let res = with_residual.then(|| to_act(&rng.vec(m * n, 1.0), Act16::BF16));
-    let gw = GpuFp8Weight::upload(stream, &q).expect("upload");
-    let gx = stream.clone_htod(&as_bf16(&xbits)).expect("x");
-    let gr = res
-        .as_ref()
-        .map(|r| stream.clone_htod(&as_bf16(&r.0)).expect("residual"));
-    let mut out = poisoned::<bf16>(dev, m * n);
-    let mut scratch = GemmScratch::new();
+    let label = format!("fp8 {mode:?} m={m} n={n} k={k} res={with_residual}");
+    let mut c = Case::new(dev, label, (m, n, k), Act16::BF16, with_residual);
+    let q = Fp8Weight::quantize(&c.w, n, k, Fp8Scaling::PerChannel).expect("quantize");
+    let gw = GpuFp8Weight::upload(dev.stream(), &q).expect("upload");
+    let gx = c.x_bf16();
     let run = gemm::gemm_fp8(
-        stream,
+        dev.stream(),
         &gx,
         m,
         &gw,
         mode,
-        gr.as_ref(),
-        &mut out,
-        &mut scratch,
+        c.gr.as_ref(),
+        &mut c.out,
+        &mut c.scratch,
     );
-    finish(
-        &what,
-        dev,
+    c.finish(
         run,
-        &mut rng,
-        (m, n, k),
-        &xvals,
-        res.as_ref(),
-        &out,
         |x, rows| match mode {
             Fp8Mode::W8A16 => reference::gemm(x, rows, &Weight::Fp8(q.clone())),
             Fp8Mode::W8A8 => reference::gemm_w8a8(x, rows, &q),
@@ -392,35 +431,29 @@ const TOL_BF16: f64 = 5e-3;
 /// One gemm_bf16 case (through `GpuLinear` half of the time, which must pick the same kernel).
 fn bf16_case(dev: &Device, m: usize, n: usize, k: usize, with_residual: bool) -> Option<GemmPath> {
     let stream = dev.stream();
-    let (mut rng, seed) = Rng::fresh();
-    let what = format!("bf16 m={m} n={n} k={k} res={with_residual} seed={seed}");
-    let (_, wvals) = to_act(&rng.vec(n * k, 0.05), Act16::BF16);
+    let label = format!("bf16 m={m} n={n} k={k} res={with_residual}");
+    let mut c = Case::new(dev, label, (m, n, k), Act16::BF16, with_residual);
+    let (_, wvals) = to_act(&c.w, Act16::BF16);
     let dense = DenseWeight { n, k, data: wvals };
-    let (xbits, xvals) = to_act(&rng.vec(m * k, 1.0), Act16::BF16);
-    let res = with_residual.then(|| to_act(&rng.vec(m * n, 1.0), Act16::BF16));
-    let gx = stream.clone_htod(&as_bf16(&xbits)).expect("x");
-    let gr = res
-        .as_ref()
-        .map(|r| stream.clone_htod(&as_bf16(&r.0)).expect("residual"));
-    let mut out = poisoned::<bf16>(dev, m * n);
-    let mut scratch = GemmScratch::new();
-    let run = if rng.below(2) == 0 {
+    let gx = c.x_bf16();
+    let run = if c.rng.below(2) == 0 {
         let gw = GpuBf16Weight::upload(stream, &dense).expect("upload");
-        gemm::gemm_bf16(stream, &gx, m, &gw, gr.as_ref(), &mut out, &mut scratch)
+        gemm::gemm_bf16(
+            stream,
+            &gx,
+            m,
+            &gw,
+            c.gr.as_ref(),
+            &mut c.out,
+            &mut c.scratch,
+        )
     } else {
         let gl = GpuLinear::upload(stream, &Weight::Dense(dense.clone())).expect("upload");
         assert_eq!((gl.n(), gl.k()), (n, k));
-        gl.gemm(stream, &gx, m, gr.as_ref(), &mut out, &mut scratch)
+        gl.gemm(stream, &gx, m, c.gr.as_ref(), &mut c.out, &mut c.scratch)
     };
-    finish(
-        &what,
-        dev,
+    c.finish(
         run,
-        &mut rng,
-        (m, n, k),
-        &xvals,
-        res.as_ref(),
-        &out,
         |x, rows| reference::gemm(x, rows, &Weight::Dense(dense)),
         TOL_BF16,
     )
