@@ -5,6 +5,8 @@
 //! (K/V bytes / copy bandwidth). Sizes the GPU cannot hold are skipped with a line; without a GPU the
 //! whole bench prints one skip line.
 
+mod common;
+
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -29,20 +31,6 @@ fn values(n: usize, salt: u32) -> Vec<bf16> {
             bf16::from_f32(if h & 1 == 0 { v } else { -v })
         })
         .collect()
-}
-
-/// Bandwidth (GB/s) of a 1 GiB device-to-device copy (read + write bytes).
-fn copy_bandwidth(dev: &Device) -> f64 {
-    let s = dev.stream();
-    let n = 1usize << 30;
-    let src = dev.zeros::<u8>(n).expect("alloc");
-    let mut dst = dev.zeros::<u8>(n).expect("alloc");
-    let t = time_stream(s, 10, || {
-        s.memcpy_dtod(&src, &mut dst)
-            .map_err(|e| llama4_cuda::device::driver_error("copy", e))
-    })
-    .expect("copy");
-    2.0 * n as f64 * 10.0 / t.as_secs_f64() / 1e9
 }
 
 /// A one-sequence cache of `tokens` positions filled with the same piece of K/V over and over.
@@ -71,16 +59,11 @@ fn filled(
 }
 
 fn gpu(c: &mut Criterion) {
-    if !llama4_cuda::sys::KERNELS_BUILT {
-        println!("attn_decode_gpu: skipped: CUDA kernels not built");
+    let Some(dev) = common::device("attn_decode_gpu") else {
         return;
-    }
-    let dev = match Device::first() {
-        Ok(d) => d,
-        Err(e) => return println!("attn_decode_gpu: skipped: no CUDA device ({e})"),
     };
     let s = dev.stream().clone();
-    let bw = copy_bandwidth(&dev);
+    let bw = common::copy_bandwidth(dev.stream()) / 1e9;
     println!(
         "attn_decode_gpu: {} , device-to-device copy {bw:.0} GB/s",
         dev.name().unwrap_or_default()

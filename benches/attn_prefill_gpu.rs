@@ -13,11 +13,12 @@
 //! `L4C_ATTN_T=8192,32768` narrows the lengths. Without a CUDA device the bench prints
 //! "skipped: no CUDA device".
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use cudarc::driver::CudaSlice;
 use half::bf16;
 use llama4_cuda::device::time_stream;
 use llama4_cuda::kv_cache::gpu::GpuKvLayer;
@@ -30,14 +31,6 @@ const KV_HEADS: usize = 8;
 const D: usize = 128;
 const CHUNK: usize = 8192;
 const TS: [usize; 3] = [8192, 32768, 131072];
-
-fn stream() -> Option<Arc<CudaStream>> {
-    // SAFETY: only tries to dlopen the driver library.
-    if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        return None;
-    }
-    CudaContext::new(0).ok().map(|c| c.default_stream())
-}
 
 /// Deterministic small bf16 values (a hash of the index), never all equal.
 fn values(n: usize, salt: u64) -> Vec<bf16> {
@@ -62,22 +55,12 @@ fn visible_pairs(t: usize, chunk: Option<usize>) -> f64 {
 }
 
 fn bench(c: &mut Criterion) {
-    if !llama4_cuda::sys::KERNELS_BUILT {
-        println!("skipped: no CUDA kernels in this build (run tools/cuda-toolchain.sh)");
-        return;
-    }
-    let Some(s) = stream() else {
-        println!("skipped: no CUDA device");
+    let Some(dev) = common::device("attn_prefill_gpu") else {
         return;
     };
-    let ts: Vec<usize> = std::env::var("L4C_ATTN_T").map_or(TS.to_vec(), |v| {
-        v.split(',').filter_map(|x| x.trim().parse().ok()).collect()
-    });
-    let (major, _) = s
-        .context()
-        .compute_capability()
-        .expect("compute capability");
-    let peak = if major >= 9 { 989e12 } else { 312e12 };
+    let s = dev.stream().clone();
+    let ts = common::env_usizes("L4C_ATTN_T", &TS);
+    let peak = common::tensor_peaks(dev.compute_capability().expect("compute capability")).0;
     let mut g = c.benchmark_group("attn_prefill_gpu");
     g.sample_size(10)
         .warm_up_time(Duration::from_millis(300))

@@ -2,9 +2,11 @@
 //! present. Shapes are Scout / Maverick's: hidden 5120, expert intermediate 8192; a 512-token prefill
 //! chunk and a single decode token. Throughput is bytes moved (read + written).
 
+mod common;
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
-use llama4_cuda::device::{time_stream, Device};
+use llama4_cuda::device::time_stream;
 use llama4_cuda::{ops, reference::elementwise as reference};
 
 const HIDDEN: usize = 5120;
@@ -45,13 +47,8 @@ fn cpu(c: &mut Criterion) {
 }
 
 fn gpu(c: &mut Criterion) {
-    if !llama4_cuda::sys::KERNELS_BUILT {
-        println!("elementwise_gpu: skipped: CUDA kernels not built");
+    let Some(dev) = common::device("elementwise_gpu") else {
         return;
-    }
-    let dev = match Device::first() {
-        Ok(d) => d,
-        Err(e) => return println!("elementwise_gpu: skipped: no CUDA device ({e})"),
     };
     let s = dev.stream().clone();
     let bf = |v: Vec<f32>| v.into_iter().map(bf16::from_f32).collect::<Vec<_>>();

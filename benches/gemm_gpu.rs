@@ -10,12 +10,13 @@
 //! `L4C_GEMM_M=1,16,2048` and `L4C_GEMM_SHAPES=5120x5120,...` narrow the grid. Without a CUDA device
 //! the bench prints "skipped: no CUDA device".
 
-use std::sync::{Arc, Mutex};
+mod common;
+
 use std::time::Duration;
 
+use common::{copy_bandwidth, env_list, env_usizes, print_rows, tensor_peaks, time, xorshift, Row};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use cudarc::driver::sys::CUevent_flags;
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use cudarc::driver::CudaSlice;
 use half::bf16;
 use llama4_cuda::ops::gemm::{
     self, device_info, DeviceInfo, Fp8Mode, GemmScratch, GpuFp8Weight, GpuInt4Weight,
@@ -35,58 +36,6 @@ const SHAPES: [(usize, usize); 7] = [
 const MS: [usize; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 512, 2048, 8192];
 /// Total weight bytes the rotation spans (H100 L2 is 50 MB).
 const ROTATE_BYTES: usize = 256 << 20;
-
-struct Row {
-    name: String,
-    secs: f64,
-    bytes: f64,
-    flops: f64,
-    peak: f64,
-}
-static ROWS: Mutex<Vec<Row>> = Mutex::new(Vec::new());
-
-fn env_list(var: &str) -> Option<Vec<String>> {
-    std::env::var(var)
-        .ok()
-        .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
-}
-
-fn stream() -> Option<Arc<CudaStream>> {
-    // SAFETY: only tries to dlopen the driver library.
-    if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        return None;
-    }
-    CudaContext::new(0).ok().map(|c| c.default_stream())
-}
-
-/// Times `iters` calls of `f` with CUDA events; returns the elapsed wall time of the GPU work.
-fn event_time(s: &Arc<CudaStream>, iters: u64, mut f: impl FnMut(u64)) -> Duration {
-    let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
-    let a = s.record_event(flags).expect("event");
-    for i in 0..iters {
-        f(i);
-    }
-    let b = s.record_event(flags).expect("event");
-    b.synchronize().expect("sync");
-    Duration::from_secs_f64(a.elapsed_ms(&b).expect("elapsed") as f64 / 1e3)
-}
-
-/// Measured copy bandwidth (bytes read + written per second).
-fn copy_bandwidth(s: &Arc<CudaStream>) -> f64 {
-    let n = 1usize << 30;
-    let src = s.alloc_zeros::<u8>(n).expect("alloc");
-    let mut dst = s.alloc_zeros::<u8>(n).expect("alloc");
-    s.memcpy_dtod(&src, &mut dst).expect("copy");
-    let t = event_time(s, 10, |_| s.memcpy_dtod(&src, &mut dst).expect("copy"));
-    2.0 * n as f64 * 10.0 / t.as_secs_f64()
-}
-
-fn xorshift(seed: &mut u64) -> u64 {
-    *seed ^= *seed << 13;
-    *seed ^= *seed >> 7;
-    *seed ^= *seed << 17;
-    *seed
-}
 
 /// A random repacked int4 weight (random nibbles, small bf16 scales): timing needs no quantizer.
 fn random_int4(n: usize, k: usize, seed: u64) -> RepackedInt4 {
@@ -137,32 +86,17 @@ fn random_fp8(n: usize, k: usize, seed: u64) -> llama4_cuda::quant::Fp8Weight {
 }
 
 fn bench(c: &mut Criterion) {
-    if !llama4_cuda::sys::KERNELS_BUILT {
-        println!("skipped: no CUDA kernels in this build (run tools/cuda-toolchain.sh)");
-        return;
-    }
-    let Some(s) = stream() else {
-        println!("skipped: no CUDA device");
+    let Some(device) = common::device("gemm_gpu") else {
         return;
     };
+    let s = device.stream().clone();
     let dev: DeviceInfo = device_info(&s).expect("device info");
     let mut scratch = GemmScratch::new();
     let bw = copy_bandwidth(&s);
-    let (peak_bf16, peak_fp8) = if dev.cc == (9, 0) {
-        (989e12, 1979e12)
-    } else {
-        (312e12, 312e12)
-    };
-    println!(
-        "device sm_{}{} ({} SMs): copy bandwidth {:.0} GB/s",
-        dev.cc.0,
-        dev.cc.1,
-        dev.sm_count,
-        bw / 1e9
-    );
-    let ms: Vec<usize> = env_list("L4C_GEMM_M").map_or(MS.to_vec(), |v| {
-        v.iter().filter_map(|s| s.parse().ok()).collect()
-    });
+    let (peak_bf16, peak_fp8) = tensor_peaks(dev.cc);
+    let mut rows = Vec::new();
+    common::print_device(&dev, bw);
+    let ms = env_usizes("L4C_GEMM_M", &MS);
     let shapes: Vec<(usize, usize)> = env_list("L4C_GEMM_SHAPES").map_or(SHAPES.to_vec(), |v| {
         v.iter()
             .filter_map(|s| {
@@ -196,7 +130,7 @@ fn bench(c: &mut Criterion) {
             let mut best = f64::INFINITY;
             g.bench_function(BenchmarkId::new("w4a16", format!("{m}x{n}x{k}")), |b| {
                 b.iter_custom(|iters| {
-                    let t = event_time(&s, iters, |i| {
+                    let t = time(&s, iters, |i| {
                         gemm::gemm_w4a16(
                             &s,
                             &x,
@@ -213,7 +147,7 @@ fn bench(c: &mut Criterion) {
                 })
             });
             let bytes = (int4.nbytes() + 2 * m * (k + n)) as f64;
-            ROWS.lock().unwrap().push(Row {
+            rows.push(Row {
                 name: format!("{name} [{plan}]"),
                 secs: best,
                 bytes,
@@ -244,7 +178,7 @@ fn bench(c: &mut Criterion) {
                 let mut best = f64::INFINITY;
                 g.bench_function(BenchmarkId::new(tag, format!("{m}x{n}x{k}")), |b| {
                     b.iter_custom(|iters| {
-                        let t = event_time(&s, iters, |i| {
+                        let t = time(&s, iters, |i| {
                             gemm::gemm_fp8(
                                 &s,
                                 &x,
@@ -267,7 +201,7 @@ fn bench(c: &mut Criterion) {
                 } else {
                     peak_bf16
                 };
-                ROWS.lock().unwrap().push(Row {
+                rows.push(Row {
                     name: format!("{tag} m={m} n={n} k={k} [{plan}]"),
                     secs: best,
                     bytes,
@@ -279,21 +213,7 @@ fn bench(c: &mut Criterion) {
     }
     g.finish();
 
-    println!(
-        "\n{:<100} {:>9} {:>8} {:>8} {:>6}",
-        "case [plan]", "us", "GB/s", "TFLOP/s", "floor"
-    );
-    for r in ROWS.lock().unwrap().iter() {
-        let floor = (r.bytes / bw).max(r.flops / r.peak);
-        println!(
-            "{:<100} {:>9.2} {:>8.0} {:>8.1} {:>5.0}%",
-            r.name,
-            r.secs * 1e6,
-            r.bytes / r.secs / 1e9,
-            r.flops / r.secs / 1e12,
-            100.0 * floor / r.secs
-        );
-    }
+    print_rows(&rows, bw, 100);
 }
 
 criterion_group!(benches, bench);

@@ -1,8 +1,10 @@
 //! MoE gating: the CPU reference and the GPU kernel (CUDA-event timing, when a device is present) at
 //! 16384 tokens x 128 experts (Maverick's router), k = 1 and 8. Throughput is the logits read.
 
+mod common;
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use llama4_cuda::device::{time_stream, Device};
+use llama4_cuda::device::time_stream;
 use llama4_cuda::ops::{moe_gate, MoeGateBuffers};
 use llama4_cuda::reference::moe::top_k_gating;
 
@@ -38,13 +40,8 @@ fn cpu(c: &mut Criterion) {
 }
 
 fn gpu(c: &mut Criterion) {
-    if !llama4_cuda::sys::KERNELS_BUILT {
-        println!("moe_gate_gpu: skipped: CUDA kernels not built");
+    let Some(dev) = common::device("moe_gate_gpu") else {
         return;
-    }
-    let dev = match Device::first() {
-        Ok(d) => d,
-        Err(e) => return println!("moe_gate_gpu: skipped: no CUDA device ({e})"),
     };
     let s = dev.stream().clone();
     let x = dev.upload(&logits(TOKENS * EXPERTS)).expect("upload");

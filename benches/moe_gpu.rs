@@ -12,11 +12,14 @@
 //! `L4C_MOE_TOKENS=1,512`, `L4C_MOE_E=16`, `L4C_MOE_FMT=int4` narrow the grid. Without a CUDA device
 //! the bench prints "skipped: no CUDA device". E = 128 bf16 needs 32 GB of device memory.
 
-use std::sync::{Arc, Mutex};
+mod common;
+
+use std::sync::Arc;
 use std::time::Duration;
 
+use common::{copy_bandwidth, env_list, env_usizes, print_rows, tensor_peaks, xorshift_unit, Row};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use cudarc::driver::{CudaSlice, CudaStream};
 use half::bf16;
 use llama4_cuda::device::time_stream;
 use llama4_cuda::ops::gemm::{device_info, GpuBf16Weight, GpuFp8Weight, GpuInt4Weight, GpuLinear};
@@ -27,28 +30,6 @@ const HIDDEN: usize = 5120;
 const INTER: usize = 8192;
 const TOKENS: [usize; 6] = [1, 8, 64, 512, 4096, 16384];
 const EXPERTS: [usize; 2] = [16, 128];
-
-struct Row {
-    name: String,
-    secs: f64,
-    bytes: f64,
-    flops: f64,
-}
-static ROWS: Mutex<Vec<Row>> = Mutex::new(Vec::new());
-
-fn env_list(var: &str) -> Option<Vec<String>> {
-    std::env::var(var)
-        .ok()
-        .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
-}
-
-fn stream() -> Option<Arc<CudaStream>> {
-    // SAFETY: only tries to dlopen the driver library.
-    if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        return None;
-    }
-    CudaContext::new(0).ok().map(|c| c.default_stream())
-}
 
 /// A zero-filled device weight `[n, k]` in `fmt` (int4: group 128, symmetric, repacked layout sizes).
 fn linear(s: &Arc<CudaStream>, fmt: ExpertFormat, n: usize, k: usize) -> GpuLinear {
@@ -100,48 +81,18 @@ fn expert_bytes(fmt: ExpertFormat) -> f64 {
     }
 }
 
-fn xorshift(seed: &mut u64) -> f32 {
-    *seed ^= *seed << 13;
-    *seed ^= *seed >> 7;
-    *seed ^= *seed << 17;
-    ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-}
-
 fn bench(c: &mut Criterion) {
-    if !llama4_cuda::sys::KERNELS_BUILT {
-        println!("skipped: no CUDA kernels in this build (run tools/cuda-toolchain.sh)");
-        return;
-    }
-    let Some(s) = stream() else {
-        println!("skipped: no CUDA device");
+    let Some(device) = common::device("moe_gpu") else {
         return;
     };
+    let s = device.stream().clone();
     let dev = device_info(&s).expect("device info");
-    let peak = if dev.cc == (9, 0) { 989e12 } else { 312e12 };
-    let bw = {
-        let n = 1usize << 30;
-        let src = s.alloc_zeros::<u8>(n).expect("alloc");
-        let mut dst = s.alloc_zeros::<u8>(n).expect("alloc");
-        let t = time_stream(&s, 10, || {
-            s.memcpy_dtod(&src, &mut dst).expect("copy");
-            Ok(())
-        })
-        .expect("copy");
-        2.0 * n as f64 * 10.0 / t.as_secs_f64()
-    };
-    println!(
-        "device sm_{}{} ({} SMs): copy bandwidth {:.0} GB/s",
-        dev.cc.0,
-        dev.cc.1,
-        dev.sm_count,
-        bw / 1e9
-    );
-    let tokens: Vec<usize> = env_list("L4C_MOE_TOKENS").map_or(TOKENS.to_vec(), |v| {
-        v.iter().filter_map(|s| s.parse().ok()).collect()
-    });
-    let experts: Vec<usize> = env_list("L4C_MOE_E").map_or(EXPERTS.to_vec(), |v| {
-        v.iter().filter_map(|s| s.parse().ok()).collect()
-    });
+    let peak = tensor_peaks(dev.cc).0;
+    let bw = copy_bandwidth(&s);
+    let mut rows = Vec::new();
+    common::print_device(&dev, bw);
+    let tokens = env_usizes("L4C_MOE_TOKENS", &TOKENS);
+    let experts = env_usizes("L4C_MOE_E", &EXPERTS);
     let fmts: Vec<ExpertFormat> = env_list("L4C_MOE_FMT").map_or(
         vec![ExpertFormat::Int4, ExpertFormat::Fp8, ExpertFormat::Bf16],
         |v| {
@@ -160,7 +111,7 @@ fn bench(c: &mut Criterion) {
     let x: CudaSlice<bf16> = s
         .clone_htod(
             &(0..max_t * HIDDEN)
-                .map(|_| bf16::from_f32(xorshift(&mut seed)))
+                .map(|_| bf16::from_f32(xorshift_unit(&mut seed)))
                 .collect::<Vec<_>>(),
         )
         .expect("x");
@@ -173,7 +124,7 @@ fn bench(c: &mut Criterion) {
     for &fmt in &fmts {
         for &e in &experts {
             let router: Vec<bf16> = (0..e * HIDDEN)
-                .map(|_| bf16::from_f32(0.02 * xorshift(&mut seed)))
+                .map(|_| bf16::from_f32(0.02 * xorshift_unit(&mut seed)))
                 .collect();
             let router = GpuBf16Weight {
                 n: e,
@@ -205,31 +156,18 @@ fn bench(c: &mut Criterion) {
                     + (2 * e * HIDDEN + 4 * t * HIDDEN) as f64;
                 let flops =
                     2.0 * 3.0 * (2 * t * HIDDEN * INTER) as f64 + 2.0 * (t * e * HIDDEN) as f64;
-                ROWS.lock().unwrap().push(Row {
+                rows.push(Row {
                     name: format!("{fmt} E={e} tokens={t} touched={touched} [{plan}]"),
                     secs: best,
                     bytes,
                     flops,
+                    peak,
                 });
             }
         }
     }
     g.finish();
-    println!(
-        "\n{:<150} {:>9} {:>8} {:>8} {:>6}",
-        "case [plan]", "us", "GB/s", "TFLOP/s", "floor"
-    );
-    for r in ROWS.lock().unwrap().iter() {
-        let floor = (r.bytes / bw).max(r.flops / peak);
-        println!(
-            "{:<150} {:>9.1} {:>8.0} {:>8.1} {:>5.0}%",
-            r.name,
-            r.secs * 1e6,
-            r.bytes / r.secs / 1e9,
-            r.flops / r.secs / 1e12,
-            100.0 * floor / r.secs
-        );
-    }
+    print_rows(&rows, bw, 150);
 }
 
 criterion_group!(benches, bench);

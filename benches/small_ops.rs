@@ -3,9 +3,11 @@
 //! decode token and a 512-token prefill chunk. Throughput is bytes moved (read + written).
 //! silu_mul is benched with the rest of the elementwise family in benches/elementwise.rs.
 
+mod common;
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
-use llama4_cuda::device::{time_stream, Device};
+use llama4_cuda::device::time_stream;
 use llama4_cuda::ops::norm_rope as ops;
 use llama4_cuda::reference::{norm, rope};
 
@@ -59,13 +61,8 @@ fn cpu(c: &mut Criterion) {
 
 /// bf16 storage, as the decoder runs them; tokens 1 (decode), 512 and 8192 (a prefill chunk).
 fn gpu(c: &mut Criterion) {
-    if !llama4_cuda::sys::KERNELS_BUILT {
-        println!("small_ops_gpu: skipped: CUDA kernels not built");
+    let Some(dev) = common::device("small_ops_gpu") else {
         return;
-    }
-    let dev = match Device::first() {
-        Ok(d) => d,
-        Err(e) => return println!("small_ops_gpu: skipped: {e}"),
     };
     let s = dev.stream().clone();
     let bf = |v: Vec<f32>| v.into_iter().map(bf16::from_f32).collect::<Vec<_>>();

@@ -4,13 +4,17 @@
 //! Error metric: `max |out - ref| / max |ref|` over the checked rows. Every output is poisoned with
 //! NaN (bf16 0x7fc0) before the launch and every element is checked to be written.
 
-use std::sync::Arc;
+mod common;
 
-use cudarc::driver::{CudaSlice, CudaStream};
+use common::gpu::poisoned;
+use common::{rel_err, Rng};
+use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
-use llama4_cuda::error::Error;
+use llama4_cuda::device::{device_for_test, Device};
+use llama4_cuda::error::{Error, Result};
 use llama4_cuda::ops::gemm::{
-    self, Fp8Mode, GemmPath, GemmScratch, GpuBf16Weight, GpuFp8Weight, GpuInt4Weight, GpuLinear,
+    self, Fp8Mode, GemmPath, GemmPlan, GemmScratch, GpuBf16Weight, GpuFp8Weight, GpuInt4Weight,
+    GpuLinear,
 };
 use llama4_cuda::quant::repack::{repack_int4, unpack_int4, Act16};
 use llama4_cuda::quant::{
@@ -21,41 +25,10 @@ use llama4_cuda::reference::gemm as reference;
 /// bf16 operands and bf16 output: the weight rounds to bf16 once ((q - z) * s, 2^-9 relative), the
 /// output rounds once (2^-9), f32 accumulation differs only in order. 1e-2 leaves a 2.5x margin over
 /// the worst case of the two roundings stacked, and is far below what a wrong index produces (O(1)).
-const TOL_W4A16: f32 = 1e-2;
+const TOL_W4A16: f64 = 1e-2;
 /// fp8 x fp8 (or fp8 x bf16) products are exact in f32; only summation order and the final bf16
 /// rounding (2^-9 relative) differ from the reference.
-const TOL_FP8: f32 = 5e-3;
-
-const POISON: bf16 = bf16::from_bits(0x7fc0); // NaN
-
-fn gpu(test: &str) -> Option<Arc<CudaStream>> {
-    llama4_cuda::device::device_for_test(test).map(|d| d.stream().clone())
-}
-
-/// SplitMix64, seeded per case from the clock (printed on failure so a case can be replayed).
-struct Rng(u64);
-impl Rng {
-    fn fresh() -> Self {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64);
-        Rng(t)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-    fn vec(&mut self, len: usize, scale: f32) -> Vec<f32> {
-        (0..len).map(|_| self.unit() * scale).collect()
-    }
-}
+const TOL_FP8: f64 = 5e-3;
 
 /// Rounds to the activation dtype; returns (bits for the GPU, the rounded values for the reference).
 fn to_act(x: &[f32], act: Act16) -> (Vec<u16>, Vec<f32>) {
@@ -74,24 +47,26 @@ fn check_rows(m: usize, rng: &mut Rng) -> Vec<usize> {
     if m <= 64 {
         return (0..m).collect();
     }
-    let mut rows: Vec<usize> = (0..14).map(|_| (rng.next() % m as u64) as usize).collect();
+    let mut rows: Vec<usize> = (0..14).map(|_| rng.below(m)).collect();
     rows.extend([0, m - 1]);
     rows.sort_unstable();
     rows.dedup();
     rows
 }
 
-/// Downloads `out`, checks every element was written, and compares `rows` with `reference(rows)`.
+/// Downloads `out`, checks every element was written, and compares `rows` with `want` (the
+/// reference of those rows) by [`rel_err`].
 fn compare(
     what: &str,
-    stream: &Arc<CudaStream>,
+    dev: &Device,
     out: &CudaSlice<bf16>,
     n: usize,
     rows: &[usize],
     want: &[f32],
-    tol: f32,
+    tol: f64,
 ) {
-    let got: Vec<f32> = stream
+    let got: Vec<f32> = dev
+        .stream()
         .clone_dtoh(out)
         .expect("download")
         .iter()
@@ -102,19 +77,100 @@ fn compare(
         unwritten, 0,
         "{what}: {unwritten} outputs not written (still NaN)"
     );
-    let (mut err, mut mag) = (0f32, 0f32);
-    for (i, &r) in rows.iter().enumerate() {
-        for j in 0..n {
-            let (g, w) = (got[r * n + j], want[i * n + j]);
-            err = err.max((g - w).abs());
-            mag = mag.max(w.abs());
-        }
-    }
-    let rel = err / mag.max(f32::MIN_POSITIVE);
+    let rel = rel_err(&gather_rows(&got, n, rows), want);
     assert!(
         rel <= tol,
         "{what}: max|out-ref|/max|ref| = {rel:.3e} > {tol:e}"
     );
+}
+
+/// One case's random data (weight values `w`, activations rounded to `act`, an optional bf16
+/// residual, drawn in that order from a fresh [`Rng`]), its device buffers (x is left to the case:
+/// its type depends on `act`) and a NaN-poisoned output.
+struct Case<'a> {
+    dev: &'a Device,
+    what: String,
+    rng: Rng,
+    mnk: (usize, usize, usize),
+    w: Vec<f32>,
+    xbits: Vec<u16>,
+    xvals: Vec<f32>,
+    res: Option<Vec<f32>>,
+    gr: Option<CudaSlice<bf16>>,
+    out: CudaSlice<bf16>,
+    scratch: GemmScratch,
+}
+
+impl<'a> Case<'a> {
+    fn new(
+        dev: &'a Device,
+        label: String,
+        (m, n, k): (usize, usize, usize),
+        act: Act16,
+        with_residual: bool,
+    ) -> Self {
+        let (mut rng, seed) = Rng::fresh();
+        let w = rng.vec(n * k, 0.05);
+        let (xbits, xvals) = to_act(&rng.vec(m * k, 1.0), act);
+        let res = with_residual.then(|| to_act(&rng.vec(m * n, 1.0), Act16::BF16));
+        let gr = res
+            .as_ref()
+            .map(|r| dev.stream().clone_htod(&as_bf16(&r.0)).expect("residual"));
+        Case {
+            dev,
+            what: format!("{label} seed={seed}"),
+            rng,
+            mnk: (m, n, k),
+            w,
+            xbits,
+            xvals,
+            res: res.map(|r| r.1),
+            gr,
+            out: poisoned::<bf16>(dev, m * n),
+            scratch: GemmScratch::new(),
+        }
+    }
+
+    /// x as bf16 on the device.
+    fn x_bf16(&self) -> CudaSlice<bf16> {
+        self.dev
+            .stream()
+            .clone_htod(&as_bf16(&self.xbits))
+            .expect("x")
+    }
+
+    /// The end of every case: skips (None) without kernels, else waits for the launch, checks the
+    /// sampled rows of `out` against `reference(x rows, rows)` plus the residual, returns the path.
+    fn finish(
+        mut self,
+        run: Result<GemmPlan>,
+        reference: impl FnOnce(&[f32], usize) -> Result<Vec<f32>>,
+        tol: f64,
+    ) -> Option<GemmPath> {
+        let what = &self.what;
+        let (m, n, k) = self.mnk;
+        let plan = match run {
+            Err(Error::KernelsNotBuilt(why)) => {
+                println!("skipped: kernels not built ({why})");
+                return None;
+            }
+            r => r.expect(what),
+        };
+        self.dev.stream().synchronize().expect(what);
+        let rows = check_rows(m, &mut self.rng);
+        let mut want =
+            reference(&gather_rows(&self.xvals, k, &rows), rows.len()).expect("reference");
+        if let Some(rv) = &self.res {
+            for (i, &r) in rows.iter().enumerate() {
+                for j in 0..n {
+                    want[i * n + j] += rv[r * n + j];
+                }
+            }
+        }
+        let what = format!("{what} [{plan}]");
+        compare(&what, self.dev, &self.out, n, &rows, &want, tol);
+        Some(plan.path)
+    }
 }
 
 fn gather_rows(x: &[f32], k: usize, rows: &[usize]) -> Vec<f32> {
@@ -126,7 +182,7 @@ fn gather_rows(x: &[f32], k: usize, rows: &[usize]) -> Vec<f32> {
 /// Runs one W4A16 case and checks it; returns the plan's path.
 #[allow(clippy::too_many_arguments)]
 fn w4a16_case(
-    stream: &Arc<CudaStream>,
+    dev: &Device,
     m: usize,
     n: usize,
     k: usize,
@@ -135,74 +191,60 @@ fn w4a16_case(
     act: Act16,
     with_residual: bool,
 ) -> Option<GemmPath> {
-    let mut rng = Rng::fresh();
-    let seed = rng.0;
-    let what = format!("w4a16 m={m} n={n} k={k} g={group_size} sym={symmetric} {act:?} res={with_residual} seed={seed}");
-    let w = rng.vec(n * k, 0.05);
+    let stream = dev.stream();
+    let label = format!(
+        "w4a16 m={m} n={n} k={k} g={group_size} sym={symmetric} {act:?} res={with_residual}"
+    );
+    let mut c = Case::new(dev, label, (m, n, k), act, with_residual);
     let config = Int4Config {
         group_size,
         symmetric,
         scale_dtype: ScaleDType::BF16,
     };
-    let q = Int4Weight::quantize(&w, n, k, config).expect("quantize");
+    let q = Int4Weight::quantize(&c.w, n, k, config).expect("quantize");
     let packed = repack_int4(&q, act).expect("repack");
     // The reference uses exactly the weight the kernel sees (scales in the activation dtype).
     let kernel_weight = Weight::Int4(unpack_int4(&packed).expect("unpack"));
-    let (xbits, xvals) = to_act(&rng.vec(m * k, 1.0), act);
-    let res = with_residual.then(|| to_act(&rng.vec(m * n, 1.0), Act16::BF16));
-
     let gw = GpuInt4Weight::upload(stream, &packed).expect("upload");
-    let gr = res
-        .as_ref()
-        .map(|r| stream.clone_htod(&as_bf16(&r.0)).expect("residual"));
-    let mut out = stream.clone_htod(&vec![POISON; m * n]).expect("out");
-    let mut scratch = GemmScratch::new();
     let run = match act {
         Act16::BF16 => {
-            let gx = stream.clone_htod(&as_bf16(&xbits)).expect("x");
-            gemm::gemm_w4a16(stream, &gx, m, &gw, gr.as_ref(), &mut out, &mut scratch)
+            let gx = c.x_bf16();
+            gemm::gemm_w4a16(
+                stream,
+                &gx,
+                m,
+                &gw,
+                c.gr.as_ref(),
+                &mut c.out,
+                &mut c.scratch,
+            )
         }
         Act16::F16 => {
-            let xh: Vec<f16> = xbits.iter().map(|&b| f16::from_bits(b)).collect();
+            let xh: Vec<f16> = c.xbits.iter().map(|&b| f16::from_bits(b)).collect();
             let gx = stream.clone_htod(&xh).expect("x");
-            gemm::gemm_w4a16(stream, &gx, m, &gw, gr.as_ref(), &mut out, &mut scratch)
+            gemm::gemm_w4a16(
+                stream,
+                &gx,
+                m,
+                &gw,
+                c.gr.as_ref(),
+                &mut c.out,
+                &mut c.scratch,
+            )
         }
     };
-    let plan = match run {
-        Err(Error::KernelsNotBuilt(why)) => {
-            println!("skipped: kernels not built ({why})");
-            return None;
-        }
-        r => r.expect(&what),
-    };
-    stream.synchronize().expect(&what);
-    let rows = check_rows(m, &mut rng);
-    let mut want = reference::gemm(&gather_rows(&xvals, k, &rows), rows.len(), &kernel_weight)
-        .expect("reference");
-    if let Some((_, rv)) = &res {
-        for (i, &r) in rows.iter().enumerate() {
-            for j in 0..n {
-                want[i * n + j] += rv[r * n + j];
-            }
-        }
-    }
-    compare(
-        &format!("{what} [{plan}]"),
-        stream,
-        &out,
-        n,
-        &rows,
-        &want,
+    c.finish(
+        run,
+        |x, rows| reference::gemm(x, rows, &kernel_weight),
         TOL_W4A16,
-    );
-    Some(plan.path)
+    )
 }
 
 /// The Llama 4 projections, sampled: every M class (decode token tiles 1/2/4 with and without
 /// split-K, prefill) meets K = 5120, 8192 and 16384. N is kept <= 8192 so the CPU side stays small.
 #[test]
 fn w4a16_llama_shapes() {
-    let Some(stream) = gpu("w4a16_llama_shapes") else {
+    let Some(dev) = device_for_test("w4a16_llama_shapes") else {
         return;
     };
     let cases = [
@@ -216,7 +258,7 @@ fn w4a16_llama_shapes() {
         (2048, 1024, 16384),
     ];
     for (m, n, k) in cases {
-        if w4a16_case(&stream, m, n, k, 128, true, Act16::BF16, false).is_none() {
+        if w4a16_case(&dev, m, n, k, 128, true, Act16::BF16, false).is_none() {
             return;
         }
     }
@@ -226,7 +268,7 @@ fn w4a16_llama_shapes() {
 /// multiple of 64 or of 8 (decode fallback); every group size; asymmetric; f16; residual.
 #[test]
 fn w4a16_odd_shapes() {
-    let Some(stream) = gpu("w4a16_odd_shapes") else {
+    let Some(dev) = device_for_test("w4a16_odd_shapes") else {
         return;
     };
     let cases = [
@@ -240,7 +282,7 @@ fn w4a16_odd_shapes() {
         (257, 1, 640, 64, false, Act16::F16, false),
     ];
     for (m, n, k, g, sym, act, res) in cases {
-        if w4a16_case(&stream, m, n, k, g, sym, act, res).is_none() {
+        if w4a16_case(&dev, m, n, k, g, sym, act, res).is_none() {
             return;
         }
     }
@@ -249,11 +291,12 @@ fn w4a16_odd_shapes() {
 /// Split-K partials are reduced in a fixed order: two runs give identical bits.
 #[test]
 fn w4a16_split_k_is_deterministic() {
-    let Some(stream) = gpu("w4a16_split_k_is_deterministic") else {
+    let Some(dev) = device_for_test("w4a16_split_k_is_deterministic") else {
         return;
     };
+    let stream = dev.stream().clone();
     let (m, n, k) = (4, 1024, 16384);
-    let mut rng = Rng::fresh();
+    let (mut rng, _) = Rng::fresh();
     let w = rng.vec(n * k, 0.05);
     let q = Int4Weight::quantize(&w, n, k, Int4Config::default()).expect("quantize");
     let gw = GpuInt4Weight::upload(&stream, &repack_int4(&q, Act16::BF16).expect("repack"))
@@ -264,7 +307,7 @@ fn w4a16_split_k_is_deterministic() {
     let mut runs = Vec::new();
     let mut scratch = GemmScratch::new();
     for _ in 0..2 {
-        let mut out = stream.clone_htod(&vec![POISON; m * n]).expect("out");
+        let mut out = poisoned::<bf16>(&dev, m * n);
         match gemm::gemm_w4a16(&stream, &gx, m, &gw, None, &mut out, &mut scratch) {
             Err(Error::KernelsNotBuilt(_)) => return println!("skipped: kernels not built"),
             r => assert!(
@@ -280,10 +323,11 @@ fn w4a16_split_k_is_deterministic() {
 /// rows with mixed magnitudes, a row of zeros and k not a multiple of 16 (zero padding).
 #[test]
 fn fp8_quantize_bit_exact() {
-    let Some(stream) = gpu("fp8_quantize_bit_exact") else {
+    let Some(dev) = device_for_test("fp8_quantize_bit_exact") else {
         return;
     };
-    let mut rng = Rng::fresh();
+    let stream = dev.stream().clone();
+    let (mut rng, _) = Rng::fresh();
     for (m, k) in [(1, 5120), (7, 100), (33, 4096)] {
         let mut x = rng.vec(m * k, 1.0);
         for (i, v) in x.iter_mut().enumerate() {
@@ -322,76 +366,42 @@ fn fp8_quantize_bit_exact() {
 }
 
 fn fp8_case(
-    stream: &Arc<CudaStream>,
+    dev: &Device,
     m: usize,
     n: usize,
     k: usize,
     mode: Fp8Mode,
     with_residual: bool,
 ) -> Option<GemmPath> {
-    let mut rng = Rng::fresh();
-    let what = format!(
-        "fp8 {mode:?} m={m} n={n} k={k} res={with_residual} seed={}",
-        rng.0
-    );
-    let w = rng.vec(n * k, 0.05);
-    let q = Fp8Weight::quantize(&w, n, k, Fp8Scaling::PerChannel).expect("quantize");
-    let (xbits, xvals) = to_act(&rng.vec(m * k, 1.0), Act16::BF16);
-    let res = with_residual.then(|| to_act(&rng.vec(m * n, 1.0), Act16::BF16));
-    let gw = GpuFp8Weight::upload(stream, &q).expect("upload");
-    let gx = stream.clone_htod(&as_bf16(&xbits)).expect("x");
-    let gr = res
-        .as_ref()
-        .map(|r| stream.clone_htod(&as_bf16(&r.0)).expect("residual"));
-    let mut out = stream.clone_htod(&vec![POISON; m * n]).expect("out");
-    let mut scratch = GemmScratch::new();
-    let plan = match gemm::gemm_fp8(
-        stream,
+    let label = format!("fp8 {mode:?} m={m} n={n} k={k} res={with_residual}");
+    let mut c = Case::new(dev, label, (m, n, k), Act16::BF16, with_residual);
+    let q = Fp8Weight::quantize(&c.w, n, k, Fp8Scaling::PerChannel).expect("quantize");
+    let gw = GpuFp8Weight::upload(dev.stream(), &q).expect("upload");
+    let gx = c.x_bf16();
+    let run = gemm::gemm_fp8(
+        dev.stream(),
         &gx,
         m,
         &gw,
         mode,
-        gr.as_ref(),
-        &mut out,
-        &mut scratch,
-    ) {
-        Err(Error::KernelsNotBuilt(why)) => {
-            println!("skipped: kernels not built ({why})");
-            return None;
-        }
-        r => r.expect(&what),
-    };
-    stream.synchronize().expect(&what);
-    let rows = check_rows(m, &mut rng);
-    let xr = gather_rows(&xvals, k, &rows);
-    let mut want = match mode {
-        Fp8Mode::W8A16 => reference::gemm(&xr, rows.len(), &Weight::Fp8(q.clone())),
-        Fp8Mode::W8A8 => reference::gemm_w8a8(&xr, rows.len(), &q),
-    }
-    .expect("reference");
-    if let Some((_, rv)) = &res {
-        for (i, &r) in rows.iter().enumerate() {
-            for j in 0..n {
-                want[i * n + j] += rv[r * n + j];
-            }
-        }
-    }
-    compare(
-        &format!("{what} [{plan}]"),
-        stream,
-        &out,
-        n,
-        &rows,
-        &want,
-        TOL_FP8,
+        c.gr.as_ref(),
+        &mut c.out,
+        &mut c.scratch,
     );
-    Some(plan.path)
+    c.finish(
+        run,
+        |x, rows| match mode {
+            Fp8Mode::W8A16 => reference::gemm(x, rows, &Weight::Fp8(q.clone())),
+            Fp8Mode::W8A8 => reference::gemm_w8a8(x, rows, &q),
+        },
+        TOL_FP8,
+    )
 }
 
 /// W8A8 on decode (quantize + GEMV) and prefill (wgmma / mma.sync) shapes, W8A16 decode, odd shapes.
 #[test]
 fn fp8_shapes() {
-    let Some(stream) = gpu("fp8_shapes") else {
+    let Some(dev) = device_for_test("fp8_shapes") else {
         return;
     };
     let cases = [
@@ -408,7 +418,7 @@ fn fp8_shapes() {
         (33, 17, 48, Fp8Mode::W8A16, true),
     ];
     for (m, n, k, mode, res) in cases {
-        if fp8_case(&stream, m, n, k, mode, res).is_none() {
+        if fp8_case(&dev, m, n, k, mode, res).is_none() {
             return;
         }
     }
@@ -416,75 +426,44 @@ fn fp8_shapes() {
 
 /// bf16 x bf16 products are exact in f32; the weight is bf16-rounded on both sides, so only the
 /// summation order and the final bf16 rounding (2^-9 relative) differ from the reference.
-const TOL_BF16: f32 = 5e-3;
+const TOL_BF16: f64 = 5e-3;
 
 /// One gemm_bf16 case (through `GpuLinear` half of the time, which must pick the same kernel).
-fn bf16_case(
-    stream: &Arc<CudaStream>,
-    m: usize,
-    n: usize,
-    k: usize,
-    with_residual: bool,
-) -> Option<GemmPath> {
-    let mut rng = Rng::fresh();
-    let what = format!("bf16 m={m} n={n} k={k} res={with_residual} seed={}", rng.0);
-    let (_, wvals) = to_act(&rng.vec(n * k, 0.05), Act16::BF16);
+fn bf16_case(dev: &Device, m: usize, n: usize, k: usize, with_residual: bool) -> Option<GemmPath> {
+    let stream = dev.stream();
+    let label = format!("bf16 m={m} n={n} k={k} res={with_residual}");
+    let mut c = Case::new(dev, label, (m, n, k), Act16::BF16, with_residual);
+    let (_, wvals) = to_act(&c.w, Act16::BF16);
     let dense = DenseWeight { n, k, data: wvals };
-    let (xbits, xvals) = to_act(&rng.vec(m * k, 1.0), Act16::BF16);
-    let res = with_residual.then(|| to_act(&rng.vec(m * n, 1.0), Act16::BF16));
-    let gx = stream.clone_htod(&as_bf16(&xbits)).expect("x");
-    let gr = res
-        .as_ref()
-        .map(|r| stream.clone_htod(&as_bf16(&r.0)).expect("residual"));
-    let mut out = stream.clone_htod(&vec![POISON; m * n]).expect("out");
-    let mut scratch = GemmScratch::new();
-    let run = if rng.next() % 2 == 0 {
+    let gx = c.x_bf16();
+    let run = if c.rng.below(2) == 0 {
         let gw = GpuBf16Weight::upload(stream, &dense).expect("upload");
-        gemm::gemm_bf16(stream, &gx, m, &gw, gr.as_ref(), &mut out, &mut scratch)
+        gemm::gemm_bf16(
+            stream,
+            &gx,
+            m,
+            &gw,
+            c.gr.as_ref(),
+            &mut c.out,
+            &mut c.scratch,
+        )
     } else {
         let gl = GpuLinear::upload(stream, &Weight::Dense(dense.clone())).expect("upload");
         assert_eq!((gl.n(), gl.k()), (n, k));
-        gl.gemm(stream, &gx, m, gr.as_ref(), &mut out, &mut scratch)
+        gl.gemm(stream, &gx, m, c.gr.as_ref(), &mut c.out, &mut c.scratch)
     };
-    let plan = match run {
-        Err(Error::KernelsNotBuilt(why)) => {
-            println!("skipped: kernels not built ({why})");
-            return None;
-        }
-        r => r.expect(&what),
-    };
-    stream.synchronize().expect(&what);
-    let rows = check_rows(m, &mut rng);
-    let mut want = reference::gemm(
-        &gather_rows(&xvals, k, &rows),
-        rows.len(),
-        &Weight::Dense(dense),
-    )
-    .expect("reference");
-    if let Some((_, rv)) = &res {
-        for (i, &r) in rows.iter().enumerate() {
-            for j in 0..n {
-                want[i * n + j] += rv[r * n + j];
-            }
-        }
-    }
-    compare(
-        &format!("{what} [{plan}]"),
-        stream,
-        &out,
-        n,
-        &rows,
-        &want,
+    c.finish(
+        run,
+        |x, rows| reference::gemm(x, rows, &Weight::Dense(dense)),
         TOL_BF16,
-    );
-    Some(plan.path)
+    )
 }
 
 /// gemm_bf16: decode (token tiles 1/2/4, split-K) and prefill (wgmma / mma.sync) on Llama shapes
 /// (the router 16/128 x 5120 included) and odd ones (n not a multiple of 16 or 128, m = 1/3/17/33/130).
 #[test]
 fn bf16_shapes() {
-    let Some(stream) = gpu("bf16_shapes") else {
+    let Some(dev) = device_for_test("bf16_shapes") else {
         return;
     };
     let cases = [
@@ -501,7 +480,7 @@ fn bf16_shapes() {
         (257, 143, 16 * 71, false),
     ];
     for (m, n, k, res) in cases {
-        let Some(path) = bf16_case(&stream, m, n, k, res) else {
+        let Some(path) = bf16_case(&dev, m, n, k, res) else {
             return;
         };
         assert_eq!(matches!(path, GemmPath::Decode { .. }), m <= 32, "m={m}");
@@ -511,11 +490,12 @@ fn bf16_shapes() {
 /// Bad input is a typed error before anything is launched.
 #[test]
 fn rejects_bad_shapes() {
-    let Some(stream) = gpu("rejects_bad_shapes") else {
+    let Some(dev) = device_for_test("rejects_bad_shapes") else {
         return;
     };
+    let stream = dev.stream().clone();
     let w = Int4Weight::quantize(
-        &Rng::fresh().vec(32 * 128, 0.1),
+        &Rng::fresh().0.vec(32 * 128, 0.1),
         32,
         128,
         Int4Config::default(),
@@ -524,7 +504,7 @@ fn rejects_bad_shapes() {
     let gw = GpuInt4Weight::upload(&stream, &repack_int4(&w, Act16::BF16).expect("repack"))
         .expect("upload");
     let gx = stream.clone_htod(&vec![bf16::ONE; 2 * 128]).expect("x");
-    let mut out = stream.clone_htod(&vec![POISON; 2 * 32]).expect("out");
+    let mut out = poisoned::<bf16>(&dev, 2 * 32);
     let mut scratch = GemmScratch::new();
     // x too short for m = 3.
     assert!(matches!(
@@ -532,7 +512,7 @@ fn rejects_bad_shapes() {
         Err(Error::Shape { .. })
     ));
     let fw = Fp8Weight::quantize(
-        &Rng::fresh().vec(32 * 40, 0.1),
+        &Rng::fresh().0.vec(32 * 40, 0.1),
         32,
         40,
         Fp8Scaling::PerChannel,
@@ -560,7 +540,7 @@ fn rejects_bad_shapes() {
         &DenseWeight {
             n: 32,
             k: 40,
-            data: Rng::fresh().vec(32 * 40, 0.1),
+            data: Rng::fresh().0.vec(32 * 40, 0.1),
         },
     )
     .expect("upload");

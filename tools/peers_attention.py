@@ -20,6 +20,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from peers_common import cuda_or_skip, per_call_ms
+
 HEADS, KV_HEADS, D, CHUNK = 40, 8, 128, 8192
 
 
@@ -52,17 +54,8 @@ def has_enable_gqa():
 
 
 def time_ms(fn, iters):
-    fn()
-    torch.cuda.synchronize()
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    best = float("inf")
-    for _ in range(iters):
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        best = min(best, start.elapsed_time(stop))
-    return best
+    """Best of `iters` calls, each timed alone (after one warm-up call)."""
+    return min(per_call_ms(fn, reps=iters, warmup=1))
 
 
 def main():
@@ -70,8 +63,7 @@ def main():
     ap.add_argument("--t", default="8192,32768,131072")
     ap.add_argument("--iters", type=int, default=10)
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        print("skipped: no CUDA device")
+    if not cuda_or_skip():
         return 0
     cc = torch.cuda.get_device_capability()
     peak = 989e12 if cc[0] >= 9 else 312e12

@@ -8,34 +8,15 @@ it). Sizes that do not fit are skipped. Needs python3 with torch and a CUDA GPU;
 import torch
 import torch.nn.functional as F
 
+from peers_common import batch_ms, copy_bandwidth
+
 SIZES = (4096, 131072, 1048576, 10_000_000)
 H, KVH, D = 40, 8, 128
 
 
-def time_ms(f, reps=20):
-    for _ in range(3):
-        f()
-    torch.cuda.synchronize()
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    a.record()
-    for _ in range(reps):
-        f()
-    b.record()
-    b.synchronize()
-    return a.elapsed_time(b) / reps
-
-
-def copy_bandwidth(dev):
-    n = 1 << 30
-    src = torch.empty(n, dtype=torch.uint8, device=dev)
-    dst = torch.empty_like(src)
-    ms = time_ms(lambda: dst.copy_(src), reps=10)
-    return 2 * n / (ms / 1e3) / 1e9
-
-
 def main():
     dev = torch.device("cuda")
-    bw = copy_bandwidth(dev)
+    bw = copy_bandwidth()
     print(f"device: {torch.cuda.get_device_name(dev)}, torch {torch.__version__}, device-to-device copy {bw:.0} GB/s")
     q = torch.randn(1, H, 1, D, device=dev, dtype=torch.bfloat16)
     for t in SIZES:
@@ -47,7 +28,7 @@ def main():
         k = torch.randn(1, KVH, t, D, device=dev, dtype=torch.bfloat16)
         v = torch.randn_like(k)
         f = lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True)  # noqa: E731
-        ms = time_ms(f)
+        ms = batch_ms(f)
         gbs = kv_bytes / (ms / 1e3) / 1e9
         print(f"torch sdpa decode bf16 {t} tokens: {ms:.3f} ms, K/V {kv_bytes / 1e9:.2f} GB, {gbs:.0f} GB/s, "
               f"{100 * gbs / bw:.0f}% of copy bandwidth (floor {kv_bytes / 1e9 / bw * 1e3:.3f} ms)")

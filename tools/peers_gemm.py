@@ -11,10 +11,12 @@ Usage: python3 tools/peers_gemm.py [--m 1,16,128,2048] [--shapes 5120x5120,...] 
 Needs only python3 + torch with CUDA (nothing is installed).
 """
 import argparse
-import statistics
+import itertools
 import sys
 
 import torch
+
+from peers_common import batch_ms
 
 SHAPES = [(1024, 5120), (5120, 5120), (8192, 5120), (16384, 5120), (202048, 5120), (5120, 8192), (5120, 16384)]
 MS = [1, 2, 4, 8, 16, 32, 64, 128, 512, 2048, 8192]
@@ -23,19 +25,8 @@ L2_ROTATE_BYTES = 256 << 20
 
 def timed(fn, args_list, reps=20):
     """Median over 5 runs of the mean time (ms) of `reps` calls, rotating through args_list."""
-    for i in range(3):
-        fn(*args_list[i % len(args_list)])
-    torch.cuda.synchronize()
-    runs = []
-    for _ in range(5):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for i in range(reps):
-            fn(*args_list[i % len(args_list)])
-        b.record()
-        b.synchronize()
-        runs.append(a.elapsed_time(b) / reps)
-    return statistics.median(runs)
+    it = itertools.cycle(args_list)
+    return batch_ms(lambda: fn(*next(it)), reps=reps, runs=5)
 
 
 def copies_for(nbytes):

@@ -14,27 +14,18 @@ Needs python3 + torch with CUDA; prints a skip line without a GPU.
 """
 import argparse
 import math
-import statistics
 import sys
 
 import torch
+
+from peers_common import batch_ms, copy_bandwidth, cuda_or_skip
 
 H, HEADS, KV, D, INTER, E, VOCAB, GROUP = 5120, 40, 8, 128, 8192, 16, 202048, 128
 
 
 def timed(fn, reps=10):
-    fn()
-    torch.cuda.synchronize()
-    runs = []
-    for _ in range(3):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(reps):
-            fn()
-        b.record()
-        b.synchronize()
-        runs.append(a.elapsed_time(b) / reps)
-    return statistics.median(runs)
+    """Median of 3 batches of `reps` calls (ms per call), after one warm-up call."""
+    return batch_ms(fn, reps=reps, runs=3, warmup=1)
 
 
 def int4(n, k):
@@ -99,14 +90,11 @@ def main():
     ap.add_argument("--context", default="1024,131072")
     ap.add_argument("--layers", type=int, default=48)
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        print("skipped: no CUDA device")
+    if not cuda_or_skip():
         return 0
     print(f"# torch {torch.__version__} on {torch.cuda.get_device_name()}")
-    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    ms = timed(lambda: dst.copy_(src), reps=20)
-    print(f"device copy bandwidth: {2 * (1 << 30) / ms / 1e6:.0f} GB/s (read + write of 1 GiB)")
+    bw = copy_bandwidth(reps=20, runs=3)
+    print(f"device copy bandwidth: {bw:.0f} GB/s (read + write of 1 GiB)")
     layers = [layer() for _ in range(4)]
     lm_head = bf16(VOCAB, H)
     print("\n| batch | context | step ms | tokens/s | weight GB/s |\n|---|---|---|---|---|")

@@ -18,23 +18,9 @@ import sys
 
 import torch
 
+from peers_common import median_us
+
 HIDDEN, INTER = 5120, 8192
-
-
-def time_us(f, reps=20):
-    for _ in range(3):
-        f()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        f()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b) * 1e3)
-    ts.sort()
-    return ts[len(ts) // 2]
 
 
 def gating(logits, k=1):
@@ -92,11 +78,11 @@ def main():
             offs = torch.cumsum(counts, 0).to(torch.int32)
             xs = x[order]
             rows = []
-            rows.append(("gating", time_us(lambda: gating(logits)), 0.0, 0.0))
+            rows.append(("gating", median_us(lambda: gating(logits)), 0.0, 0.0))
             try:
-                us = time_us(lambda: grouped(grouped(xs, w13, offs)[:, :INTER].contiguous(), w2, offs))
+                us = median_us(lambda: grouped(grouped(xs, w13, offs)[:, :INTER].contiguous(), w2, offs))
                 rows.append(("grouped_mm", us, touched * expert_bytes, 2.0 * 3 * t * HIDDEN * INTER))
-                us = time_us(lambda: moe_block(x, router, w13, w2, shared))
+                us = median_us(lambda: moe_block(x, router, w13, w2, shared))
                 rows.append(("moe_block", us, (touched + 1) * expert_bytes, 2.0 * 6 * t * HIDDEN * INTER))
             except (AttributeError, RuntimeError) as err:
                 print(f"# E={e} tokens={t}: {type(err).__name__}: {str(err).splitlines()[0][:120]}", file=sys.stderr)

@@ -4,6 +4,8 @@ inverse on the GPU at the bench shape (16384 tokens x 128 experts, k = 1 and 8),
 (CUDA events, median of 200). Needs python3 with torch and a CUDA GPU; installs nothing."""
 import torch
 
+from peers_common import median_us
+
 TOKENS, EXPERTS = 16384, 128
 
 
@@ -19,29 +21,13 @@ def chain(logits, k):
     return scores, order, offsets, inverse
 
 
-def time_us(f, reps=200):
-    for _ in range(10):
-        f()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        f()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e3)
-    times.sort()
-    return times[len(times) // 2]
-
-
 def main():
     dev = torch.device("cuda")
     print(f"device: {torch.cuda.get_device_name(dev)}, torch {torch.__version__}")
     for dtype in (torch.float32, torch.bfloat16):
         logits = torch.randn(TOKENS, EXPERTS, device=dev).to(dtype)
         for k in (1, 8):
-            us = time_us(lambda: chain(logits, k))
+            us = median_us(lambda: chain(logits, k), reps=200, warmup=10)
             print(f"torch gating chain {TOKENS}x{EXPERTS} {str(dtype)[6:]} k={k}: {us:.1f} us")
 
 

@@ -237,13 +237,7 @@ impl Backend for CpuBackend {
         inv_freq: &Vec<f32>,
         qk_norm_eps: Option<f32>,
     ) -> Result<()> {
-        if q.rows != k.rows {
-            return Err(Error::shape(
-                "rope",
-                format!("q has {} rows, k has {}", q.rows, k.rows),
-            ));
-        }
-        let positions: Vec<usize> = (start..start + q.rows).collect();
+        let positions = rope_positions(q.rows, k.rows, start)?;
         crate::reference::rope::apply_rope(&mut q.data, s.heads, s.head_dim, &positions, inv_freq)?;
         crate::reference::rope::apply_rope(
             &mut k.data,
@@ -288,4 +282,16 @@ impl Backend for CpuBackend {
     fn residual_add(&self, x: &mut CpuTensor, y: &CpuTensor) -> Result<()> {
         crate::reference::elementwise::residual_add(&mut x.data, &y.data)
     }
+}
+
+/// The absolute positions of `q_rows` rows starting at `start`, for RoPE on q and k (which must have
+/// as many rows).
+pub(crate) fn rope_positions(q_rows: usize, k_rows: usize, start: usize) -> Result<Vec<usize>> {
+    if q_rows != k_rows {
+        return Err(Error::shape(
+            "rope",
+            format!("q has {q_rows} rows, k has {k_rows}"),
+        ));
+    }
+    Ok((start..start + q_rows).collect())
 }

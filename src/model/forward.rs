@@ -65,20 +65,10 @@ impl<B: Backend> Model<B> {
             .zip(&config.layers)
             .map(|(l, &kind)| prepare_layer(&backend, kind, l))
             .collect::<Result<Vec<_>>>()?;
-        let freqs = inv_freq(
-            config.head_dim,
-            config.rope_theta,
-            config.rope_scaling.as_ref(),
-        );
-        Ok(Model {
-            embed: backend.prepare_table(embed)?,
-            norm: backend.prepare_vector(norm)?,
-            lm_head: backend.prepare_linear(lm_head)?,
-            inv_freq: backend.prepare_vector(freqs)?,
-            layers,
-            config,
-            backend,
-        })
+        let embed = backend.prepare_table(embed)?;
+        let norm = backend.prepare_vector(norm)?;
+        let lm_head = backend.prepare_linear(lm_head)?;
+        Self::from_prepared(config, backend, embed, layers, norm, lm_head)
     }
 
     /// A model from weights already prepared for `backend` (no host copy of them exists), after

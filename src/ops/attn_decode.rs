@@ -143,25 +143,7 @@ pub fn workspace_bytes(batch: usize, heads: usize, splits: usize) -> Result<usiz
 /// Checks everything [`attn_decode`] can check on the host; returns the attention chunk for the ABI
 /// (0 = causal).
 pub fn validate(kv: &GpuKvLayer, p: &AttnParams, q_len: usize, out_len: usize) -> Result<i64> {
-    let l = kv.layout();
-    if p.heads == 0 || p.kv_heads == 0 || p.heads % p.kv_heads != 0 {
-        return Err(Error::invalid(
-            OP,
-            format!(
-                "heads {} must be a positive multiple of kv_heads {}",
-                p.heads, p.kv_heads
-            ),
-        ));
-    }
-    if (p.kv_heads, p.head_dim) != (l.kv_heads, l.head_dim) {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "params have kv_heads {} x head_dim {}, the cache {} x {}",
-                p.kv_heads, p.head_dim, l.kv_heads, l.head_dim
-            ),
-        ));
-    }
+    p.check(OP, &kv.layout())?;
     if p.head_dim != HEAD_DIM {
         return Err(Error::invalid(
             OP,
@@ -180,26 +162,9 @@ pub fn validate(kv: &GpuKvLayer, p: &AttnParams, q_len: usize, out_len: usize) -
             ),
         ));
     }
-    if !p.scale.is_finite() {
-        return Err(Error::invalid(
-            OP,
-            format!("softmax scale {} is not finite", p.scale),
-        ));
-    }
-    if let Some(t) = p.temp {
-        if !(t.floor_scale.is_finite() && t.floor_scale > 0.0 && t.attn_scale.is_finite()) {
-            return Err(Error::invalid(
-                OP,
-                format!("temperature tuning {t:?}: need floor_scale > 0, finite"),
-            ));
-        }
-    }
     let chunk = match p.mask {
         MaskKind::Causal => 0,
-        MaskKind::ChunkedLocal { chunk: 0 } => {
-            return Err(Error::invalid(OP, "attention chunk must be positive"))
-        }
-        MaskKind::ChunkedLocal { chunk } => chunk,
+        MaskKind::ChunkedLocal { chunk } => chunk, // > 0: checked above
     };
     if let Retention::CurrentAttentionChunk { chunk: kept } = kv.retention() {
         // A ring keeps the attention chunk of the latest append: the mask must not look further back.

@@ -54,28 +54,11 @@ pub fn check_attn_prefill(
     p: &AttnParams,
 ) -> Result<()> {
     let l = cache.layout;
-    if p.heads == 0 || p.kv_heads == 0 || p.heads % p.kv_heads != 0 {
-        return Err(Error::invalid(
-            OP,
-            format!(
-                "heads {} must be a positive multiple of kv_heads {}",
-                p.heads, p.kv_heads
-            ),
-        ));
-    }
+    p.check(OP, &l)?;
     if p.heads > 65535 {
         return Err(Error::invalid(
             OP,
             format!("heads {} exceeds 65535", p.heads),
-        ));
-    }
-    if (p.kv_heads, p.head_dim) != (l.kv_heads, l.head_dim) {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "params have kv_heads {} x head_dim {}, the cache {} x {}",
-                p.kv_heads, p.head_dim, l.kv_heads, l.head_dim
-            ),
         ));
     }
     if p.head_dim != HEAD_DIM {
@@ -105,25 +88,8 @@ pub fn check_attn_prefill(
             ),
         ));
     }
-    if !p.scale.is_finite() {
-        return Err(Error::invalid(
-            OP,
-            format!("softmax scale {} is not finite", p.scale),
-        ));
-    }
-    if p.mask == (MaskKind::ChunkedLocal { chunk: 0 }) {
-        return Err(Error::invalid(OP, "attention chunk must be positive"));
-    }
     if let MaskKind::ChunkedLocal { chunk } = p.mask {
         to_i64(OP, "attention chunk", chunk)?;
-    }
-    if let Some(t) = p.temp {
-        if !(t.floor_scale.is_finite() && t.floor_scale > 0.0 && t.attn_scale.is_finite()) {
-            return Err(Error::invalid(
-                OP,
-                format!("temperature tuning {t:?}: need a finite floor_scale > 0 and attn_scale"),
-            ));
-        }
     }
     if cache.b >= cache.batch {
         return Err(Error::invalid(

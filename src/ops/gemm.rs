@@ -391,6 +391,20 @@ mod launch {
     ) -> Result<(CudaSlice<u8>, CudaSlice<f32>)> {
         Err(Error::KernelsNotBuilt(WHY))
     }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn bf16(
+        _: &Arc<CudaStream>,
+        _: &CudaSlice<bf16>,
+        _: usize,
+        _: &GpuBf16Weight,
+        _: Option<&CudaSlice<bf16>>,
+        _: &mut CudaSlice<bf16>,
+        _: &GemmPlan,
+        _: &mut GemmScratch,
+    ) -> Result<()> {
+        Err(Error::KernelsNotBuilt(WHY))
+    }
 }
 
 #[cfg(llama4_kernels)]
@@ -399,7 +413,7 @@ mod launch {
     use cudarc::driver::{DevicePtr, DevicePtrMut};
 
     use super::*;
-    use crate::ops::launch;
+    use crate::ops::{launch, or_null, or_null_mut};
     use crate::sys;
 
     #[allow(clippy::too_many_arguments)]
@@ -414,20 +428,8 @@ mod launch {
         scratch: &mut GemmScratch,
     ) -> Result<()> {
         const OP: &str = "gemm_w4a16";
-        let ws = match plan.workspace_len() {
-            0 => None,
-            len => {
-                grow(&mut scratch.partials, stream, len, OP)?;
-                scratch.partials.as_mut()
-            }
-        };
-        let (token_tiles, split_k) = match plan.path {
-            GemmPath::Decode {
-                token_tiles,
-                split_k,
-            } => (token_tiles as i32, split_k as i32),
-            _ => (1, 1),
-        };
+        let ws = workspace(&mut scratch.partials, stream, plan, OP)?;
+        let (token_tiles, split_k) = decode_tiles(plan);
         let (xp, _gx) = x.device_ptr(stream);
         let (qp, _gq) = w.qweight.device_ptr(stream);
         let (sp, _gs) = w.scales.device_ptr(stream);
@@ -439,16 +441,10 @@ mod launch {
             x: xp as usize as *const _,
             qweight: qp as usize as *const u32,
             scales: sp as usize as *const _,
-            zero_bias: zb
-                .as_ref()
-                .map_or(std::ptr::null(), |z| z.0 as usize as *const _),
-            residual: rp
-                .as_ref()
-                .map_or(std::ptr::null(), |r| r.0 as usize as *const _),
+            zero_bias: or_null(&zb),
+            residual: or_null(&rp),
             out: op_ as usize as *mut _,
-            workspace: wsp
-                .as_ref()
-                .map_or(std::ptr::null_mut(), |b| b.0 as usize as *mut f32),
+            workspace: or_null_mut(&wsp),
             m: m as i64,
             n: w.n as i64,
             k: w.k as i64,
@@ -490,13 +486,7 @@ mod launch {
     ) -> Result<()> {
         const OP: &str = "gemm_fp8";
         let decode = matches!(plan.path, GemmPath::Decode { .. });
-        let (token_tiles, split_k) = match plan.path {
-            GemmPath::Decode {
-                token_tiles,
-                split_k,
-            } => (token_tiles as i32, split_k as i32),
-            _ => (1, 1),
-        };
+        let (token_tiles, split_k) = decode_tiles(plan);
         let k = w.k;
         let ldc = k.div_ceil(16) * 16;
         let GemmScratch {
@@ -529,13 +519,9 @@ mod launch {
             };
             let q = sys::l4c_fp8_quantize_params {
                 x: xp as usize as *const _,
-                codes: cp
-                    .as_ref()
-                    .map_or(std::ptr::null_mut(), |c| c.0 as usize as *mut u8),
+                codes: or_null_mut(&cp),
                 scales: sp as usize as *mut f32,
-                decoded: dp
-                    .as_ref()
-                    .map_or(std::ptr::null_mut(), |d| d.0 as usize as *mut _),
+                decoded: or_null_mut(&dp),
                 m: m as i64,
                 k: k as i64,
                 ldx: k as i64,
@@ -548,13 +534,7 @@ mod launch {
                 unsafe { sys::l4c_fp8_quantize_per_token(&q, st) }
             })?;
         }
-        let ws = match plan.workspace_len() {
-            0 => None,
-            len => {
-                grow(partials, stream, len, OP)?;
-                partials.as_mut()
-            }
-        };
+        let ws = workspace(partials, stream, plan, OP)?;
         let (xg, _gxg) = match (w8a8, decode) {
             (true, false) => codes.as_ref().expect("grown").device_ptr(stream),
             (true, true) => decoded.as_ref().expect("grown").device_ptr(stream),
@@ -573,18 +553,12 @@ mod launch {
         let (op_, _go) = out.device_ptr_mut(stream);
         let p = sys::l4c_gemm_fp8_params {
             x: xg as usize as *const _,
-            x_scales: xs
-                .as_ref()
-                .map_or(std::ptr::null(), |s| s.0 as usize as *const f32),
+            x_scales: or_null(&xs),
             w: wp as usize as *const u8,
             w_scales: wsc as usize as *const f32,
-            residual: rp
-                .as_ref()
-                .map_or(std::ptr::null(), |r| r.0 as usize as *const _),
+            residual: or_null(&rp),
             out: op_ as usize as *mut _,
-            workspace: wsp
-                .as_ref()
-                .map_or(std::ptr::null_mut(), |b| b.0 as usize as *mut f32),
+            workspace: or_null_mut(&wsp),
             m: m as i64,
             n: w.n as i64,
             k: k as i64,
@@ -633,6 +607,77 @@ mod launch {
             })?;
         }
         Ok((codes, scales))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn bf16(
+        stream: &Arc<CudaStream>,
+        x: &CudaSlice<bf16>,
+        m: usize,
+        w: &GpuBf16Weight,
+        residual: Option<&CudaSlice<bf16>>,
+        out: &mut CudaSlice<bf16>,
+        plan: &GemmPlan,
+        scratch: &mut GemmScratch,
+    ) -> Result<()> {
+        const OP: &str = "gemm_bf16";
+        let ws = workspace(&mut scratch.partials, stream, plan, OP)?;
+        let (token_tiles, split_k) = decode_tiles(plan);
+        let (xp, _gx) = x.device_ptr(stream);
+        let (wp, _gw) = w.data.device_ptr(stream);
+        let rp = residual.map(|r| r.device_ptr(stream));
+        let wsp = ws.map(|b| b.device_ptr_mut(stream));
+        let (op_, _go) = out.device_ptr_mut(stream);
+        let p = sys::l4c_gemm_bf16_params {
+            x: xp as usize as *const _,
+            w: wp as usize as *const _,
+            residual: or_null(&rp),
+            out: op_ as usize as *mut _,
+            workspace: or_null_mut(&wsp),
+            m: m as i64,
+            n: w.n as i64,
+            k: w.k as i64,
+            ldx: w.k as i64,
+            ldw: w.k as i64,
+            ldo: w.n as i64,
+            ldr: w.n as i64,
+            path: plan.path_code(),
+            token_tiles,
+            split_k,
+        };
+        launch(OP, stream, |st| {
+            // SAFETY: x, out and residual were length-checked against (m, n, k) by gemm_bf16, the
+            // weight against (n, k), the workspace grown to the plan's size; all are live cudarc
+            // allocations on this stream (the guards order them) and the launcher only enqueues work.
+            unsafe { sys::l4c_gemm_bf16(&p, st) }
+        })
+    }
+
+    /// The ABI's (token_tiles, split_k) of the plan: the decode path's, 1 x 1 otherwise.
+    fn decode_tiles(plan: &GemmPlan) -> (i32, i32) {
+        match plan.path {
+            GemmPath::Decode {
+                token_tiles,
+                split_k,
+            } => (token_tiles as i32, split_k as i32),
+            _ => (1, 1),
+        }
+    }
+
+    /// The split-K workspace the plan needs, grown in `partials`; None when it needs none.
+    fn workspace<'a>(
+        partials: &'a mut Option<CudaSlice<f32>>,
+        stream: &Arc<CudaStream>,
+        plan: &GemmPlan,
+        op: &'static str,
+    ) -> Result<Option<&'a mut CudaSlice<f32>>> {
+        Ok(match plan.workspace_len() {
+            0 => None,
+            len => {
+                grow(partials, stream, len, op)?;
+                partials.as_mut()
+            }
+        })
     }
 }
 
@@ -703,95 +748,8 @@ pub fn gemm_bf16(
     if m == 0 {
         return Ok(plan);
     }
-    launch_bf16::bf16(stream, x, m, w, residual, out, &plan, scratch)?;
+    launch::bf16(stream, x, m, w, residual, out, &plan, scratch)?;
     Ok(plan)
-}
-
-#[cfg(not(llama4_kernels))]
-mod launch_bf16 {
-    use super::*;
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn bf16(
-        _: &Arc<CudaStream>,
-        _: &CudaSlice<bf16>,
-        _: usize,
-        _: &GpuBf16Weight,
-        _: Option<&CudaSlice<bf16>>,
-        _: &mut CudaSlice<bf16>,
-        _: &GemmPlan,
-        _: &mut GemmScratch,
-    ) -> Result<()> {
-        Err(Error::KernelsNotBuilt("built without nvcc"))
-    }
-}
-
-#[cfg(llama4_kernels)]
-mod launch_bf16 {
-    use cudarc::driver::{DevicePtr, DevicePtrMut};
-
-    use super::*;
-    use crate::ops::launch;
-    use crate::sys;
-
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn bf16(
-        stream: &Arc<CudaStream>,
-        x: &CudaSlice<bf16>,
-        m: usize,
-        w: &GpuBf16Weight,
-        residual: Option<&CudaSlice<bf16>>,
-        out: &mut CudaSlice<bf16>,
-        plan: &GemmPlan,
-        scratch: &mut GemmScratch,
-    ) -> Result<()> {
-        const OP: &str = "gemm_bf16";
-        let ws = match plan.workspace_len() {
-            0 => None,
-            len => {
-                grow(&mut scratch.partials, stream, len, OP)?;
-                scratch.partials.as_mut()
-            }
-        };
-        let (token_tiles, split_k) = match plan.path {
-            GemmPath::Decode {
-                token_tiles,
-                split_k,
-            } => (token_tiles as i32, split_k as i32),
-            _ => (1, 1),
-        };
-        let (xp, _gx) = x.device_ptr(stream);
-        let (wp, _gw) = w.data.device_ptr(stream);
-        let rp = residual.map(|r| r.device_ptr(stream));
-        let wsp = ws.map(|b| b.device_ptr_mut(stream));
-        let (op_, _go) = out.device_ptr_mut(stream);
-        let p = sys::l4c_gemm_bf16_params {
-            x: xp as usize as *const _,
-            w: wp as usize as *const _,
-            residual: rp
-                .as_ref()
-                .map_or(std::ptr::null(), |r| r.0 as usize as *const _),
-            out: op_ as usize as *mut _,
-            workspace: wsp
-                .as_ref()
-                .map_or(std::ptr::null_mut(), |b| b.0 as usize as *mut f32),
-            m: m as i64,
-            n: w.n as i64,
-            k: w.k as i64,
-            ldx: w.k as i64,
-            ldw: w.k as i64,
-            ldo: w.n as i64,
-            ldr: w.n as i64,
-            path: plan.path_code(),
-            token_tiles,
-            split_k,
-        };
-        launch(OP, stream, |st| {
-            // SAFETY: x, out and residual were length-checked against (m, n, k) by gemm_bf16, the
-            // weight against (n, k), the workspace grown to the plan's size; all are live cudarc
-            // allocations on this stream (the guards order them) and the launcher only enqueues work.
-            unsafe { sys::l4c_gemm_bf16(&p, st) }
-        })
-    }
 }
 
 /// A linear layer's weight on the GPU in any format.

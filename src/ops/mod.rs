@@ -47,6 +47,20 @@ pub(crate) fn to_i64(op: &'static str, what: &str, n: usize) -> Result<i64> {
     })
 }
 
+/// The raw pointer of an optional guarded device pointer (`device_ptr`'s pair), null when absent.
+#[cfg(llama4_kernels)]
+pub(crate) fn or_null<T, G>(p: &Option<(cudarc::driver::sys::CUdeviceptr, G)>) -> *const T {
+    p.as_ref()
+        .map_or(std::ptr::null(), |p| p.0 as usize as *const T)
+}
+
+/// [`or_null`] for a mutable pointer.
+#[cfg(llama4_kernels)]
+pub(crate) fn or_null_mut<T, G>(p: &Option<(cudarc::driver::sys::CUdeviceptr, G)>) -> *mut T {
+    p.as_ref()
+        .map_or(std::ptr::null_mut(), |p| p.0 as usize as *mut T)
+}
+
 /// Runs `f` with the raw stream after binding the stream's context to this thread (the CUDA runtime
 /// inside the kernel library then uses that context), and converts its status.
 #[cfg(llama4_kernels)]

@@ -427,7 +427,7 @@ pub fn moe_block(
     launch::grouped(
         stream,
         &plan,
-        launch::Grouped {
+        Grouped {
             x,
             gather: true,
             scores: true,
@@ -444,7 +444,7 @@ pub fn moe_block(
     launch::grouped(
         stream,
         &plan,
-        launch::Grouped {
+        Grouped {
             x: h,
             gather: false,
             scores: false,
@@ -481,22 +481,23 @@ pub fn moe_block(
     )
 }
 
+/// One grouped GEMM call of [`launch::grouped`].
+#[cfg_attr(not(llama4_kernels), allow(dead_code))] // read by the launch only
+struct Grouped<'a> {
+    x: &'a CudaSlice<bf16>,
+    gather: bool,
+    scores: bool,
+    w: &'a PtrTables,
+    w2: Option<&'a PtrTables>,
+    n: usize,
+    k: usize,
+    split_k: u32,
+}
+
 #[cfg(not(llama4_kernels))]
 mod launch {
     //! Without compiled kernels every launch is a typed error.
     use super::*;
-
-    /// One grouped GEMM call.
-    pub(super) struct Grouped<'a> {
-        pub x: &'a CudaSlice<bf16>,
-        pub gather: bool,
-        pub scores: bool,
-        pub w: &'a PtrTables,
-        pub w2: Option<&'a PtrTables>,
-        pub n: usize,
-        pub k: usize,
-        pub split_k: u32,
-    }
 
     pub(super) fn grouped(
         _: &Arc<CudaStream>,
@@ -533,20 +534,8 @@ mod launch {
     use cudarc::driver::DevicePtrMut;
 
     use super::*;
-    use crate::ops::launch;
+    use crate::ops::{launch, or_null, or_null_mut};
     use crate::sys;
-
-    /// One grouped GEMM call.
-    pub(super) struct Grouped<'a> {
-        pub x: &'a CudaSlice<bf16>,
-        pub gather: bool,
-        pub scores: bool,
-        pub w: &'a PtrTables,
-        pub w2: Option<&'a PtrTables>,
-        pub n: usize,
-        pub k: usize,
-        pub split_k: u32,
-    }
 
     fn weights(stream: &Arc<CudaStream>, t: &PtrTables) -> sys::l4c_moe_expert_weights {
         let p = |s: &CudaSlice<u64>| s.device_ptr(stream).0 as usize as *const *const c_void;
@@ -607,9 +596,7 @@ mod launch {
             w,
             w2,
             out: op_ as usize as *mut c_void,
-            workspace: wsp
-                .as_ref()
-                .map_or(std::ptr::null_mut(), |b| b.0 as usize as *mut f32),
+            workspace: or_null_mut(&wsp),
             rows: rows as i64,
             tokens: plan.tokens as i64,
             topk: plan.top_k as i64,
@@ -665,9 +652,7 @@ mod launch {
         let p = sys::l4c_moe_combine_params {
             y_sorted: yp as usize as *const c_void,
             inverse: ip as usize as *const u32,
-            shared: sp
-                .as_ref()
-                .map_or(std::ptr::null(), |s| s.0 as usize as *const c_void),
+            shared: or_null(&sp),
             out: op_ as usize as *mut c_void,
             tokens: tokens as i64,
             topk: top_k as i64,

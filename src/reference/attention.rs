@@ -8,7 +8,7 @@
 //! `exp(m_split - m_all)`. Work runs in parallel over (token, KV head) and over splits (rayon); the
 //! split boundaries are fixed, so results do not depend on the thread count.
 use crate::error::{Error, Result};
-use crate::kv_cache::{KvPart, SeqView};
+use crate::kv_cache::{KvLayout, KvPart, SeqView};
 use crate::reference::gemm::dot;
 use rayon::prelude::*;
 use std::ops::Range;
@@ -65,6 +65,55 @@ pub struct AttnParams {
     pub temp: Option<TempTuning>,
 }
 
+impl AttnParams {
+    /// Checks what every attention implementation (CPU reference, GPU prefill and decode) needs of
+    /// the params against the cache `layout`; `op` names the caller in the error. Head counts:
+    /// [`Error::InvalidArgument`] unless heads is a positive multiple of kv_heads (and head_dim > 0);
+    /// [`Error::Shape`] when kv_heads x head_dim disagree with the cache; [`Error::InvalidArgument`]
+    /// for a non-finite scale, a zero attention chunk or bad temperature tuning.
+    pub fn check(&self, op: &'static str, layout: &KvLayout) -> Result<()> {
+        let p = self;
+        if p.heads == 0 || p.kv_heads == 0 || p.head_dim == 0 || p.heads % p.kv_heads != 0 {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "heads {} must be a positive multiple of kv_heads {} (head_dim {})",
+                    p.heads, p.kv_heads, p.head_dim
+                ),
+            ));
+        }
+        if (p.kv_heads, p.head_dim) != (layout.kv_heads, layout.head_dim) {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "params have kv_heads {} x head_dim {}, the cache {} x {}",
+                    p.kv_heads, p.head_dim, layout.kv_heads, layout.head_dim
+                ),
+            ));
+        }
+        if !p.scale.is_finite() {
+            return Err(Error::invalid(
+                op,
+                format!("softmax scale {} is not finite", p.scale),
+            ));
+        }
+        if p.mask == (MaskKind::ChunkedLocal { chunk: 0 }) {
+            return Err(Error::invalid(op, "attention chunk must be positive"));
+        }
+        if let Some(t) = p.temp {
+            if !(t.floor_scale.is_finite() && t.floor_scale > 0.0 && t.attn_scale.is_finite()) {
+                return Err(Error::invalid(
+                    op,
+                    format!(
+                        "temperature tuning {t:?}: need a finite floor_scale > 0 and attn_scale"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `q` is `[tokens, heads, head_dim]` for absolute positions `q_start .. q_start + tokens`; the cache
 /// already holds their keys and values (and every key they can see). Query head `h` reads KV head
 /// `h / (heads / kv_heads)`. Returns `[tokens, heads, head_dim]`.
@@ -106,42 +155,7 @@ pub fn attention(q: &[f32], q_start: usize, kv: &SeqView<'_>, p: &AttnParams) ->
 
 /// Checks everything the caller controls.
 fn validate(q: &[f32], q_start: usize, kv: &SeqView<'_>, p: &AttnParams) -> Result<()> {
-    let l = kv.layout();
-    if p.heads == 0 || p.kv_heads == 0 || p.head_dim == 0 || p.heads % p.kv_heads != 0 {
-        return Err(Error::invalid(
-            OP,
-            format!(
-                "heads {} must be a positive multiple of kv_heads {} (head_dim {})",
-                p.heads, p.kv_heads, p.head_dim
-            ),
-        ));
-    }
-    if (p.kv_heads, p.head_dim) != (l.kv_heads, l.head_dim) {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "params have kv_heads {} x head_dim {}, the cache {} x {}",
-                p.kv_heads, p.head_dim, l.kv_heads, l.head_dim
-            ),
-        ));
-    }
-    if !p.scale.is_finite() {
-        return Err(Error::invalid(
-            OP,
-            format!("softmax scale {} is not finite", p.scale),
-        ));
-    }
-    if p.mask == (MaskKind::ChunkedLocal { chunk: 0 }) {
-        return Err(Error::invalid(OP, "attention chunk must be positive"));
-    }
-    if let Some(t) = p.temp {
-        if !(t.floor_scale.is_finite() && t.floor_scale > 0.0 && t.attn_scale.is_finite()) {
-            return Err(Error::invalid(
-                OP,
-                format!("temperature tuning {t:?}: need floor_scale > 0, finite"),
-            ));
-        }
-    }
+    p.check(OP, &kv.layout())?;
     let row = p.heads * p.head_dim;
     if q.len() % row != 0 {
         return Err(Error::shape(

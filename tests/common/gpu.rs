@@ -6,9 +6,6 @@
 //! - [`Elem`]: the float storage types the kernels take (f32, f16, bf16) and their f32 conversions;
 //! - [`f32s`], [`rounded`]: to f32, and f32 rounded through a storage type (RNE, as kernels store);
 //! - [`random`]: `n` random values of a storage type; [`poisoned`]: a NaN-filled device buffer.
-//!
-//! tests/gpu_gemm.rs still carries its own generator and comparison: fold it onto these (Rng::fresh,
-//! `Rng::vec`, `rel_err`) when its owner is done with it.
 
 use half::{bf16, f16};
 use llama4_cuda::device::{CudaSlice, Device, DeviceElem};

@@ -294,13 +294,7 @@ impl Backend for CudaBackend {
         inv_freq: &CudaSlice<f32>,
         qk_norm_eps: Option<f32>,
     ) -> Result<()> {
-        if q.rows != k.rows {
-            return Err(Error::shape(
-                "rope",
-                format!("q has {} rows, k has {}", q.rows, k.rows),
-            ));
-        }
-        let positions: Vec<usize> = (start..start + q.rows).collect();
+        let positions = super::backend::rope_positions(q.rows, k.rows, start)?;
         let pos = crate::ops::norm_rope::positions_on_device(self.stream(), &positions)?;
         let st = self.stream();
         match qk_norm_eps {
