@@ -2,7 +2,6 @@
 //! Hugging Face names with or without the `language_model.` prefix, bf16 / f16 / f32, Meta's FP8
 //! (compressed-tensors) and this library's quantized format (docs/FORMATS.md). Every tensor is checked
 //! against the config (present, shape, dtype) when the checkpoint is opened, before any is read.
-//! OWNER: checkpoint helper.
 use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};

@@ -1,4 +1,4 @@
-//! Llama 4 text configuration, read from either config.json shape (LLAMA4.md). OWNER: checkpoint helper.
+//! Llama 4 text configuration, read from either config.json shape (LLAMA4.md).
 //!
 //! Keys absent from the file take transformers' `Llama4TextConfig` defaults (the Scout values:
 //! vocab 202048, hidden 5120, 48 layers, 40/8 heads, head_dim 128, intermediate 8192 / 16384, 16 experts,

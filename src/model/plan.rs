@@ -1,5 +1,4 @@
 //! Parameter counts, bytes per weight format, KV bytes per token and a GPU memory plan.
-//! OWNER: checkpoint helper.
 use crate::model::checkpoint::Role;
 use crate::model::config::Config;
 use crate::model::quantize::{QuantFormat, QuantizeSpec};

@@ -1,4 +1,4 @@
-//! The released configurations (LLAMA4.md) and a tiny one for tests. OWNER: checkpoint helper.
+//! The released configurations (LLAMA4.md) and a tiny one for tests.
 use crate::model::config::{Config, LayerKind};
 use crate::reference::rope::Llama3Scaling;
 

@@ -1,5 +1,4 @@
 //! What gets quantized, and `llama4 quantize`: a streaming checkpoint-to-checkpoint quantizer.
-//! OWNER: checkpoint helper.
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;

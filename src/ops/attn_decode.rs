@@ -1,6 +1,6 @@
 //! Split-KV flash decoding over the paged KV cache (kernels/attn_decode.cu).
 //!
-//! CONTRACT (owner: helper C); the CPU specification is [`crate::reference::attention::attention`].
+//! The CPU specification is [`crate::reference::attention::attention`].
 //! Design and the split policy: docs/ATTENTION-DECODE.md.
 use std::sync::Arc;
 

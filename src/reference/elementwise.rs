@@ -1,4 +1,4 @@
-//! Small elementwise ops. OWNER: kernels helper.
+//! Small elementwise ops.
 use crate::error::{check_len, Error, Result};
 
 /// `silu(x) = x * sigmoid(x) = x / (1 + exp(-x))` in f32 (0 for x -> -inf, x for x -> +inf).

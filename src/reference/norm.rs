@@ -1,4 +1,4 @@
-//! RMSNorm and the weightless qk norm. OWNER: kernels helper.
+//! RMSNorm and the weightless qk norm.
 //!
 //! As transformers' `Llama4TextRMSNorm` / `Llama4TextL2Norm`: `x * rsqrt(mean(x^2) + eps)` in f32, then
 //! times the weight. The sum of squares is accumulated in f32, in index order.

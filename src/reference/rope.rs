@@ -1,4 +1,4 @@
-//! Interleaved RoPE with llama3 frequency scaling. OWNER: kernels helper.
+//! Interleaved RoPE with llama3 frequency scaling.
 //!
 //! Precision contract (the GPU kernels follow it, see kernels/norm_rope.cu):
 //! - `inv_freq` is evaluated in f64 and rounded once to f32; the GPU takes these very f32 values.
