@@ -68,6 +68,7 @@ impl GpuExpert {
 /// Pointer tables rather than one stacked buffer: experts are uploaded (and int4-repacked) one at a
 /// time, so loading never needs a second copy of all experts, and [`GpuMoe::new`] takes weights
 /// already on the device without moving them. The kernel pays one 8-byte load per block.
+#[cfg_attr(not(llama4_kernels), allow(dead_code))] // read by the launches only
 struct PtrTables {
     data: CudaSlice<u64>,
     scales: Option<CudaSlice<u64>>,
