@@ -167,7 +167,7 @@ fn check_io(
     n: usize,
     k: usize,
     out_len: usize,
-    residual: Option<usize>,
+    residual: Option<&CudaSlice<bf16>>,
 ) -> Result<()> {
     if x_len < m * k {
         return Err(Error::shape(
@@ -181,7 +181,7 @@ fn check_io(
             format!("out has {out_len} elements, [m={m}, n={n}] needs {}", m * n),
         ));
     }
-    if let Some(r) = residual {
+    if let Some(r) = residual.map(|r| r.len()) {
         if r < m * n {
             return Err(Error::shape(
                 op,
@@ -209,6 +209,17 @@ impl GemmScratch {
     /// An empty scratch.
     pub fn new() -> Self {
         Self::default()
+    }
+    /// The plan of one call on the stream's device (queried once per scratch).
+    fn plan(
+        &mut self,
+        stream: &Arc<CudaStream>,
+        kind: GemmKind,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<GemmPlan> {
+        GemmPlan::new(kind, m, n, k, self.device(stream)?)
     }
     fn device(&mut self, stream: &Arc<CudaStream>) -> Result<DeviceInfo> {
         match self.dev {
@@ -248,15 +259,7 @@ pub fn gemm_w4a16<T: DeviceElem>(
     scratch: &mut GemmScratch,
 ) -> Result<GemmPlan> {
     const OP: &str = "gemm_w4a16";
-    check_io(
-        OP,
-        x.len(),
-        m,
-        w.n,
-        w.k,
-        out.len(),
-        residual.map(|r| r.len()),
-    )?;
+    check_io(OP, x.len(), m, w.n, w.k, out.len(), residual)?;
     w.check()?;
     let want = match w.act {
         Act16::BF16 => DType::BF16,
@@ -271,17 +274,11 @@ pub fn gemm_w4a16<T: DeviceElem>(
             ),
         });
     }
-    let dev = scratch.device(stream)?;
-    let plan = GemmPlan::new(
-        GemmKind::W4A16 {
-            act: w.act,
-            group_size: w.group_size,
-        },
-        m,
-        w.n,
-        w.k,
-        dev,
-    )?;
+    let kind = GemmKind::W4A16 {
+        act: w.act,
+        group_size: w.group_size,
+    };
+    let plan = scratch.plan(stream, kind, m, w.n, w.k)?;
     if m == 0 {
         return Ok(plan);
     }
@@ -304,23 +301,14 @@ pub fn gemm_fp8(
     scratch: &mut GemmScratch,
 ) -> Result<GemmPlan> {
     const OP: &str = "gemm_fp8";
-    check_io(
-        OP,
-        x.len(),
-        m,
-        w.n,
-        w.k,
-        out.len(),
-        residual.map(|r| r.len()),
-    )?;
+    check_io(OP, x.len(), m, w.n, w.k, out.len(), residual)?;
     crate::error::check_len(OP, "weight codes", w.codes.len(), w.n * w.k)?;
     crate::error::check_len(OP, "weight scales", w.scales.len(), w.n)?;
-    let dev = scratch.device(stream)?;
     let kind = match mode {
         Fp8Mode::W8A16 => GemmKind::Fp8W8A16,
         Fp8Mode::W8A8 => GemmKind::Fp8W8A8,
     };
-    let plan = GemmPlan::new(kind, m, w.n, w.k, dev)?;
+    let plan = scratch.plan(stream, kind, m, w.n, w.k)?;
     if m == 0 {
         return Ok(plan);
     }
@@ -734,17 +722,8 @@ pub fn gemm_bf16(
 ) -> Result<GemmPlan> {
     const OP: &str = "gemm_bf16";
     w.check(OP)?;
-    check_io(
-        OP,
-        x.len(),
-        m,
-        w.n,
-        w.k,
-        out.len(),
-        residual.map(|r| r.len()),
-    )?;
-    let dev = scratch.device(stream)?;
-    let plan = GemmPlan::new(GemmKind::Bf16, m, w.n, w.k, dev)?;
+    check_io(OP, x.len(), m, w.n, w.k, out.len(), residual)?;
+    let plan = scratch.plan(stream, GemmKind::Bf16, m, w.n, w.k)?;
     if m == 0 {
         return Ok(plan);
     }
