@@ -49,7 +49,7 @@ __device__ __forceinline__ bool ranks_before(float v, int e, float bv, int be) {
 
 template <typename T>
 __global__ void __launch_bounds__(kTopkWarps * 32)
-    moe_gate_topk_kernel(const T *__restrict__ logits, int64_t stride, int tokens, int experts, int k,
+    moe_gate_topk_kernel(const T *__restrict__ logits, int64_t stride, int64_t tokens, int experts, int k,
                          uint32_t *__restrict__ ids, float *__restrict__ scores, uint32_t *__restrict__ tile_hist,
                          uint32_t *__restrict__ done) {
     extern __shared__ uint32_t hist[];
@@ -57,10 +57,11 @@ __global__ void __launch_bounds__(kTopkWarps * 32)
     for (int e = threadIdx.x; e < experts; e += blockDim.x) hist[e] = 0;
     __syncthreads();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int t0 = blockIdx.x * kTileTokens;
-    const int t1 = min(t0 + kTileTokens, tokens);
-    for (int t = t0 + warp; t < t1; t += kTopkWarps) {
-        const T *row = logits + int64_t(t) * stride;
+    // 64-bit token indices: slots < 2^32 allows tokens above INT32_MAX when k = 1.
+    const int64_t t0 = int64_t(blockIdx.x) * kTileTokens;
+    const int64_t t1 = min(t0 + kTileTokens, tokens);
+    for (int64_t t = t0 + warp; t < t1; t += kTopkWarps) {
+        const T *row = logits + t * stride;
         float pv = INFINITY;  // the previous winner; everything ranks after (+inf, -1)
         int pe = -1;
         for (int j = 0; j < k; ++j) {
@@ -87,7 +88,7 @@ __global__ void __launch_bounds__(kTopkWarps * 32)
             pv = bv;
             pe = be;
             if (lane == 0) {
-                const int64_t s = int64_t(t) * k + j;
+                const int64_t s = t * k + j;
                 ids[s] = uint32_t(be);
                 scores[s] = 1.0f / (1.0f + expf(-bv));
                 atomicAdd(&hist[be], 1u);
@@ -295,7 +296,7 @@ extern "C" l4c_status l4c_moe_gate(const l4c_moe_gate_params *p, l4c_stream_t st
         const l4c_status st = l4c::dispatch_float(p->logits_dtype, [&](auto tl) {
             using T = typename decltype(tl)::type;
             moe_gate_topk_kernel<T><<<unsigned(tiles), kTopkWarps * 32, shmem, stream>>>(
-                static_cast<const T *>(p->logits), p->logits_row_stride, int(tokens), int(experts), int(k),
+                static_cast<const T *>(p->logits), p->logits_row_stride, tokens, int(experts), int(k),
                 p->topk_ids, p->topk_scores, ws, done);
             return L4C_LAUNCH_STATUS();
         });
