@@ -1,6 +1,9 @@
 //! The GPU MoE block (`ops::moe::moe_block`) at Llama 4 sizes (hidden 5120, expert intermediate
 //! 8192, a shared expert of the same size, top-1), E = 16 and 128, tokens 1 / 8 / 64 / 512 / 4096 /
-//! 16384, bf16 / int4 / fp8 experts; CUDA-event timing (`iter_custom`).
+//! 8192 / 16384, bf16 / int4 / fp8 experts; CUDA-event timing (`iter_custom`). The plan in each row
+//! names the path: above 32 rows per expert every format takes the prefill (fp8: the W8A16
+//! tensor-core prefill; E = 128 fp8 at 8192 / 16384 tokens are the Maverick prefill rows, peers
+//! `fp8_deq_gmm` / `fp8_scaled` of tools/peers_moe.py).
 //!
 //! Each row: the plan, time, GB/s over the bytes the block must read (the touched experts' weights,
 //! counted from the routing of that run, plus the shared expert and the router), TFLOP/s, and the
@@ -28,7 +31,7 @@ use llama4_cuda::quant::repack::Act16;
 
 const HIDDEN: usize = 5120;
 const INTER: usize = 8192;
-const TOKENS: [usize; 6] = [1, 8, 64, 512, 4096, 16384];
+const TOKENS: [usize; 7] = [1, 8, 64, 512, 4096, 8192, 16384];
 const EXPERTS: [usize; 2] = [16, 128];
 
 /// A zero-filled device weight `[n, k]` in `fmt` (int4: group 128, symmetric, repacked layout sizes).

@@ -81,7 +81,11 @@ l4c_status run(const GroupedGemm& a, WFmt f, int path, int token_tiles, int64_t 
   const int64_t cols_per_block = a.swiglu ? kGgPreBN / 2 : kGgPreBN;
   const dim3 grid(static_cast<unsigned>((a.n + cols_per_block - 1) / cols_per_block),
                   static_cast<unsigned>((a.rows + kGgPreBM - 1) / kGgPreBM));
-  return f == WFmt::kBf16 ? launch_prefill<WFmt::kBf16>(a, grid, s) : launch_prefill<WFmt::kInt4>(a, grid, s);
+  switch (f) {
+    case WFmt::kBf16: return launch_prefill<WFmt::kBf16>(a, grid, s);
+    case WFmt::kInt4: return launch_prefill<WFmt::kInt4>(a, grid, s);
+    default: return launch_prefill<WFmt::kFp8>(a, grid, s);
+  }
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
@@ -141,7 +145,7 @@ extern "C" l4c_status l4c_moe_grouped_gemm(const l4c_moe_grouped_gemm_params* p,
     if (!decode_plan_ok(p->token_tiles, p->split_k, k_slabs, p->workspace) || (p->split_k > 1 && swiglu))
       return L4C_ERR_INVALID_ARGUMENT;
   } else if (p->path == L4C_GEMM_PATH_PREFILL) {
-    if (f == WFmt::kFp8 || p->pad % kGgPreBM != 0) return L4C_ERR_INVALID_ARGUMENT;
+    if (p->pad % kGgPreBM != 0) return L4C_ERR_INVALID_ARGUMENT;
     if ((p->rows + kGgPreBM - 1) / kGgPreBM > 65535) return L4C_ERR_INVALID_ARGUMENT;
   } else {
     return L4C_ERR_INVALID_ARGUMENT;

@@ -3,7 +3,8 @@
 //! `reference::moe::moe_block` (which composes top_k_gating, grouped_gemm_swiglu,
 //! grouped_gemm_sorted and combine), on random inputs fresh per case (seed printed on failure):
 //! every token to one expert, empty experts, E = 128 with one token, 8192 tokens, E = 16 / 128,
-//! top-k 1 and 2, bf16 / int4 / fp8 experts, decode and prefill plans. Plus typed host errors.
+//! top-k 1 and 2, bf16 / int4 / fp8 experts, decode and prefill plans (fp8 prefill: `fp8_prefill`).
+//! Plus typed host errors.
 //! Without a GPU (or without kernels) every test prints one "skipped" line and passes.
 //!
 //! Routing: the GPU computes the router logits in bf16 (as the Hugging Face model does), the
@@ -294,13 +295,43 @@ fn prefill_random_routings() {
     let Some(s) = gpu("prefill_random_routings") else {
         return;
     };
-    for fmt in [Fmt::Bf16, Fmt::Int4] {
+    for fmt in FMTS {
         for (tokens, experts, k) in [(1000, 16, 1), (777, 16, 2), (5000, 128, 1)] {
             let Some(path) = case(&s, fmt, tokens, experts, k, 256, 144, None) else {
                 return;
             };
             assert!(!matches!(path, MoePath::Decode { .. }), "{fmt:?} {tokens}");
         }
+    }
+}
+
+/// fp8 experts on the prefill path (W8A16: codes widened to bf16 in registers, per-channel scales on
+/// the f32 accumulator with the score, each weight's own under SwiGLU): every token to one expert,
+/// empty experts (3 of 16 with k = 2, 3 of 128), odd inter (a partial 64-column gate_up block and a
+/// partial last 64-k slab of the down projection), 8192 tokens over 128 experts. Every case must plan
+/// the prefill. Tolerance: TOL as for every format; the fp8 codes and scales are the same values on
+/// both sides (the reference multiplies code * scale in f32 before the dot product, the kernel after:
+/// an f32 rounding apart, far below the bf16 roundings TOL budgets).
+#[test]
+fn fp8_prefill() {
+    let Some(s) = gpu("fp8_prefill") else { return };
+    // (tokens, experts, top_k, hidden, inter, allowed experts)
+    type Case = (usize, usize, usize, usize, usize, Option<&'static [usize]>);
+    let cases: [Case; 5] = [
+        (600, 16, 1, 128, 64, Some(&[3])),
+        (700, 16, 2, 256, 144, Some(&[1, 5, 9])),
+        (5000, 128, 1, 128, 80, Some(&[0, 64, 127])),
+        (1000, 16, 2, 384, 208, None),
+        (8192, 128, 2, 128, 64, None),
+    ];
+    for (tokens, experts, k, hidden, inter, allowed) in cases {
+        let Some(path) = case(&s, Fmt::Fp8, tokens, experts, k, hidden, inter, allowed) else {
+            return;
+        };
+        assert!(
+            !matches!(path, MoePath::Decode { .. }),
+            "fp8 {tokens} E={experts}: {path:?}"
+        );
     }
 }
 

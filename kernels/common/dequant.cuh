@@ -26,16 +26,21 @@ __device__ __forceinline__ void dequant_int4_frag(uint32_t w, uint32_t zb_lo, ui
 // quantizers and decode as 480). Two codes (bytes 0 and 1 of `u` when hi = false, bytes 2 and 3
 // when hi = true) become one bf16 pair: place the 7 exponent+mantissa bits at bf16 bits 4..10 and
 // the sign at bit 15, which reads as value * 2^-120, then multiply by 2^120 (exact: a power of two,
-// and bf16 arithmetic keeps subnormals, which e4m3 subnormals pass through).
-__device__ __forceinline__ uint32_t e4m3x2_to_bf16x2(uint32_t u, bool hi) {
-  // bytes -> high byte of each 16-bit half: [b1|0|b0|0] or [b3|0|b2|0]
-  const uint32_t t = prmt(u, 0, hi ? 0x3424u : 0x1404u);
+// and bf16 arithmetic keeps subnormals, which e4m3 subnormals pass through). e4m3_b13_to_bf16x2 is
+// the core: the two codes in bytes 1 (low result half) and 3 (high half).
+__device__ __forceinline__ uint32_t e4m3_b13_to_bf16x2(uint32_t t) {
+  // t = [b3|x|b1|x]: only bytes 1 and 3 are read (the shift and mask drop bytes 0 and 2), so a caller's
+  // prmt may leave anything there.
   const uint32_t sign = t & 0x80008000u;
   const uint32_t bits = lop3_and_or(t >> 4, 0x07f007f0u, sign);
   __nv_bfloat162 v = *reinterpret_cast<const __nv_bfloat162*>(&bits);
   const __nv_bfloat162 k2p120 = __halves2bfloat162(__ushort_as_bfloat16(0x7b80), __ushort_as_bfloat16(0x7b80));
   v = __hmul2(v, k2p120);
   return *reinterpret_cast<uint32_t*>(&v);
+}
+__device__ __forceinline__ uint32_t e4m3x2_to_bf16x2(uint32_t u, bool hi) {
+  // bytes -> high byte of each 16-bit half: [b1|0|b0|0] or [b3|0|b2|0]
+  return e4m3_b13_to_bf16x2(prmt(u, 0, hi ? 0x3424u : 0x1404u));
 }
 
 }  // namespace l4c

@@ -177,6 +177,30 @@ template <typename T> struct Int4SlabScales {
   }
 };
 
+// ---- fp8 W tile in shared memory (prefill) ----------------------------------------------------------
+// 128 virtual rows x 64 e4m3 codes per stage in natural k order (what cp.async copies), row pitch 80
+// bytes: 16-byte aligned for cp.async, and each fragment word load below (8 rows g x 2 words c >> 1)
+// hits 16 distinct banks (row g starts at word 20g: banks 0, 20, 8, 28, 16, 4, 24, 12, + c >> 1); a
+// 64-byte pitch would be 4-way conflicted. tests/moe_fp8_fragments.rs mirrors this map on the CPU.
+constexpr int kGgFp8Pitch = 80;
+// bf16 A fragment of k16 step j (mma.sync m16n8k16, and wgmma's register A: warp w holds rows 16w..)
+// of the 16-row tile whose row 0 is at shared address `tile`: lane (g, c) needs codes k = 16j + 2c, +1
+// (a[0]: row g, a[1]: row g + 8) and 16j + 2c + 8, +9 (a[2], a[3]). The words at 16j + 4(c >> 1) and
+// 16j + 8 + 4(c >> 1) hold them at bytes 2(c & 1), +1; one prmt moves a pair to bytes 1 and 3 and the
+// exact widening reads them there. The value is the bare code: the per-channel scale multiplies the
+// f32 accumulator in the epilogue, as in the decode loop.
+__device__ __forceinline__ void fp8_frag_smem(uint32_t tile, int j, int g, int c, uint32_t (&a)[4]) {
+  const uint32_t off = 16 * j + 4 * (c >> 1);
+  const uint32_t sel = 0x1000u + 0x2020u * static_cast<uint32_t>(c & 1);  // bytes 1, 3 <- lo[2(c&1)], +1
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const uint32_t row = tile + (g + 8 * h) * kGgFp8Pitch + off;
+    const uint32_t lo = lds32(row), hi = lds32(row + 8);
+    a[h] = e4m3_b13_to_bf16x2(prmt(lo, hi, sel));
+    a[2 + h] = e4m3_b13_to_bf16x2(prmt(lo, hi, sel + 0x4040u));  // the same bytes of hi (k + 8)
+  }
+}
+
 // ---- decode weight streams: one warp, one 16-row tile, 64 k per slab ----------------------------
 // kPermutedK: the A fragment's k slots {2c, 2c+1 | 2c+8, 2c+9} of k16 step j hold actual k
 // 16c + 4j + {0, 1 | 2, 3} (lane c reads 16 consecutive k of its rows; the B side reads X the same
@@ -464,11 +488,16 @@ __device__ __forceinline__ void grouped_decode(const GroupedGemm& a) {
 //  bf16 W: a second SW128 tile (128 rows x 64 k). sm_80: ldmatrix A and B, mma.sync. sm_90a: each
 //    warpgroup 4 x wgmma.m64n128k16 with both operands by descriptor (one group kept in flight).
 //  int4 W: 8 raw repacked slabs (4 KiB); dequantized into register A fragments (mma.sync / wgmma RS).
+//  fp8 W (W8A16): 128 rows x 64 codes, pitch 80 (fp8_frag_smem); widened exactly into register A
+//    fragments as int4 (mma.sync / wgmma RS); the per-channel scales (wscale) multiply the f32
+//    accumulator in the epilogue with the router score, each weight's own under SwiGLU.
 // kDense (gemm_w4a16 prefill): one weight, contiguous rows, X bf16 or f16 (T), and the Epilogue's
 // tile store.
 constexpr int kGgPreBM = 128, kGgPreBN = 128, kGgPreStages = 4, kGgPreThreads = 256;
 constexpr int kGgPreXBytes = kGgPreBM * 128;
-template <WFmt F> constexpr int gg_pre_wbytes() { return F == WFmt::kBf16 ? kGgPreBN * 128 : (kGgPreBN / 16) * 512; }
+template <WFmt F> constexpr int gg_pre_wbytes() {
+  return F == WFmt::kBf16 ? kGgPreBN * 128 : F == WFmt::kFp8 ? kGgPreBN * kGgFp8Pitch : (kGgPreBN / 16) * 512;
+}
 template <WFmt F> constexpr int gg_pre_stage_bytes() { return kGgPreXBytes + gg_pre_wbytes<F>(); }
 template <WFmt F> constexpr int gg_pre_smem() { return kGgPreStages * gg_pre_stage_bytes<F>() + 1024; }
 constexpr int kGgPreCsPitch = kGgPreBN + 4;
@@ -476,12 +505,15 @@ static_assert(kGgPreBM * kGgPreCsPitch * 4 <= kGgPreStages * (kGgPreXBytes + 409
 
 template <WFmt F, typename T = __nv_bfloat16, bool kDense = false>
 __device__ __forceinline__ void grouped_prefill(const GroupedGemm& a) {
-  static_assert(F == WFmt::kBf16 || F == WFmt::kInt4, "fp8 runs the decode loop (W8A16)");
+  static_assert(!kDense || F != WFmt::kFp8, "dense fp8 prefill is W8A8 (gemm_fp8.cu)");
   static_assert(F == WFmt::kInt4 || std::is_same<T, __nv_bfloat16>::value, "bf16 weights take bf16 activations");
+  static_assert(F == WFmt::kInt4 || !std::is_same<T, __half>::value, "fp8 weights widen to bf16");
   constexpr int kStageBytes = gg_pre_stage_bytes<F>();
+  static_assert(kStageBytes % 1024 == 0, "each stage's X tile stays 1024-byte aligned (SW128)");
   extern __shared__ uint8_t smem_raw[];
   __shared__ int64_t src[kGgPreBM];
   __shared__ float rscale[kGgPreBM];
+  __shared__ float wscale[F == WFmt::kFp8 ? kGgPreBN : 1];  // fp8: scale of each virtual W row
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   const uint32_t sbase = smem_u32(smem);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
@@ -498,13 +530,6 @@ __device__ __forceinline__ void grouped_prefill(const GroupedGemm& a) {
     e = lo;
     pend = a.offsets[e] + a.counts[e];
   }
-  if (tid < kGgPreBM) {
-    float sc = 1.0f;
-    src[tid] = p0 + tid >= pend ? -1 : kDense ? (p0 + tid) * a.ldx : a.source_row(p0 + tid, sc);
-    rscale[tid] = sc;
-  }
-  __syncthreads();
-
   const int64_t ntiles = (a.n + 15) / 16;
   const WeightRef w0 = a.weight(0, e);
   const bool swiglu = !kDense && a.swiglu;
@@ -518,6 +543,18 @@ __device__ __forceinline__ void grouped_prefill(const GroupedGemm& a) {
     return WeightRef{up ? w1.data : w0.data, up ? w1.scales : w0.scales, up ? w1.zero_bias : w0.zero_bias};
   };
   const int64_t nslabs = a.k_slabs;
+  if (tid < kGgPreBM) {
+    float sc = 1.0f;
+    src[tid] = p0 + tid >= pend ? -1 : kDense ? (p0 + tid) * a.ldx : a.source_row(p0 + tid, sc);
+    rscale[tid] = sc;
+  }
+  if constexpr (F == WFmt::kFp8) {
+    static_assert(kGgPreThreads - kGgPreBM >= kGgPreBN, "threads 128.. stage the scales");
+    const int vr = tid - kGgPreBM;
+    if (vr >= 0 && vr < kGgPreBN)  // rows past n read row n - 1 (their columns are never stored)
+      wscale[vr] = __ldg(static_cast<const float*>(weight_of(vr).scales) + min(actual_row(vr), a.n - 1));
+  }
+  __syncthreads();
 
   auto load_stage = [&](int st, int64_t s) {
     const uint32_t xs = sbase + st * kStageBytes, ws = xs + kGgPreXBytes;
@@ -536,6 +573,17 @@ __device__ __forceinline__ void grouped_prefill(const GroupedGemm& a) {
         const bool ok = row < a.n && gk < a.k;
         const __nv_bfloat16* wp = static_cast<const __nv_bfloat16*>(weight_of(vr).data);
         cp_async16(ws + sw128(vr, ch), ok ? static_cast<const void*>(wp + row * a.ldw + gk) : a.x, ok ? 16 : 0);
+      }
+    } else if constexpr (F == WFmt::kFp8) {
+      // 16 codes per copy (k % 16 == 0: all in or all out); rows past n zero-filled.
+#pragma unroll
+      for (int q = 0; q < kGgPreBN * 4 / kGgPreThreads; ++q) {
+        const int u = tid + q * kGgPreThreads, vr = u / 4, ch = u % 4;
+        const int64_t row = actual_row(vr), gk = s * kGgSlabK + ch * 16;
+        const bool ok = row < a.n && gk < a.k;
+        const uint8_t* wp = static_cast<const uint8_t*>(weight_of(vr).data);
+        cp_async16(ws + vr * kGgFp8Pitch + ch * 16, ok ? static_cast<const void*>(wp + row * a.ldw + gk) : a.x,
+                   ok ? 16 : 0);
       }
     } else {
       const int vt = tid / 32;  // virtual tile: 16 virtual rows
@@ -581,12 +629,17 @@ __device__ __forceinline__ void grouped_prefill(const GroupedGemm& a) {
       wgmma_commit();
       wgmma_wait<1>();
     } else {
-      const Int4SlabScales<T> sc = sc_next;
-      if (s + 1 < nslabs) sc_next.load(my_ts, s + 1, gshift);
-      const uint4 w = lds128(xs + kGgPreXBytes + warp * 512 + lane * 16);
       uint32_t af[4][4];
+      if constexpr (F == WFmt::kInt4) {
+        const Int4SlabScales<T> sc = sc_next;
+        if (s + 1 < nslabs) sc_next.load(my_ts, s + 1, gshift);
+        const uint4 w = lds128(xs + kGgPreXBytes + warp * 512 + lane * 16);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) sc.dequant(u4_word(w, j), j, af[j]);
+        for (int j = 0; j < 4; ++j) sc.dequant(u4_word(w, j), j, af[j]);
+      } else {  // warp w of the block holds virtual rows 16w..16w+15 (warpgroup w / 4, its warp w % 4)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) fp8_frag_smem(xs + kGgPreXBytes + 16 * warp * kGgFp8Pitch, j, g, c, af[j]);
+      }
       wgmma_fence();
 #pragma unroll
       for (int j = 0; j < 4; ++j) wgmma_m64n128k16_rs(acc, af[j], db + 2 * j, 1, T());
@@ -640,6 +693,9 @@ __device__ __forceinline__ void grouped_prefill(const GroupedGemm& a) {
         const int row = 32 * wn + (lane & 7) + 8 * ((lane >> 3) & 1), ch = 2 * j + (lane >> 4);
         ldmatrix_x4(a0, ws + sw128(row, ch));
         ldmatrix_x4(a1, ws + sw128(row + 16, ch));
+      } else if constexpr (F == WFmt::kFp8) {
+        fp8_frag_smem(ws + (32 * wn) * kGgFp8Pitch, j, g, c, a0);
+        fp8_frag_smem(ws + (32 * wn + 16) * kGgFp8Pitch, j, g, c, a1);
       } else {
         sc0.dequant(u4_word(w0q, j), j, a0);
         sc1.dequant(u4_word(w1q, j), j, a1);
@@ -673,7 +729,12 @@ __device__ __forceinline__ void grouped_prefill(const GroupedGemm& a) {
     store_tile_from_smem<kGgPreThreads>(a.epilogue(), cs, kGgPreCsPitch, kGgPreBM, kGgPreBN, p0, vrow0);
     return;
   }
-  // Epilogue from the f32 tile cs[row][virtual W row]: 8 output columns per step.
+  // Epilogue from the f32 tile cs[row][virtual W row]: 8 output columns per step. Each value is
+  // acc * channel scale (fp8) * router score, as in the decode loop; SwiGLU then silu(gate) * up.
+  auto wsc = [&](int vr) -> float {
+    if constexpr (F == WFmt::kFp8) return wscale[vr];
+    else return 1.0f;
+  };
   const int out_cols = a.swiglu ? kGgPreBN / 2 : kGgPreBN;
   const int vecs = out_cols / 8;
   const bool vec_ok = (a.ldo % 8 == 0) && ((reinterpret_cast<uintptr_t>(a.out) & 15) == 0) &&
@@ -687,8 +748,8 @@ __device__ __forceinline__ void grouped_prefill(const GroupedGemm& a) {
     float f[8];
 #pragma unroll
     for (int q = 0; q < 8; ++q) {
-      f[q] = row[c0 + q] * rs;
-      if (a.swiglu) f[q] = silu_f32(f[q]) * (row[64 + c0 + q] * rs);
+      f[q] = row[c0 + q] * wsc(c0 + q) * rs;
+      if (a.swiglu) f[q] = silu_f32(f[q]) * (row[64 + c0 + q] * wsc(64 + c0 + q) * rs);
     }
     if (vec_ok && col0 + 8 <= a.n) {
       store8_bf16(a.out + pos * a.ldo + col0, a.residual ? a.residual + pos * a.ldr + col0 : nullptr, f);

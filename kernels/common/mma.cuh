@@ -114,6 +114,11 @@ __device__ __forceinline__ uint2 lds64(uint32_t addr) {
   asm volatile("ld.shared.v2.u32 {%0,%1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "r"(addr));
   return v;
 }
+__device__ __forceinline__ uint32_t lds32(uint32_t addr) {
+  uint32_t v;
+  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(addr));
+  return v;
+}
 
 // Byte offset of 16-byte chunk `chunk` (0..7) of row `row` in a tile of 128-byte rows stored with the
 // 128B XOR swizzle (chunk ^= row % 8). The tile base must be 1024-byte aligned for wgmma to read it.

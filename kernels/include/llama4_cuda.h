@@ -314,12 +314,14 @@ l4c_status l4c_gemm_bf16(const l4c_gemm_bf16_params* p, l4c_stream_t stream);
  * ---------------------------------------------------------------------------------------------- */
 #define L4C_MOE_WEIGHT_BF16 0  /* data[e]: bf16 [n, k] row-major */
 #define L4C_MOE_WEIGHT_INT4 1  /* data[e]: repacked int4 qweight, scales[e] bf16, zero_bias[e] or NULL (docs/GEMM.md) */
-#define L4C_MOE_WEIGHT_FP8 2   /* data[e]: e4m3 [n, k] row-major, scales[e]: f32 [n] per output channel */
+#define L4C_MOE_WEIGHT_FP8 2   /* data[e]: e4m3 [n, k] row-major, scales[e]: f32 [n] per output channel (W8A16) */
 #define L4C_MOE_EPILOGUE_STORE 0
 #define L4C_MOE_EPILOGUE_SWIGLU 1 /* out = silu(x.gate^T) * (x.up^T); w = gate, w2 = up */
 
 /* Per-expert weights: each field is a DEVICE array of `experts` device pointers (NULL where the
- * format has no such part: scales for bf16, zero_bias for symmetric int4 and for the others). */
+ * format has no such part: scales for bf16, zero_bias for symmetric int4 and for the others).
+ * Every data[e] is 16-byte aligned (read 16 bytes at a time; rows of k elements, k % 16 == 0, keep
+ * that alignment); scales[e] 4-byte aligned. The tables live on the device: not checked here. */
 typedef struct l4c_moe_expert_weights {
   const void* const* data;
   const void* const* scales;
@@ -346,7 +348,8 @@ typedef struct l4c_moe_grouped_gemm_params {
   int32_t gather;              /* 1: x row of position p is token sorted_slots[p] / topk; 0: row p */
   int32_t weight_format;       /* L4C_MOE_WEIGHT_* */
   int32_t epilogue;            /* L4C_MOE_EPILOGUE_*; SWIGLU needs split_k == 1 */
-  int32_t path;                /* L4C_GEMM_PATH_*; PREFILL needs pad % 128 == 0 and BF16 or INT4 */
+  int32_t path;                /* L4C_GEMM_PATH_*; PREFILL needs pad % 128 == 0 (every format; FP8:
+                                  W8A16, codes widened to bf16 exactly, f32 accumulation) */
   int32_t token_tiles;         /* DECODE: 1, 2 or 4 (8 * token_tiles rows per pass of a block) */
   int32_t split_k;             /* DECODE: 1..ceil(k/64) */
 } l4c_moe_grouped_gemm_params;

@@ -65,8 +65,8 @@ pub struct MoePlan {
 
 impl MoePlan {
     /// Chooses the path for `tokens` tokens routed to `top_k` of `experts` experts.
-    /// Prefill when the average rows per touched expert exceed [`DECODE_MAX_M`] and the format has
-    /// a tensor-core prefill (bf16, int4); fp8 experts always run the W8A16 decode loop.
+    /// Prefill when the average rows per touched expert exceed [`DECODE_MAX_M`], for every format
+    /// (fp8 experts: W8A16 on both paths, the codes widened to bf16 in registers).
     pub fn new(
         tokens: usize,
         experts: usize,
@@ -101,7 +101,7 @@ impl MoePlan {
         let slots = tokens * top_k;
         let touched = experts.min(slots).max(1);
         let avg = slots.div_ceil(touched);
-        let prefill = avg > DECODE_MAX_M && format != ExpertFormat::Fp8;
+        let prefill = avg > DECODE_MAX_M;
         let path = if prefill {
             if dev.cc == (9, 0) {
                 MoePath::PrefillWgmma
@@ -249,7 +249,7 @@ mod tests {
                 for tokens in [1, 8, 64, 512, 4096, 16384] {
                     let p = MoePlan::new(tokens, experts, 1, 5120, 8192, format, h100).unwrap();
                     let avg = tokens.div_ceil(experts.min(tokens));
-                    let prefill = avg > 32 && format != ExpertFormat::Fp8;
+                    let prefill = avg > 32;
                     assert_eq!(matches!(p.path, MoePath::PrefillWgmma), prefill, "{p}");
                     assert_eq!(p.pad, if prefill { 128 } else { 1 }, "{p}");
                     assert_eq!(p.rows(), tokens + experts * (p.pad - 1));
@@ -290,6 +290,22 @@ mod tests {
             p.to_string(),
             "moe bf16 tokens=4096 E=16 k=1 hidden=5120 inter=8192 sm_80: prefill mma.sync 128x128x64 \
              pad=128 grids=128x48x1,40x48x1"
+        );
+        // Maverick-like: 128 fp8 experts, 8192 prompt tokens (64 rows per expert) take the prefill.
+        let p = MoePlan::new(
+            8192,
+            128,
+            1,
+            5120,
+            8192,
+            ExpertFormat::Fp8,
+            DeviceInfo::H100,
+        )
+        .unwrap();
+        assert_eq!(
+            p.to_string(),
+            "moe fp8-w8a16 tokens=8192 E=128 k=1 hidden=5120 inter=8192 sm_90: prefill wgmma 128x128x64 \
+             pad=128 grids=128x191x1,40x191x1"
         );
     }
 
