@@ -2,7 +2,8 @@
 //! and chunked prefill of one sequence of the batch.
 //!
 //! A step reads everything that changes from one step to the next from the device: the token ids
-//! (`[batch]`, written by the caller between steps), the RoPE positions (copied on the device from
+//! (`[batch]`, written by the caller between steps, or by the step's own device sampler when
+//! [`BatchDecoder::sample_on_device`] is on: then a replayed graph runs from ids to ids), the RoPE positions (copied on the device from
 //! layer 0's `seq_lens` before the step appends), and the KV lengths (`append_step` and
 //! `attn_decode` read and advance `seq_lens` on the device). Every buffer a step touches is allocated
 //! once, here, so the captured graph's pointers stay valid across replays.
