@@ -6,8 +6,10 @@
 use llama4_cuda::device::device_for_test;
 use llama4_cuda::kv_cache::KvDType;
 use llama4_cuda::model::cuda::decode::BatchDecoder;
+use llama4_cuda::model::cuda::generate::generate_on_device;
 use llama4_cuda::model::cuda::CudaBackend;
 use llama4_cuda::model::forward::Logits;
+use llama4_cuda::model::generate::{GenerateOptions, StopReason};
 use llama4_cuda::model::quantize::QuantizeSpec;
 use llama4_cuda::model::sampling::{argmax, SamplingParams};
 use llama4_cuda::model::synthetic::{quantize, random_weights};
@@ -357,6 +359,59 @@ fn device_top_p_replays_draw_fresh_consistent_tokens() {
     // Fresh draws: at temperature 1.5 over 512 tokens, 15 steps x 3 sequences are not all one token.
     let distinct: std::collections::HashSet<u32> = all.iter().flatten().copied().collect();
     assert!(distinct.len() > 3, "{distinct:?}");
+}
+
+#[test]
+fn generate_on_device_greedy_equals_an_eager_decoder_loop() {
+    let Some(dev) = device_for_test("generate_on_device_greedy_equals_an_eager_decoder_loop")
+    else {
+        return;
+    };
+    let c = gpu_config();
+    let w = quantize(random_weights(&c, 16), &QuantizeSpec::int4()).unwrap();
+    let gpu = Model::new(c.clone(), w, CudaBackend::new(dev)).unwrap();
+    let v = c.vocab_size;
+    let prompt = tokens(70, 9);
+    const NEW: usize = 10;
+    // The loop it must equal: eager steps, logits downloaded, argmax on the host (the same cache size
+    // as generate_on_device makes, so the same launch parameters and bit-identical logits).
+    let mut d = BatchDecoder::new(&gpu, 1, prompt.len() + NEW - 1, KvDType::BF16, None).unwrap();
+    let l = d.prefill(0, &prompt, 2048, true).unwrap().unwrap();
+    let mut want = vec![argmax(&l)];
+    while want.len() < NEW {
+        d.set_ids(&want[want.len() - 1..]).unwrap();
+        d.step().unwrap();
+        want.push(argmax(&d.logits().unwrap()[..v]));
+    }
+    let opts = |max_new_tokens, stop_tokens| GenerateOptions {
+        max_new_tokens,
+        sampling: SamplingParams::greedy(),
+        stop_tokens,
+    };
+    let mut seen = Vec::new();
+    let g = generate_on_device(&gpu, &prompt, &opts(NEW, vec![]), |t| seen.push(t)).unwrap();
+    assert_eq!(g.tokens, want);
+    assert_eq!(seen, want);
+    assert_eq!(g.stop, StopReason::MaxNewTokens);
+    // A stop token ends the run there (kept); one and zero new tokens need no decode step.
+    let g = generate_on_device(&gpu, &prompt, &opts(NEW, vec![want[4]]), |_| {}).unwrap();
+    let first = want.iter().position(|&t| t == want[4]).unwrap();
+    assert_eq!(g.tokens, want[..=first]);
+    assert_eq!(g.stop, StopReason::StopToken(want[4]));
+    let g = generate_on_device(&gpu, &prompt, &opts(1, vec![]), |_| {}).unwrap();
+    assert_eq!(g.tokens, want[..1]);
+    assert!(generate_on_device(&gpu, &prompt, &opts(0, vec![]), |_| {})
+        .unwrap()
+        .tokens
+        .is_empty());
+    // Top-p: the same seed repeats the same tokens.
+    let p = GenerateOptions {
+        sampling: SamplingParams::default(),
+        ..opts(NEW, vec![])
+    };
+    let a = generate_on_device(&gpu, &prompt, &p, |_| {}).unwrap();
+    let b = generate_on_device(&gpu, &prompt, &p, |_| {}).unwrap();
+    assert_eq!(a.tokens, b.tokens);
 }
 
 #[test]
