@@ -87,8 +87,20 @@ __device__ __forceinline__ float weight(float v, float m, float t) {
     return m == -INFINITY ? 1.0f : expf((v - m) / t);
 }
 
+// Adds q to the 64-bit mass of bin d with native 32-bit shared atomics (a 64-bit shared atomicAdd is
+// a compare-and-swap loop, slow under the contention of a histogram): each add to the low word carries
+// into the high word exactly when it wraps, so the total is exact in any order.
+__device__ __forceinline__ void add_mass(uint32_t *lo, uint32_t *hi, uint64_t q) {
+    const uint32_t ql = uint32_t(q), qh = uint32_t(q >> 32);
+    const uint32_t old = atomicAdd(lo, ql);
+    const uint32_t up = qh + (old + ql < old ? 1u : 0u);
+    if (up != 0) atomicAdd(hi, up);
+}
+
 struct Shared {
-    unsigned long long mass[kBins];
+    // A bin's mass is (mass_hi << 32) + mass_lo, accumulated by add_mass.
+    uint32_t mass_lo[kBins];
+    uint32_t mass_hi[kBins];
     uint32_t count[kBins];
     uint64_t warp_tot[kWarps];
     uint64_t warp_aux[kWarps];
@@ -162,7 +174,8 @@ __global__ void __launch_bounds__(kBlock, 1)
     if (!bad && temperature > 0.0f) {
         // Sweep 2: Q and the histogram of the top 11 bits. Masses of zero are skipped (never kept).
         for (int d = tid; d < kBins; d += kBlock) {
-            sh.mass[d] = 0;
+            sh.mass_lo[d] = 0;
+            sh.mass_hi[d] = 0;
             sh.count[d] = 0;
         }
         __syncthreads();
@@ -174,7 +187,7 @@ __global__ void __launch_bounds__(kBlock, 1)
             if (q == 0) continue;
             part += q;
             const uint32_t d = __float_as_uint(w) >> 21;
-            atomicAdd(&sh.mass[d], (unsigned long long)q);
+            add_mass(&sh.mass_lo[d], &sh.mass_hi[d], q);
             atomicAdd(&sh.count[d], 1u);
         }
         part = warp_sum_u64(part);
@@ -201,7 +214,8 @@ __global__ void __launch_bounds__(kBlock, 1)
                 const int width = pass == 2 ? 10 : 11, shift = 32 - known - width;
                 if (pass > 0) {
                     for (int d = tid; d < kBins; d += kBlock) {
-                        sh.mass[d] = 0;
+                        sh.mass_lo[d] = 0;
+                        sh.mass_hi[d] = 0;
                         sh.count[d] = 0;
                     }
                     __syncthreads();
@@ -213,7 +227,7 @@ __global__ void __launch_bounds__(kBlock, 1)
                         const uint64_t q = __float2ull_rn(w * scale);
                         if (q == 0) continue;
                         const uint32_t d = (bits >> shift) & ((1u << width) - 1);
-                        atomicAdd(&sh.mass[d], (unsigned long long)q);
+                        add_mass(&sh.mass_lo[d], &sh.mass_hi[d], q);
                         atomicAdd(&sh.count[d], 1u);
                     }
                     __syncthreads();
@@ -221,7 +235,8 @@ __global__ void __launch_bounds__(kBlock, 1)
                 // Thread t owns digits hi = 2047 - 2t and hi - 1: thread order is descending digit
                 // order, so an exclusive scan gives the mass of all higher digits.
                 const int hi = kBins - 1 - 2 * tid;
-                const uint64_t m_hi = sh.mass[hi], m_lo = sh.mass[hi - 1];
+                const uint64_t m_hi = (uint64_t(sh.mass_hi[hi]) << 32) + sh.mass_lo[hi];
+                const uint64_t m_lo = (uint64_t(sh.mass_hi[hi - 1]) << 32) + sh.mass_lo[hi - 1];
                 const uint64_t excl = block_exclusive_scan_u64(m_hi + m_lo, sh.warp_tot);
                 const uint64_t s0 = above + excl, s1 = s0 + m_hi, s2 = s1 + m_lo;
                 if (s0 < target && s1 >= target) {
@@ -324,7 +339,7 @@ extern "C" l4c_status l4c_sample(const l4c_sample_params *p, l4c_stream_t stream
     L4C_REQUIRE(p != nullptr);
     L4C_REQUIRE(p->rows >= 0 && p->vocab >= 0);
     if (p->rows == 0) return L4C_OK;
-    L4C_REQUIRE(p->vocab >= 1 && p->vocab <= INT32_MAX);
+    L4C_REQUIRE(p->vocab >= 1 && p->vocab <= (int64_t(1) << 30));  // i + kBlock never overflows int
     L4C_REQUIRE(p->rows <= INT32_MAX);
     L4C_REQUIRE(p->logits_row_stride >= p->vocab);
     L4C_REQUIRE(p->logits && p->ids && p->step && p->status);

@@ -634,7 +634,7 @@ typedef struct l4c_sample_params {
     /** [1] sticky error bits (L4C_SAMPLE_BAD_LOGIT). */
     uint32_t *status;
     int64_t rows;
-    /** 1 .. INT32_MAX. */
+    /** 1 .. 2^30. */
     int64_t vocab;
     /** >= vocab. */
     int64_t logits_row_stride;

@@ -17,6 +17,9 @@ use crate::sys;
 
 const OP: &str = "sample";
 
+/// The largest vocab the kernel takes (2^30: its int indices never overflow).
+pub const MAX_VOCAB: usize = 1 << 30;
+
 /// The logits a [`sample`] call reads: `rows` rows of `vocab` values, `row_stride` elements apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LogitsShape {
@@ -93,7 +96,7 @@ impl SampleState {
 }
 
 /// Validates a call on the host: parameters (temperature finite and >= 0, top_p in (0, 1]), the
-/// shape (vocab 1 ..= i32::MAX, rows <= i32::MAX, row_stride >= vocab) and the buffer lengths
+/// shape (vocab 1 ..= [`MAX_VOCAB`], rows <= i32::MAX, row_stride >= vocab) and the buffer lengths
 /// (`logits_len` holds every row, `ids_len == rows`, a history ring a non-zero multiple of rows).
 /// Returns the history ring's length in steps.
 pub fn check_args(
@@ -109,10 +112,10 @@ pub fn check_args(
         vocab,
         row_stride,
     } = shape;
-    if vocab == 0 || vocab > i32::MAX as usize {
+    if vocab == 0 || vocab > MAX_VOCAB {
         return Err(Error::invalid(
             OP,
-            format!("vocab = {vocab}: need 1 ..= {}", i32::MAX),
+            format!("vocab = {vocab}: need 1 ..= {MAX_VOCAB}"),
         ));
     }
     if rows > i32::MAX as usize {
@@ -291,6 +294,14 @@ mod tests {
             None,
         ));
         assert!(e.contains("rows ="), "{e}");
+        let e = err(check_args(
+            LogitsShape::dense(1, MAX_VOCAB + 1),
+            &p(0.6, 0.9),
+            MAX_VOCAB + 1,
+            1,
+            None,
+        ));
+        assert!(e.contains("vocab = 1073741825"), "{e}");
         // Zero rows: nothing to check but the parameters.
         assert!(check_args(LogitsShape::dense(0, 10), &p(0.6, 0.9), 0, 0, None).is_ok());
     }

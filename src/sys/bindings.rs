@@ -1468,7 +1468,7 @@ pub struct l4c_sample_params {
     /// [1] sticky error bits (L4C_SAMPLE_BAD_LOGIT).
     pub status: *mut u32,
     pub rows: i64,
-    /// 1 .. INT32_MAX.
+    /// 1 .. 2^30.
     pub vocab: i64,
     /// >= vocab.
     pub logits_row_stride: i64,
