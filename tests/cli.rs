@@ -318,3 +318,12 @@ fn user_errors_are_one_clear_line() {
     fails(&["generate", "--model", d], &["--prompt"]);
     assert!(!out.exists(), "a failed run wrote its output");
 }
+
+#[test]
+fn generate_help_says_how_device_sampling_draws() {
+    // --seed's help: the GPU path draws its own numbers (same distribution, different tokens).
+    let (out, _) = ok(&["generate", "--help"]);
+    let flat = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(flat.contains("drawn on the GPU"), "{out}");
+    assert!(flat.contains("different draws"), "{out}");
+}

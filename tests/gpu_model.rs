@@ -6,15 +6,19 @@
 use llama4_cuda::device::device_for_test;
 use llama4_cuda::kv_cache::KvDType;
 use llama4_cuda::model::cuda::decode::BatchDecoder;
+use llama4_cuda::model::cuda::generate::generate_on_device;
 use llama4_cuda::model::cuda::CudaBackend;
 use llama4_cuda::model::forward::Logits;
+use llama4_cuda::model::generate::{GenerateOptions, StopReason};
 use llama4_cuda::model::quantize::QuantizeSpec;
+use llama4_cuda::model::sampling::{argmax, SamplingParams};
 use llama4_cuda::model::synthetic::{quantize, random_weights};
 use llama4_cuda::model::synthetic_gpu::synthetic_model;
 use llama4_cuda::model::{Config, CpuBackend, Model, Weights};
 use llama4_cuda::ops::synthetic::{
     synthetic_bf16, synthetic_fill, synthetic_fp8, synthetic_u32, Synth,
 };
+use llama4_cuda::reference::sample::{consistent, uniform};
 use std::path::Path;
 
 /// Tolerance, as a fraction of the range of the CPU logits. The GPU rounds every weight and every
@@ -257,6 +261,157 @@ fn graph_replay_equals_eager_steps() {
         graph.replay().unwrap();
         assert_eq!(eager.logits().unwrap(), graph.logits().unwrap(), "step {s}");
     }
+}
+
+#[test]
+fn device_greedy_graph_replay_equals_eager_host_argmax() {
+    let Some(dev) = device_for_test("device_greedy_graph_replay_equals_eager_host_argmax") else {
+        return;
+    };
+    let c = gpu_config();
+    let w = quantize(random_weights(&c, 14), &QuantizeSpec::int4()).unwrap();
+    let gpu = Model::new(c.clone(), w, CudaBackend::new(dev)).unwrap();
+    let v = c.vocab_size;
+    const STEPS: usize = 12;
+    // Room for exactly STEPS decode tokens after the 58- and 61-token prompts.
+    let max_tokens = 61 + STEPS;
+    let make = || {
+        let mut d = BatchDecoder::new(&gpu, 2, max_tokens, KvDType::BF16, None).unwrap();
+        d.prefill(0, &tokens(58, 5), 32, false).unwrap();
+        d.prefill(1, &tokens(61, 6), 32, false).unwrap();
+        d
+    };
+    let first = vec![17u32, 400];
+    // Eager: download the logits every step, argmax on the host, upload the ids.
+    let mut eager = make();
+    let mut want = Vec::new();
+    let mut ids = first.clone();
+    for _ in 0..STEPS - 1 {
+        eager.set_ids(&ids).unwrap();
+        eager.step().unwrap();
+        let l = eager.logits().unwrap();
+        ids = (0..2).map(|b| argmax(&l[b * v..(b + 1) * v])).collect();
+        want.push(ids.clone());
+    }
+    // Graph: one eager sampling step, capture, then replays with no host copy at all.
+    let mut graph = make();
+    graph.sample_on_device(SamplingParams::greedy(), 4).unwrap();
+    graph.set_ids(&first).unwrap();
+    graph.step().unwrap();
+    graph.capture().unwrap();
+    for _ in 1..STEPS - 1 {
+        graph.replay().unwrap();
+    }
+    graph.check_sampling().unwrap();
+    assert_eq!(graph.sampled_steps(), (STEPS - 1) as u64);
+    // The ring holds the last 4 steps; the bit-identical kernels give identical logits, so identical ids.
+    assert_eq!(graph.sampled_ids().unwrap(), want[STEPS - 5..].to_vec());
+    assert_eq!(graph.next_ids().unwrap(), want[STEPS - 2]);
+    // One more step fills sequence 1's cache; the next replay is refused before it runs.
+    graph.replay().unwrap();
+    let e = graph.replay().unwrap_err();
+    assert!(matches!(e, llama4_cuda::Error::CacheFull { .. }), "{e}");
+    assert_eq!(graph.sampled_steps(), STEPS as u64);
+}
+
+#[test]
+fn device_top_p_replays_draw_fresh_consistent_tokens() {
+    let Some(dev) = device_for_test("device_top_p_replays_draw_fresh_consistent_tokens") else {
+        return;
+    };
+    let c = gpu_config();
+    let w = quantize(random_weights(&c, 15), &QuantizeSpec::fp8()).unwrap();
+    let gpu = Model::new(c.clone(), w, CudaBackend::new(dev)).unwrap();
+    let v = c.vocab_size;
+    let mut d = BatchDecoder::new(&gpu, 3, 96, KvDType::BF16, None).unwrap();
+    for b in 0..3 {
+        d.prefill(b, &tokens(20 + 7 * b, b as u32), 32, false)
+            .unwrap();
+    }
+    let p = SamplingParams {
+        temperature: 1.5,
+        top_p: 0.95,
+        seed: 0x5eed,
+    };
+    d.sample_on_device(p, 64).unwrap();
+    d.set_ids(&[1, 2, 3]).unwrap();
+    d.step().unwrap();
+    d.capture().unwrap();
+    // Each replay's logits (downloaded after it) and the ids it sampled: consistent with the reference
+    // at the u of (seed, step, sequence); 1e-5 as tests/gpu_sample.rs's TOL.
+    let mut all = Vec::new();
+    for step in 1..16u64 {
+        d.replay().unwrap();
+        let l = d.logits().unwrap();
+        let ids = d.next_ids().unwrap();
+        for b in 0..3 {
+            let u = uniform(p.seed, step, b as u64);
+            let row = &l[b * v..(b + 1) * v];
+            assert!(
+                consistent(row, p.temperature, p.top_p, u, ids[b], 1e-5),
+                "step {step} seq {b}"
+            );
+        }
+        all.push(ids);
+    }
+    d.check_sampling().unwrap();
+    assert_eq!(d.sampled_ids().unwrap()[1..], all[..]);
+    // Fresh draws: at temperature 1.5 over 512 tokens, 15 steps x 3 sequences are not all one token.
+    let distinct: std::collections::HashSet<u32> = all.iter().flatten().copied().collect();
+    assert!(distinct.len() > 3, "{distinct:?}");
+}
+
+#[test]
+fn generate_on_device_greedy_equals_an_eager_decoder_loop() {
+    let Some(dev) = device_for_test("generate_on_device_greedy_equals_an_eager_decoder_loop")
+    else {
+        return;
+    };
+    let c = gpu_config();
+    let w = quantize(random_weights(&c, 16), &QuantizeSpec::int4()).unwrap();
+    let gpu = Model::new(c.clone(), w, CudaBackend::new(dev)).unwrap();
+    let v = c.vocab_size;
+    let prompt = tokens(70, 9);
+    const NEW: usize = 10;
+    // The loop it must equal: eager steps, logits downloaded, argmax on the host (the same cache size
+    // as generate_on_device makes, so the same launch parameters and bit-identical logits).
+    let mut d = BatchDecoder::new(&gpu, 1, prompt.len() + NEW - 1, KvDType::BF16, None).unwrap();
+    let l = d.prefill(0, &prompt, 2048, true).unwrap().unwrap();
+    let mut want = vec![argmax(&l)];
+    while want.len() < NEW {
+        d.set_ids(&want[want.len() - 1..]).unwrap();
+        d.step().unwrap();
+        want.push(argmax(&d.logits().unwrap()[..v]));
+    }
+    let opts = |max_new_tokens, stop_tokens| GenerateOptions {
+        max_new_tokens,
+        sampling: SamplingParams::greedy(),
+        stop_tokens,
+    };
+    let mut seen = Vec::new();
+    let g = generate_on_device(&gpu, &prompt, &opts(NEW, vec![]), |t| seen.push(t)).unwrap();
+    assert_eq!(g.tokens, want);
+    assert_eq!(seen, want);
+    assert_eq!(g.stop, StopReason::MaxNewTokens);
+    // A stop token ends the run there (kept); one and zero new tokens need no decode step.
+    let g = generate_on_device(&gpu, &prompt, &opts(NEW, vec![want[4]]), |_| {}).unwrap();
+    let first = want.iter().position(|&t| t == want[4]).unwrap();
+    assert_eq!(g.tokens, want[..=first]);
+    assert_eq!(g.stop, StopReason::StopToken(want[4]));
+    let g = generate_on_device(&gpu, &prompt, &opts(1, vec![]), |_| {}).unwrap();
+    assert_eq!(g.tokens, want[..1]);
+    assert!(generate_on_device(&gpu, &prompt, &opts(0, vec![]), |_| {})
+        .unwrap()
+        .tokens
+        .is_empty());
+    // Top-p: the same seed repeats the same tokens.
+    let p = GenerateOptions {
+        sampling: SamplingParams::default(),
+        ..opts(NEW, vec![])
+    };
+    let a = generate_on_device(&gpu, &prompt, &p, |_| {}).unwrap();
+    let b = generate_on_device(&gpu, &prompt, &p, |_| {}).unwrap();
+    assert_eq!(a.tokens, b.tokens);
 }
 
 #[test]

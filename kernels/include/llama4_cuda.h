@@ -604,6 +604,55 @@ l4c_status l4c_attn_decode_workspace_size(int64_t batch, int64_t heads, int64_t 
 
 l4c_status l4c_attn_decode(const l4c_attn_decode_params *p, l4c_stream_t stream);
 
+/* ------------------------------------------------------------------------------------------------
+ * Sampling (kernels/sample.cu): logits -> next token ids on the device, CUDA-graph capturable.
+ * The specification is src/reference/sample.rs.
+ * ---------------------------------------------------------------------------------------------- */
+
+/** Bit of *status set when a row holds a NaN or +inf logit (that row's id is 0). */
+#define L4C_SAMPLE_BAD_LOGIT 1u
+
+/** ids[r] = the next token of row r of logits ([rows, vocab] with row stride, f32 / f16 / bf16).
+ *  temperature == 0: argmax, ties to the lowest index (an all -inf row gives 0).
+ *  temperature > 0: weights w = exp((l - max) / t) (all 1 when every logit is -inf), in f32, as masses
+ *  q = round(w * 2^(63 - bitlen(vocab))) (u64, exact integer sums; weights that round to 0 are never
+ *  kept). Q = sum q, target = Q when top_p == 1 else clamp(ceil(top_p * Q), 1, Q) (in double). w* = the
+ *  largest weight whose mass of weights >= w* reaches target; A = the mass of weights > w*; the kept set
+ *  is every token with w > w* plus the c lowest-index tokens with w == w*, c = min(ties, ceil((target -
+ *  A) / q(w*))) (the smallest most-likely prefix reaching top_p, ties to lower ids). K = its mass. With
+ *  x = mix(mix(mix(seed) ^ step) ^ r) (mix: splitmix64 of z + 0x9e3779b97f4a7c15) and u = (x >> 11) /
+ *  2^53, the id is the first kept token in index order whose inclusive prefix mass exceeds floor(u * K).
+ *  *step is read by every row, then incremented by 1 by a second launch of this call: a replayed graph
+ *  draws fresh numbers. When history is not null, history[(step % history_len) * rows + r] = ids[r] too.
+ *  A NaN or +inf logit: ids[r] = 0 and *status |= L4C_SAMPLE_BAD_LOGIT (never cleared by the kernel).
+ *  One thread block per row. */
+typedef struct l4c_sample_params {
+    const void *logits;
+    /** [rows] output. */
+    uint32_t *ids;
+    /** [history_len, rows] ring of every call's ids, or null. */
+    uint32_t *history;
+    /** [1] the step counter (read, then advanced by one). */
+    uint64_t *step;
+    /** [1] sticky error bits (L4C_SAMPLE_BAD_LOGIT). */
+    uint32_t *status;
+    int64_t rows;
+    /** 1 .. 2^30. */
+    int64_t vocab;
+    /** >= vocab. */
+    int64_t logits_row_stride;
+    /** >= 1 when history is not null. */
+    int64_t history_len;
+    /** finite, >= 0. */
+    float temperature;
+    /** (0, 1]. */
+    float top_p;
+    uint64_t seed;
+    l4c_dtype logits_dtype;
+} l4c_sample_params;
+
+l4c_status l4c_sample(const l4c_sample_params *p, l4c_stream_t stream);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

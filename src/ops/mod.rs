@@ -12,12 +12,14 @@ pub mod gemm;
 pub mod moe;
 pub mod moe_gate;
 pub mod norm_rope;
+pub mod sample;
 pub mod synthetic;
 
 pub use elementwise::{
     cast, embedding, embedding_host_ids, residual_add, silu_mul, silu_mul_fused,
 };
 pub use moe_gate::{moe_gate, MoeGateBuffers};
+pub use sample::{sample, LogitsShape, SampleState};
 
 use cudarc::driver::CudaStream;
 

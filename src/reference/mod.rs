@@ -7,3 +7,4 @@ pub mod gemm;
 pub mod moe;
 pub mod norm;
 pub mod rope;
+pub mod sample;

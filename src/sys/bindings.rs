@@ -12,6 +12,7 @@ pub const L4C_MOE_WEIGHT_FP8: u32 = 2;
 pub const L4C_MOE_EPILOGUE_STORE: u32 = 0;
 pub const L4C_MOE_EPILOGUE_SWIGLU: u32 = 1;
 pub const L4C_ATTN_PREFILL_KV_TILE: u32 = 64;
+pub const L4C_SAMPLE_BAD_LOGIT: u32 = 1;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct CUstream_st {
@@ -1439,4 +1440,93 @@ extern "C" {
         p: *const l4c_attn_decode_params,
         stream: l4c_stream_t,
     ) -> l4c_status;
+}
+/** ids[r] = the next token of row r of logits ([rows, vocab] with row stride, f32 / f16 / bf16).
+  temperature == 0: argmax, ties to the lowest index (an all -inf row gives 0).
+  temperature > 0: weights w = exp((l - max) / t) (all 1 when every logit is -inf), in f32, as masses
+  q = round(w * 2^(63 - bitlen(vocab))) (u64, exact integer sums; weights that round to 0 are never
+  kept). Q = sum q, target = Q when top_p == 1 else clamp(ceil(top_p * Q), 1, Q) (in double). w* = the
+  largest weight whose mass of weights >= w* reaches target; A = the mass of weights > w*; the kept set
+  is every token with w > w* plus the c lowest-index tokens with w == w*, c = min(ties, ceil((target -
+  A) / q(w*))) (the smallest most-likely prefix reaching top_p, ties to lower ids). K = its mass. With
+  x = mix(mix(mix(seed) ^ step) ^ r) (mix: splitmix64 of z + 0x9e3779b97f4a7c15) and u = (x >> 11) /
+  2^53, the id is the first kept token in index order whose inclusive prefix mass exceeds floor(u * K).
+  *step is read by every row, then incremented by 1 by a second launch of this call: a replayed graph
+  draws fresh numbers. When history is not null, history[(step % history_len) * rows + r] = ids[r] too.
+  A NaN or +inf logit: ids[r] = 0 and *status |= L4C_SAMPLE_BAD_LOGIT (never cleared by the kernel).
+  One thread block per row.*/
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct l4c_sample_params {
+    pub logits: *const ::std::os::raw::c_void,
+    /// [rows] output.
+    pub ids: *mut u32,
+    /// [history_len, rows] ring of every call's ids, or null.
+    pub history: *mut u32,
+    /// [1] the step counter (read, then advanced by one).
+    pub step: *mut u64,
+    /// [1] sticky error bits (L4C_SAMPLE_BAD_LOGIT).
+    pub status: *mut u32,
+    pub rows: i64,
+    /// 1 .. 2^30.
+    pub vocab: i64,
+    /// >= vocab.
+    pub logits_row_stride: i64,
+    /// >= 1 when history is not null.
+    pub history_len: i64,
+    /// finite, >= 0.
+    pub temperature: f32,
+    /// (0, 1].
+    pub top_p: f32,
+    pub seed: u64,
+    pub logits_dtype: l4c_dtype,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of l4c_sample_params"][::std::mem::size_of::<l4c_sample_params>() - 96usize];
+    [
+        "Alignment of l4c_sample_params",
+    ][::std::mem::align_of::<l4c_sample_params>() - 8usize];
+    [
+        "Offset of field: l4c_sample_params::logits",
+    ][::std::mem::offset_of!(l4c_sample_params, logits) - 0usize];
+    [
+        "Offset of field: l4c_sample_params::ids",
+    ][::std::mem::offset_of!(l4c_sample_params, ids) - 8usize];
+    [
+        "Offset of field: l4c_sample_params::history",
+    ][::std::mem::offset_of!(l4c_sample_params, history) - 16usize];
+    [
+        "Offset of field: l4c_sample_params::step",
+    ][::std::mem::offset_of!(l4c_sample_params, step) - 24usize];
+    [
+        "Offset of field: l4c_sample_params::status",
+    ][::std::mem::offset_of!(l4c_sample_params, status) - 32usize];
+    [
+        "Offset of field: l4c_sample_params::rows",
+    ][::std::mem::offset_of!(l4c_sample_params, rows) - 40usize];
+    [
+        "Offset of field: l4c_sample_params::vocab",
+    ][::std::mem::offset_of!(l4c_sample_params, vocab) - 48usize];
+    [
+        "Offset of field: l4c_sample_params::logits_row_stride",
+    ][::std::mem::offset_of!(l4c_sample_params, logits_row_stride) - 56usize];
+    [
+        "Offset of field: l4c_sample_params::history_len",
+    ][::std::mem::offset_of!(l4c_sample_params, history_len) - 64usize];
+    [
+        "Offset of field: l4c_sample_params::temperature",
+    ][::std::mem::offset_of!(l4c_sample_params, temperature) - 72usize];
+    [
+        "Offset of field: l4c_sample_params::top_p",
+    ][::std::mem::offset_of!(l4c_sample_params, top_p) - 76usize];
+    [
+        "Offset of field: l4c_sample_params::seed",
+    ][::std::mem::offset_of!(l4c_sample_params, seed) - 80usize];
+    [
+        "Offset of field: l4c_sample_params::logits_dtype",
+    ][::std::mem::offset_of!(l4c_sample_params, logits_dtype) - 88usize];
+};
+extern "C" {
+    pub fn l4c_sample(p: *const l4c_sample_params, stream: l4c_stream_t) -> l4c_status;
 }

@@ -106,6 +106,46 @@ int main(void) {
         EXPECT_STATUS(l4c_embedding(&p, NULL), L4C_ERR_UNSUPPORTED_DTYPE);
     }
 
+    {
+        l4c_sample_params p;
+        memset(&p, 0, sizeof p);
+        p.logits = FAKE;
+        p.ids = (uint32_t *)FAKE;
+        p.step = (uint64_t *)FAKE;
+        p.status = (uint32_t *)FAKE;
+        p.rows = 4;
+        p.vocab = 202048;
+        p.logits_row_stride = 202048;
+        p.temperature = 0.6f;
+        p.top_p = 0.9f;
+        p.logits_dtype = L4C_DTYPE_BF16;
+        EXPECT_STATUS(l4c_sample(NULL, NULL), L4C_ERR_INVALID_ARGUMENT);
+        p.temperature = -1.0f;
+        EXPECT_STATUS(l4c_sample(&p, NULL), L4C_ERR_INVALID_ARGUMENT);
+        p.temperature = 0.6f;
+        p.top_p = 0.0f;
+        EXPECT_STATUS(l4c_sample(&p, NULL), L4C_ERR_INVALID_ARGUMENT);
+        p.top_p = 1.5f;
+        EXPECT_STATUS(l4c_sample(&p, NULL), L4C_ERR_INVALID_ARGUMENT);
+        p.top_p = 0.9f;
+        p.logits_row_stride = 202047; /* < vocab */
+        EXPECT_STATUS(l4c_sample(&p, NULL), L4C_ERR_INVALID_ARGUMENT);
+        p.logits_row_stride = 202048;
+        p.vocab = 0;
+        EXPECT_STATUS(l4c_sample(&p, NULL), L4C_ERR_INVALID_ARGUMENT);
+        p.vocab = 202048;
+        p.step = NULL;
+        EXPECT_STATUS(l4c_sample(&p, NULL), L4C_ERR_INVALID_ARGUMENT);
+        p.step = (uint64_t *)FAKE;
+        p.history = (uint32_t *)FAKE; /* history_len 0 */
+        EXPECT_STATUS(l4c_sample(&p, NULL), L4C_ERR_INVALID_ARGUMENT);
+        p.history = NULL;
+        p.logits_dtype = L4C_DTYPE_F8E4M3;
+        EXPECT_STATUS(l4c_sample(&p, NULL), L4C_ERR_UNSUPPORTED_DTYPE);
+        p.rows = 0; /* nothing to do, nothing launched */
+        EXPECT_STATUS(l4c_sample(&p, NULL), L4C_OK);
+    }
+
     /* Nothing above reached CUDA: there is no CUDA error to report. */
     EXPECT(l4c_last_cuda_error(&name, &message) == 0);
     EXPECT(name[0] == '\0' && message[0] == '\0');

@@ -1,6 +1,7 @@
 //! `llama4 generate`: sample a continuation of a prompt (the embedded default model without --model).
 use llama4_cuda::model::checkpoint::{load_model, LoadOptions};
 use llama4_cuda::model::config::GenerationConfig;
+use llama4_cuda::model::cuda::generate::generate_on_device;
 use llama4_cuda::model::cuda::CudaBackend;
 use llama4_cuda::model::device_choice::DeviceKind;
 use llama4_cuda::model::generate::{generate, stop_tokens, GenerateOptions, Generation};
@@ -53,11 +54,14 @@ pub struct Args {
     /// Nucleus mass in (0, 1] [default: generation_config.json's, else 0.9].
     #[arg(long)]
     pub top_p: Option<f32>,
+    /// Sampling seed: the same seed repeats the same tokens on the same device kind. On cuda, tokens
+    /// after the first are drawn on the GPU (same distribution as the CPU sampler, different draws).
     #[arg(long, default_value_t = DEFAULT_SEED)]
     pub seed: u64,
     #[arg(long, value_enum)]
     pub quantize: Option<Quantize>,
-    /// Where to run; without it, cuda when a GPU and the kernels are present, else cpu.
+    /// Where to run; without it, cuda when a GPU and the kernels are present, else cpu. cuda decodes
+    /// with a replayed CUDA graph and samples on the GPU (see --seed).
     #[arg(long, value_enum)]
     pub device: Option<DeviceKind>,
 }
@@ -90,13 +94,19 @@ pub fn with_model<T>(
 ) -> Result<T> {
     match crate::device::select(device, || config_of(dir).ok())? {
         DeviceKind::Cpu => f(&load(dir, quantize, CpuBackend)?),
-        DeviceKind::Cuda => f(&load(dir, quantize, CudaBackend::first()?)?),
+        DeviceKind::Cuda => f(&GraphRun(load(dir, quantize, CudaBackend::first()?)?)),
     }
 }
 
 /// What the subcommands do with a loaded model, whatever its backend.
 pub trait Run {
-    fn generate(&self, prompt: &[u32], opts: &GenerateOptions) -> Result<Generation>;
+    /// Generates after `prompt`, calling `on_token` with each new token as soon as it is known.
+    fn generate(
+        &self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        on_token: &mut dyn FnMut(u32),
+    ) -> Result<Generation>;
     fn logits(&self, tokens: &[u32], prefill: Option<usize>) -> Result<Vec<f32>>;
     fn vocab(&self) -> usize;
     fn tokenizer(&self) -> Option<&Tokenizer>;
@@ -105,8 +115,13 @@ pub trait Run {
 }
 
 impl<B: Backend> Run for Loaded<B> {
-    fn generate(&self, prompt: &[u32], opts: &GenerateOptions) -> Result<Generation> {
-        generate(&self.model, prompt, opts, |_| {})
+    fn generate(
+        &self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        on_token: &mut dyn FnMut(u32),
+    ) -> Result<Generation> {
+        generate(&self.model, prompt, opts, on_token)
     }
     fn logits(&self, tokens: &[u32], prefill: Option<usize>) -> Result<Vec<f32>> {
         self.model.logits(tokens, prefill)
@@ -122,6 +137,36 @@ impl<B: Backend> Run for Loaded<B> {
     }
     fn backend_name(&self) -> String {
         self.model.backend().name()
+    }
+}
+
+/// A model on the GPU: generation runs through `BatchDecoder` (graph replay, device sampling); the
+/// rest as any backend.
+pub struct GraphRun(pub Loaded<CudaBackend>);
+
+impl Run for GraphRun {
+    fn generate(
+        &self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        on_token: &mut dyn FnMut(u32),
+    ) -> Result<Generation> {
+        generate_on_device(&self.0.model, prompt, opts, on_token)
+    }
+    fn logits(&self, tokens: &[u32], prefill: Option<usize>) -> Result<Vec<f32>> {
+        self.0.logits(tokens, prefill)
+    }
+    fn vocab(&self) -> usize {
+        self.0.vocab()
+    }
+    fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.0.tokenizer()
+    }
+    fn stop_tokens(&self) -> &[u32] {
+        self.0.stop_tokens()
+    }
+    fn backend_name(&self) -> String {
+        format!("{}, graph replay, device sampling", self.0.backend_name())
     }
 }
 
@@ -235,10 +280,27 @@ fn generate_with(args: &Args, loaded: &dyn Run) -> Result<()> {
         ),
         stop_tokens: loaded.stop_tokens().to_vec(),
     };
-    let g = loaded.generate(&prompt, &opts)?;
-    let ids: Vec<String> = g.tokens.iter().map(u32::to_string).collect();
     println!("prompt tokens: {}", prompt.len());
-    println!("generated tokens: {}", ids.join(","));
+    // Each token is printed as soon as it is known; the finished line reads as before.
+    let mut first = true;
+    let mut print = |id: u32| {
+        use std::io::Write;
+        let sep = if std::mem::take(&mut first) {
+            "generated tokens: "
+        } else {
+            ","
+        };
+        print!("{sep}{id}");
+        let _ = std::io::stdout().flush();
+    };
+    let g = loaded.generate(&prompt, &opts, &mut print);
+    if !first {
+        println!();
+    }
+    let g = g?;
+    if g.tokens.is_empty() {
+        println!("generated tokens: ");
+    }
     if let Some(tok) = loaded.tokenizer() {
         println!("text: {}", tok.decode(&g.tokens)?);
     }

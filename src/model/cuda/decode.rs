@@ -2,7 +2,8 @@
 //! and chunked prefill of one sequence of the batch.
 //!
 //! A step reads everything that changes from one step to the next from the device: the token ids
-//! (`[batch]`, written by the caller between steps), the RoPE positions (copied on the device from
+//! (`[batch]`, written by the caller between steps, or by the step's own device sampler when
+//! [`BatchDecoder::sample_on_device`] is on: then a replayed graph runs from ids to ids), the RoPE positions (copied on the device from
 //! layer 0's `seq_lens` before the step appends), and the KV lengths (`append_step` and
 //! `attn_decode` read and advance `seq_lens` on the device). Every buffer a step touches is allocated
 //! once, here, so the captured graph's pointers stay valid across replays.
@@ -18,10 +19,12 @@ use crate::kv_cache::KvDType;
 use crate::model::cache::{layout, retention, CacheOptions};
 use crate::model::forward::{LayerFfn, Model};
 use crate::model::gpu_plan::GpuPlan;
+use crate::model::sampling::SamplingParams;
 use crate::ops::attn_decode::attn_decode;
 use crate::ops::attn_prefill::attn_prefill;
 use crate::ops::moe::moe_block;
 use crate::ops::norm_rope::{positions_on_device, rms_norm, rope, rope_qk_norm};
+use crate::ops::sample::{sample, LogitsShape, SampleState};
 use crate::ops::{residual_add, silu_mul};
 
 /// Activations of one pass over `rows` tokens, each buffer exactly its size.
@@ -80,6 +83,17 @@ enum Attend {
     Prefill { b: usize, start: usize },
 }
 
+/// Next-token sampling at the end of every step ([`BatchDecoder::sample_on_device`]).
+struct DeviceSampling {
+    params: SamplingParams,
+    state: SampleState,
+    /// `[steps, batch]` ring of every sampled step's ids, indexed by the device step counter.
+    history: CudaSlice<u32>,
+    steps: usize,
+    /// Sampling steps enqueued (eager or replayed) since sampling was switched on: the device counter.
+    taken: u64,
+}
+
 /// A batch of sequences decoding together on one GPU.
 pub struct BatchDecoder<'m> {
     model: &'m Model<CudaBackend>,
@@ -95,6 +109,7 @@ pub struct BatchDecoder<'m> {
     /// decoder may grow (reallocate) it.
     scratch: Scratch,
     graph: Option<CudaGraph>,
+    sampling: Option<DeviceSampling>,
 }
 
 impl<'m> BatchDecoder<'m> {
@@ -156,6 +171,7 @@ impl<'m> BatchDecoder<'m> {
             kv,
             scratch: Scratch::default(),
             graph: None,
+            sampling: None,
         })
     }
 
@@ -262,8 +278,91 @@ impl<'m> BatchDecoder<'m> {
             .op("set_ids")
     }
 
-    /// Enqueues one decode step of every sequence (eagerly, no host synchronisation).
+    /// Ends every step by sampling each sequence's next token on the device into the step's input ids
+    /// (so the next step, eager or replayed, reads them with no host copy) and into a ring of the last
+    /// `history_steps` steps' ids ([`Self::sampled_ids`]). Temperature 0 is greedy (argmax, ties to the
+    /// lowest id); otherwise top-p as the host sampler, with draws from (seed, step, sequence), the step
+    /// counted from 0 here: the same distribution as `model::sampling::Sampler`, not the same draws
+    /// (see `reference::sample`). Call before [`Self::capture`] (the graph records the sampler).
+    pub fn sample_on_device(&mut self, params: SamplingParams, history_steps: usize) -> Result<()> {
+        const OP: &str = "BatchDecoder::sample_on_device";
+        crate::reference::sample::check_params(params.temperature, params.top_p)?;
+        if history_steps == 0 {
+            return Err(Error::invalid(OP, "history_steps must be at least 1"));
+        }
+        if self.graph.is_some() {
+            return Err(Error::invalid(
+                OP,
+                "a graph is already captured without sampling: switch sampling on before capture()",
+            ));
+        }
+        let st = self.model.backend().stream();
+        self.sampling = Some(DeviceSampling {
+            params,
+            state: SampleState::new(st, 0)?,
+            history: st.alloc_zeros::<u32>(history_steps * self.batch).op(OP)?,
+            steps: history_steps,
+            taken: 0,
+        });
+        Ok(())
+    }
+
+    /// Sampling steps run (eager or replayed) since [`Self::sample_on_device`].
+    pub fn sampled_steps(&self) -> u64 {
+        self.sampling.as_ref().map_or(0, |s| s.taken)
+    }
+
+    /// The ids sampled by the last `min(sampled_steps, history_steps)` steps, oldest first, each
+    /// `[batch]` (one download; synchronises). Fails unless sampling is on.
+    pub fn sampled_ids(&self) -> Result<Vec<Vec<u32>>> {
+        let s = self.sampling.as_ref().ok_or_else(|| {
+            Error::invalid("BatchDecoder::sampled_ids", "sampling on the device is off")
+        })?;
+        let ring = self
+            .model
+            .backend()
+            .stream()
+            .clone_dtoh(&s.history)
+            .op("BatchDecoder::sampled_ids")?;
+        let n = s.taken.min(s.steps as u64);
+        Ok((s.taken - n..s.taken)
+            .map(|step| {
+                let at = (step % s.steps as u64) as usize * self.batch;
+                ring[at..at + self.batch].to_vec()
+            })
+            .collect())
+    }
+
+    /// The next step's input ids (`[batch]`; after a sampling step, the sampled ids). Synchronises.
+    pub fn next_ids(&self) -> Result<Vec<u32>> {
+        self.model
+            .backend()
+            .stream()
+            .clone_dtoh(&self.ids)
+            .op("BatchDecoder::next_ids")
+    }
+
+    /// Fails when a sampling step since the last check met a NaN or +inf logit (that sequence's id was
+    /// set to 0), and clears the flag. Synchronises. Ok when sampling is off.
+    pub fn check_sampling(&mut self) -> Result<()> {
+        let st = self.model.backend().stream();
+        match &mut self.sampling {
+            Some(s) => s.state.check(st),
+            None => Ok(()),
+        }
+    }
+
+    /// Enqueues one decode step of every sequence (eagerly, no host synchronisation), ending with the
+    /// device sampler when it is on.
     pub fn step(&mut self) -> Result<()> {
+        self.enqueue_step()?;
+        if let Some(s) = &mut self.sampling {
+            s.taken += 1;
+        }
+        Ok(())
+    }
+
+    fn enqueue_step(&mut self) -> Result<()> {
         let (m, c) = (self.model, self.model.config());
         let st = m.backend().stream();
         crate::ops::embedding(
@@ -315,6 +414,17 @@ impl<'m> BatchDecoder<'m> {
             &mut self.logits,
             &mut self.scratch.gemm,
         )?;
+        if let Some(s) = &mut self.sampling {
+            sample(
+                st,
+                &self.logits,
+                LogitsShape::dense(self.batch, c.vocab_size),
+                &s.params,
+                &mut s.state,
+                &mut self.ids,
+                Some(&mut s.history),
+            )?;
+        }
         Ok(())
     }
 
@@ -331,7 +441,7 @@ impl<'m> BatchDecoder<'m> {
         let r = st
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .op("BatchDecoder::capture");
-        let stepped = r.and_then(|()| self.step());
+        let stepped = r.and_then(|()| self.enqueue_step());
         let graph = st
             .end_capture(CUgraphInstantiate_flags(0))
             .op("BatchDecoder::capture");
@@ -351,7 +461,9 @@ impl<'m> BatchDecoder<'m> {
     }
 
     /// Replays the captured step ([`Self::capture`] first). Fails with [`Error::CacheFull`], running
-    /// nothing, when a sequence has no room for one more token.
+    /// nothing, when a sequence has no room for one more token. With device sampling the step reads the
+    /// ids the previous step sampled and writes the next ones: N replays decode N tokens with no host
+    /// copy at all.
     pub fn replay(&mut self) -> Result<()> {
         let graph = self
             .graph
@@ -363,7 +475,11 @@ impl<'m> BatchDecoder<'m> {
         for kv in &mut self.kv {
             kv.note_replayed_steps(1)?;
         }
-        graph.launch().op("BatchDecoder::replay")
+        graph.launch().op("BatchDecoder::replay")?;
+        if let Some(s) = &mut self.sampling {
+            s.taken += 1;
+        }
+        Ok(())
     }
 
     /// The last step's logits, `[batch, vocab]` (synchronises).

@@ -7,6 +7,7 @@
 //! (the logits) synchronises. Numerics differ from the CPU path by bf16 rounding of activations and
 //! weights (the CPU keeps f32): see tests/gpu_model.rs for the tolerances.
 pub mod decode;
+pub mod generate;
 
 use std::cell::RefCell;
 use std::sync::Arc;

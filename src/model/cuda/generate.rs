@@ -1,0 +1,86 @@
+//! Generation on the GPU through [`BatchDecoder`] (batch 1): one chunked prefill, the first new token
+//! sampled on the host from the prefill's logits (the same draw as [`crate::model::generate`]), then
+//! every later token from a replayed CUDA graph that runs from ids to ids with the device sampler
+//! ([`BatchDecoder::sample_on_device`]); one id is downloaded per step to report it and check for a
+//! stop token. The device draws follow the host sampler's distribution, not its stream: the same seed
+//! repeats the same tokens on the GPU, but not the CPU path's tokens.
+use std::time::Instant;
+
+use super::decode::BatchDecoder;
+use super::CudaBackend;
+use crate::error::{Error, Result};
+use crate::kv_cache::KvDType;
+use crate::model::forward::Model;
+use crate::model::generate::{GenerateOptions, Generation, StopReason};
+use crate::model::sampling::Sampler;
+
+/// Prompt tokens per prefill piece (pieces never cross an attention chunk either).
+const PREFILL_PIECE: usize = 2048;
+
+/// [`crate::model::generate::generate`] on the GPU with device sampling; the same checks, options and
+/// result. `on_token` sees each new token as soon as it is known.
+pub fn generate_on_device(
+    model: &Model<CudaBackend>,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    mut on_token: impl FnMut(u32),
+) -> Result<Generation> {
+    if prompt.is_empty() {
+        return Err(Error::invalid("generate", "the prompt has no tokens"));
+    }
+    model.check_tokens(prompt)?;
+    let limit = model.config().max_position_embeddings;
+    for needed in [prompt.len(), prompt.len() + opts.max_new_tokens] {
+        if needed > limit {
+            return Err(Error::ContextTooLong { needed, limit });
+        }
+    }
+    let mut sampler = Sampler::new(opts.sampling)?;
+    let mut out = Generation {
+        prompt_tokens: prompt.len(),
+        tokens: Vec::with_capacity(opts.max_new_tokens),
+        stop: StopReason::MaxNewTokens,
+        prefill_secs: 0.0,
+        decode_secs: 0.0,
+    };
+    if opts.max_new_tokens == 0 {
+        return Ok(out);
+    }
+    // The last new token is never fed back: the cache needs one position less than prompt + new.
+    let max_tokens = prompt.len() + opts.max_new_tokens - 1;
+    let mut d = BatchDecoder::new(model, 1, max_tokens, KvDType::BF16, None)?;
+    let t0 = Instant::now();
+    let logits = d
+        .prefill(0, prompt, PREFILL_PIECE, true)?
+        .ok_or_else(|| Error::invalid("generate", "the prefill returned no logits"))?;
+    let mut next = sampler.sample(&logits)?;
+    out.prefill_secs = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let mut stepped = false;
+    loop {
+        out.tokens.push(next);
+        on_token(next);
+        if opts.stop_tokens.contains(&next) {
+            out.stop = StopReason::StopToken(next);
+            break;
+        }
+        if out.tokens.len() == opts.max_new_tokens {
+            break;
+        }
+        if stepped {
+            d.replay()?;
+        } else {
+            // One eager step (scratch reaches its size, the sampler writes the next ids), then the
+            // capture that every later step replays.
+            d.sample_on_device(opts.sampling, 1)?;
+            d.set_ids(&[next])?;
+            d.step()?;
+            d.capture()?;
+            stepped = true;
+        }
+        d.check_sampling()?;
+        next = d.next_ids()?[0];
+    }
+    out.decode_secs = t1.elapsed().as_secs_f64();
+    Ok(out)
+}
