@@ -9,9 +9,9 @@
 //!
 //! Routing: the GPU computes the router logits in bf16 (as the Hugging Face model does), the
 //! reference in f32, so a token whose top-k is a near tie may route differently. The test reads the
-//! GPU's routing back, compares it with the reference's, excludes such tokens from the value check
-//! and requires them to be rare (<= 1% + 1). The forced routings use a router whose allowed experts
-//! lead by ~8, so there every token must match.
+//! GPU's routing back, requires it to be the top-k of the bf16-rounded reference logits (all but
+//! tokens / 1000 + 1 tokens) and excludes tokens whose f32 routing differs from the value check. The
+//! forced routings use a router whose allowed experts lead by ~8, so there every token must match.
 
 mod common;
 
@@ -172,27 +172,42 @@ fn case(
         "{what}: outputs not written (NaN)"
     );
 
-    // Routing agreement.
+    // Routing agreement. Rounding the logits to bf16 is monotonic, so it never swaps two experts but
+    // it turns near ties into exact ties (won by the lower index): with random routers that changes
+    // the top-k of ~0.5% (E = 16) to ~2.3% (E = 128, k = 2) of the tokens against the f32 reference,
+    // too many for a fixed rate. So the GPU's routing must equal the exact top-k of the bf16-rounded
+    // reference logits (only an f32 summation-order difference at a bf16 rounding boundary may
+    // change one: tokens / 1000 + 1), and tokens whose f32 routing differs are left out of the value
+    // check below.
     let logits = gemm(&x, tokens, &Weight::Dense(router.clone())).expect("logits");
     let want_route = top_k_gating(&logits, tokens, experts, top_k).expect("gating");
+    let bf16_route =
+        top_k_gating(&round_bf16(&logits), tokens, experts, top_k).expect("gating (bf16)");
     let gpu_ids = stream
         .clone_dtoh(&scratch.routing().expect("routing").topk_ids)
         .expect("ids");
+    let ids_of = |ids: &[u32], t: usize| ids[t * top_k..(t + 1) * top_k].to_vec();
     let differs: Vec<bool> = (0..tokens)
-        .map(|t| {
-            gpu_ids[t * top_k..(t + 1) * top_k] != want_route.topk_ids[t * top_k..(t + 1) * top_k]
-        })
+        .map(|t| ids_of(&gpu_ids, t) != ids_of(&want_route.topk_ids, t))
         .collect();
-    let n_diff = differs.iter().filter(|&&d| d).count();
+    let n_wrong = (0..tokens)
+        .filter(|&t| ids_of(&gpu_ids, t) != ids_of(&bf16_route.topk_ids, t))
+        .count();
     let limit = if allowed.is_some() {
         0
     } else {
-        tokens / 100 + 1
+        tokens / 1000 + 1
     };
     assert!(
-        n_diff <= limit,
-        "{what}: {n_diff} tokens routed differently"
+        n_wrong <= limit,
+        "{what}: {n_wrong} tokens routed unlike the top-k of the bf16 logits"
     );
+    if allowed.is_some() {
+        assert!(
+            !differs.iter().any(|&d| d),
+            "{what}: forced routing differs"
+        );
+    }
     if let Some(a) = allowed {
         assert!(
             gpu_ids[..tokens * top_k]
