@@ -7,7 +7,7 @@
 mod common;
 
 use common::gpu::poisoned;
-use common::{rel_err, Rng};
+use common::{rel_err, vary_rows, Rng};
 use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
 use llama4_cuda::device::{device_for_test, Device};
@@ -116,8 +116,13 @@ impl<'a> Case<'a> {
         with_residual: bool,
     ) -> Self {
         let (mut rng, seed) = Rng::fresh();
-        let w = rng.vec(n * k, 0.05);
-        let (xbits, xvals) = to_act(&rng.vec(m * k, 1.0), act);
+        // Rows of different magnitude: a per-channel, per-token or group scale taken from the wrong
+        // row must show (uniform random rows would share one amax).
+        let mut w = rng.vec(n * k, 0.05);
+        vary_rows(&mut w, k);
+        let mut x = rng.vec(m * k, 1.0);
+        vary_rows(&mut x, k);
+        let (xbits, xvals) = to_act(&x, act);
         let res = with_residual.then(|| to_act(&rng.vec(m * n, 1.0), Act16::BF16));
         let gr = res
             .as_ref()

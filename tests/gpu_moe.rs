@@ -18,7 +18,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::Rng;
+use common::{vary_rows, Rng};
 use cudarc::driver::{CudaSlice, CudaStream};
 use half::bf16;
 use llama4_cuda::error::Error;
@@ -64,7 +64,9 @@ fn round_bf16(v: &[f32]) -> Vec<f32> {
 
 /// A random `[n, k]` weight in `fmt`, holding exactly the values the kernels compute with.
 fn weight(rng: &mut Rng, n: usize, k: usize, fmt: Fmt) -> Weight {
-    let w = rng.vec(n * k, 2.0 / (k as f32).sqrt());
+    let mut w = rng.vec(n * k, 2.0 / (k as f32).sqrt());
+    vary_rows(&mut w, k); // a per-channel / group scale of the wrong row must show
+
     match fmt {
         Fmt::Bf16 => Weight::Dense(DenseWeight {
             n,
