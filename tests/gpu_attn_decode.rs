@@ -108,7 +108,8 @@ fn twin_with_lengths(dev: &Device, dtype: KvDType, budget: usize, rng: &mut Rng)
         budget,
     );
     for (b, &n) in LENGTHS.iter().enumerate() {
-        t.append(dev, rng, b, n, 1.0);
+        // Magnitudes (so fp8 scales) that differ by page and head: a wrong scale must fail.
+        t.append_varied(dev, rng, b, n);
     }
     t
 }

@@ -114,6 +114,13 @@ fn cache_full_writes_nothing() {
         // Too-short inputs are shape errors.
         let e = t.gpu.append(dev.stream(), 0, &ones, &ones, 7).unwrap_err();
         assert!(matches!(e, Error::Shape { .. }), "{e}");
+        // A view not 16-byte aligned is named on the host (the launcher copies 16-byte pieces).
+        let (k1, v1) = (ones.slice(1..), ones.slice(1..));
+        let e = t.gpu.append_from(dev.stream(), 0, &k1, &v1, 1).unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("aligned"),
+            "{e}"
+        );
         assert!(t.gpu.append(dev.stream(), 2, &ones, &ones, 1).is_err());
         t.gpu.sync_lens(dev.stream()).unwrap();
         assert_eq!((t.gpu.len(0), t.gpu.len(1)), (45, 50));

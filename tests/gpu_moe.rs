@@ -9,15 +9,16 @@
 //!
 //! Routing: the GPU computes the router logits in bf16 (as the Hugging Face model does), the
 //! reference in f32, so a token whose top-k is a near tie may route differently. The test reads the
-//! GPU's routing back, compares it with the reference's, excludes such tokens from the value check
-//! and requires them to be rare (<= 1% + 1). The forced routings use a router whose allowed experts
-//! lead by ~8, so there every token must match.
+//! GPU's routing back, requires it to be the top-k of the bf16-rounded reference logits (all but
+//! tokens / 500 + 2 tokens) and excludes tokens whose f32 routing differs from the value check. The
+//! forced routings use a router whose allowed experts lead the others by ~8: every chosen expert
+//! must be an allowed one.
 
 mod common;
 
 use std::sync::Arc;
 
-use common::Rng;
+use common::{vary_rows, Rng};
 use cudarc::driver::{CudaSlice, CudaStream};
 use half::bf16;
 use llama4_cuda::error::Error;
@@ -63,7 +64,9 @@ fn round_bf16(v: &[f32]) -> Vec<f32> {
 
 /// A random `[n, k]` weight in `fmt`, holding exactly the values the kernels compute with.
 fn weight(rng: &mut Rng, n: usize, k: usize, fmt: Fmt) -> Weight {
-    let w = rng.vec(n * k, 2.0 / (k as f32).sqrt());
+    let mut w = rng.vec(n * k, 2.0 / (k as f32).sqrt());
+    vary_rows(&mut w, k); // a per-channel / group scale of the wrong row must show
+
     match fmt {
         Fmt::Bf16 => Weight::Dense(DenseWeight {
             n,
@@ -120,7 +123,9 @@ fn case(
         }
         for e in 0..experts {
             for j in 0..hidden {
-                router[e * hidden + j] *= 0.05;
+                // Rounded again: the GPU's router is bf16, and the routing check below needs the
+                // reference's logits to be the GPU's before their bf16 rounding.
+                router[e * hidden + j] = bf16::from_f32(router[e * hidden + j] * 0.05).to_f32();
             }
             router[e * hidden] = if a.contains(&e) { 4.0 } else { -4.0 };
         }
@@ -172,26 +177,32 @@ fn case(
         "{what}: outputs not written (NaN)"
     );
 
-    // Routing agreement.
+    // Routing agreement. Rounding the logits to bf16 is monotonic, so it never swaps two experts but
+    // it turns near ties into exact ties (won by the lower index): with random routers that changes
+    // the top-k of ~0.5% (E = 16) to ~2.3% (E = 128, k = 2) of the tokens against the f32 reference,
+    // too many for a fixed rate, and in the forced routings (allowed experts all near +4, where a bf16
+    // step is 2^-6) far more. So the GPU's routing must equal the exact top-k of the bf16-rounded
+    // reference logits; only an f32 summation-order difference at a bf16 rounding boundary may change
+    // one (rare: ~2 expected in the 5000-token forced case), hence tokens / 500 + 2. Tokens whose f32
+    // routing differs are left out of the value check below.
     let logits = gemm(&x, tokens, &Weight::Dense(router.clone())).expect("logits");
     let want_route = top_k_gating(&logits, tokens, experts, top_k).expect("gating");
+    let bf16_route =
+        top_k_gating(&round_bf16(&logits), tokens, experts, top_k).expect("gating (bf16)");
     let gpu_ids = stream
         .clone_dtoh(&scratch.routing().expect("routing").topk_ids)
         .expect("ids");
+    let ids_of = |ids: &[u32], t: usize| ids[t * top_k..(t + 1) * top_k].to_vec();
     let differs: Vec<bool> = (0..tokens)
-        .map(|t| {
-            gpu_ids[t * top_k..(t + 1) * top_k] != want_route.topk_ids[t * top_k..(t + 1) * top_k]
-        })
+        .map(|t| ids_of(&gpu_ids, t) != ids_of(&want_route.topk_ids, t))
         .collect();
-    let n_diff = differs.iter().filter(|&&d| d).count();
-    let limit = if allowed.is_some() {
-        0
-    } else {
-        tokens / 100 + 1
-    };
+    let n_wrong = (0..tokens)
+        .filter(|&t| ids_of(&gpu_ids, t) != ids_of(&bf16_route.topk_ids, t))
+        .count();
+    let limit = tokens / 500 + 2;
     assert!(
-        n_diff <= limit,
-        "{what}: {n_diff} tokens routed differently"
+        n_wrong <= limit,
+        "{what}: {n_wrong} tokens routed unlike the top-k of the bf16 logits"
     );
     if let Some(a) = allowed {
         assert!(

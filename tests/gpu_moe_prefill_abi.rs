@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{rel_err, Rng};
+use common::{rel_err, vary_rows, Rng};
 
 /// The GPU's only roundings against the f32 reference are the bf16 store of each output (2^-9
 /// relative to that element, so <= 2^-9 of max|ref|) and the f32 summation order (~1e-6); the fp8
@@ -47,18 +47,14 @@ mod forced {
     use llama4_cuda::reference::moe::{grouped_gemm_sorted, grouped_gemm_swiglu, Routing};
     use llama4_cuda::sys;
 
-    use super::{rel_err, Rng, TOL};
+    use super::{rel_err, vary_rows, Rng, TOL};
 
     const PAD: usize = 128;
 
     fn fp8(rng: &mut Rng, n: usize, k: usize) -> Fp8Weight {
-        Fp8Weight::quantize(
-            &rng.vec(n * k, 1.0 / (k as f32).sqrt()),
-            n,
-            k,
-            Fp8Scaling::PerChannel,
-        )
-        .expect("fp8 quantize")
+        let mut w = rng.vec(n * k, 1.0 / (k as f32).sqrt());
+        vary_rows(&mut w, k); // per-channel scales that differ: the wrong row's scale must show
+        Fp8Weight::quantize(&w, n, k, Fp8Scaling::PerChannel).expect("fp8 quantize")
     }
 
     /// Device copies of `ws` and the ABI's pointer tables over them (the copies must outlive the

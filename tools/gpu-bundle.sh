@@ -59,11 +59,17 @@ if [ "\$what" = tests ] || [ "\$what" = all ]; then
     for t in .gpu/bin/test-llama4_cuda .gpu/bin/test-gpu_*; do step tests.txt "\$t" --test-threads=1; done
 fi
 if [ "\$what" = sanitizer ] || [ "\$what" = all ]; then
+    # gpu_plan never initialises CUDA (the sanitizer fails such a binary); gpu_kv_cache's OutOfMemory
+    # test fails an allocation on purpose, which the default --report-api-errors counts as an error (a real
+    # API failure still fails its test). L4C_SANITIZER=1: gpu_attn_prefill runs its short cases only.
+    export L4C_SANITIZER=1
     for t in .gpu/bin/test-gpu_*; do
-        case "\$t" in *ten_million*|*gpu_model*) continue ;; esac
-        step sanitizer.txt compute-sanitizer --tool memcheck --error-exitcode 1 "\$t" --test-threads=1
-        step sanitizer.txt compute-sanitizer --tool racecheck --error-exitcode 1 "\$t" --test-threads=1
+        case "\$t" in *ten_million*|*gpu_model*|*gpu_plan*) continue ;; esac
+        for tool in memcheck racecheck; do
+            step sanitizer.txt compute-sanitizer --tool \$tool --report-api-errors no --error-exitcode 1 "\$t" --test-threads=1
+        done
     done
+    unset L4C_SANITIZER
 fi
 if [ "\$what" = benches ] || [ "\$what" = all ]; then
     for b in .gpu/bin/bench-*; do step benches.txt "\$b" --bench --warm-up-time 1 --measurement-time 3; done

@@ -6,6 +6,7 @@ directory (tools/) first on sys.path, so `import peers_common` finds this file."
 import statistics
 
 import torch
+import torch.nn.functional as F
 
 
 def cuda_or_skip():
@@ -62,3 +63,21 @@ def copy_bandwidth(reps=10, runs=1):
     dst = torch.empty_like(src)
     ms = batch_ms(lambda: dst.copy_(src), reps=reps, runs=runs)
     return 2 * n / (ms / 1e3) / 1e9
+
+
+_GQA = None  # whether this torch's scaled_dot_product_attention takes enable_gqa (2.5+)
+
+
+def sdpa_gqa(q, k, v, **kw):
+    """scaled_dot_product_attention with fewer K/V heads than query heads: enable_gqa where torch has
+    it, else K/V repeated to the query heads (older torch; more memory)."""
+    global _GQA
+    if _GQA is not False:
+        try:
+            out = F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kw)
+            _GQA = True
+            return out
+        except TypeError:  # unknown keyword: torch < 2.5
+            _GQA = False
+    g = q.shape[1] // k.shape[1]
+    return F.scaled_dot_product_attention(q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1), **kw)

@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from peers_common import batch_ms, copy_bandwidth, cuda_or_skip
+from peers_common import batch_ms, copy_bandwidth, cuda_or_skip, sdpa_gqa
 
 H, HEADS, KV, D, INTER, E, VOCAB, GROUP = 5120, 40, 8, 128, 8192, 16, 202048, 128
 
@@ -71,7 +71,7 @@ def step_fn(layers, n_layers, lm_head, batch, context):
             h = rms(x)
             q = L["q"](h).view(batch, HEADS, 1, D)
             L["k"](h), L["v"](h)  # the new token's K/V (the append itself is not timed)
-            a = torch.nn.functional.scaled_dot_product_attention(q, kc, vc, enable_gqa=True)
+            a = sdpa_gqa(q, kc, vc)
             x = x + L["o"](a.reshape(batch, HEADS * D))
             h = rms(x)
             L["router"](h)

@@ -219,6 +219,16 @@ impl GpuKvLayer {
                 ));
             }
         }
+        // l4c_kv_append copies 16-byte pieces: a view must start 16-byte aligned (the launcher would
+        // only say "invalid argument").
+        for (name, x) in [("k", k.device_ptr(stream).0), ("v", v.device_ptr(stream).0)] {
+            if x % 16 != 0 {
+                return Err(Error::invalid(
+                    OPA,
+                    format!("{name} starts at {x:#x}, not 16-byte aligned: a view must start a multiple of 8 elements into its buffer"),
+                ));
+            }
+        }
         let start = self.lens[b];
         let end = self.check_room(start, tokens)?;
         plan::check_ring(&self.plan, &self.layout, self.retention, start, end)?;

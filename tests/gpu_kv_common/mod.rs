@@ -62,6 +62,27 @@ impl Twin {
         self.append_rows(dev, b, &k, &v);
     }
 
+    /// [`Twin::append`] with magnitudes that differ by (page, KV head): element of head h at
+    /// position pos is scaled by 1, 1/4, 3, 1/2 or 2 ((h + pos / chunk_tokens) mod 5), so the fp8
+    /// scales differ between heads and pages and a kernel reading the wrong one fails.
+    pub fn append_varied(&mut self, dev: &Device, rng: &mut Rng, b: usize, n: usize) {
+        const F: [f32; 5] = [1.0, 0.25, 3.0, 0.5, 2.0];
+        let (row, d, page) = (self.row(), self.layout.head_dim, self.layout.chunk_tokens);
+        let start = self.gpu.len(b);
+        let mut k = to_f32(&bf16_vec(rng, n * row, 1.0));
+        let mut v = to_f32(&bf16_vec(rng, n * row, 1.0));
+        for x in [&mut k, &mut v] {
+            for (i, r) in x.chunks_mut(row).enumerate() {
+                for (h, head) in r.chunks_mut(d).enumerate() {
+                    head.iter_mut()
+                        .for_each(|e| *e *= F[(h + (start + i) / page) % 5]);
+                }
+            }
+        }
+        let to_bf16 = |x: &[f32]| x.iter().map(|&e| bf16::from_f32(e)).collect::<Vec<_>>();
+        self.append_rows(dev, b, &to_bf16(&k), &to_bf16(&v));
+    }
+
     /// Appends the given `[n, kv_heads * head_dim]` rows to sequence `b` of both.
     pub fn append_rows(&mut self, dev: &Device, b: usize, k: &[bf16], v: &[bf16]) {
         let n = k.len() / self.row();

@@ -141,33 +141,50 @@ impl GemmPlan {
         } else {
             GemmPath::PrefillMma
         };
-        Ok(GemmPlan {
+        let plan = GemmPlan {
             kind,
             m,
             n,
             k,
             cc: dev.cc,
             path,
-        })
+        };
+        // CUDA caps grid.y and grid.z at 65535 and the kernels do not loop over rows beyond the
+        // grid: decode puts 8 * token_tiles tokens per grid.z, prefill 128 tokens per grid.y (the C
+        // launchers of the int4 / fp8 GEMMs would otherwise fail the launch with a generic error).
+        let (_, gy, gz) = plan.grid_wide();
+        if gy > 65535 || gz > 65535 {
+            return Err(Error::invalid(
+                OP,
+                format!("m = {m} rows need a grid of {gy} x {gz} blocks in y x z; CUDA allows 65535: split the call"),
+            ));
+        }
+        Ok(plan)
     }
 
-    /// The main kernel's grid (x, y, z).
-    pub fn grid(&self) -> (u32, u32, u32) {
+    /// [`Self::grid`] without the u32 casts (for the limit check).
+    fn grid_wide(&self) -> (usize, usize, usize) {
         match self.path {
             GemmPath::Decode {
                 token_tiles,
                 split_k,
             } => (
-                self.n.div_ceil(16).div_ceil(DECODE_WARPS) as u32,
-                split_k,
-                self.m.max(1).div_ceil(8 * token_tiles as usize) as u32,
+                self.n.div_ceil(16).div_ceil(DECODE_WARPS),
+                split_k as usize,
+                self.m.max(1).div_ceil(8 * token_tiles as usize),
             ),
             GemmPath::PrefillMma | GemmPath::PrefillWgmma => (
-                self.n.div_ceil(PREFILL_TILE.0) as u32,
-                self.m.div_ceil(PREFILL_TILE.1) as u32,
+                self.n.div_ceil(PREFILL_TILE.0),
+                self.m.div_ceil(PREFILL_TILE.1),
                 1,
             ),
         }
+    }
+
+    /// The main kernel's grid (x, y, z).
+    pub fn grid(&self) -> (u32, u32, u32) {
+        let (x, y, z) = self.grid_wide();
+        (x as u32, y as u32, z as u32)
     }
 
     /// f32 elements of split-K workspace the launch needs (0 without split-K).
@@ -377,5 +394,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.path, GemmPath::PrefillMma);
+    }
+
+    #[test]
+    fn grid_limits_are_typed_errors() {
+        // Prefill: 128 tokens per grid.y, at most 65535 of them.
+        let ok = 65535 * 128;
+        assert!(GemmPlan::new(GemmKind::Bf16, ok, 64, 64, DeviceInfo::H100).is_ok());
+        let e = GemmPlan::new(GemmKind::Bf16, ok + 1, 64, 64, DeviceInfo::H100).unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("65535"),
+            "{e}"
+        );
+        // Decode at any m (fp8 W8A16, int4 with k % 8 != 0): 32 tokens per grid.z.
+        assert!(GemmPlan::new(GemmKind::Fp8W8A16, 65535 * 32, 64, 64, DeviceInfo::A100).is_ok());
+        assert!(matches!(
+            GemmPlan::new(GemmKind::Fp8W8A16, 65535 * 32 + 1, 64, 64, DeviceInfo::A100),
+            Err(Error::InvalidArgument { .. })
+        ));
+        assert!(matches!(
+            GemmPlan::new(BF16_G128, 65535 * 32 + 1, 64, 100, DeviceInfo::H100),
+            Err(Error::InvalidArgument { .. })
+        ));
     }
 }

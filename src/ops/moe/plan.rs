@@ -130,6 +130,18 @@ impl MoePlan {
                 format!("{tokens} tokens x top_k {top_k} exceed the u32 slot range"),
             ));
         }
+        // l4c_moe_grouped_gemm's grid limits (CUDA: 65535 on y and z): experts on grid.z (decode),
+        // 128-row tiles of the padded rows on grid.y (prefill).
+        let row_tiles = (slots + experts * (pad - 1)).div_ceil(PREFILL_ROWS);
+        if experts > 65535 || (prefill && row_tiles > 65535) {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "{tokens} tokens x top_k {top_k} over {experts} experts need {row_tiles} row \
+                     tiles (grid.y) and {experts} expert blocks (grid.z); CUDA allows 65535: split the call"
+                ),
+            ));
+        }
         Ok(MoePlan {
             tokens,
             experts,
@@ -323,5 +335,20 @@ mod tests {
         assert!(MoePlan::new(4, 16, 1, 5120, 8192, ExpertFormat::Bf16, volta).is_err());
         // zero tokens plans (the launch is a no-op)
         assert!(MoePlan::new(0, 16, 1, 5120, 8192, ExpertFormat::Bf16, d).is_ok());
+    }
+
+    #[test]
+    fn grid_limits_are_typed_errors() {
+        let d = DeviceInfo::H100;
+        // Prefill rows: tokens * k + 16 * 127 padding, 128 per grid.y tile, at most 65535 tiles.
+        let most = 65535 * 128 - 16 * 127;
+        assert!(MoePlan::new(most, 16, 1, 128, 64, ExpertFormat::Int4, d).is_ok());
+        let e = MoePlan::new(most + 1, 16, 1, 128, 64, ExpertFormat::Int4, d).unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("65535"),
+            "{e}"
+        );
+        // Experts on grid.z.
+        assert!(MoePlan::new(1, 65536, 1, 128, 64, ExpertFormat::Bf16, d).is_err());
     }
 }
