@@ -54,9 +54,11 @@ step() { # name, command...: runs it, appends its output to the section file, re
     echo "\$? \$((\$(date +%s) - t0))s \$*" >>"\$out/summary.txt"
 }
 what=\${1:-all}   # tests | sanitizer | benches | peers | model | all (one 10-minute device call may not hold all)
+pat=\${2:-*}      # tests / sanitizer / benches: only binaries matching test-PAT / bench-PAT (e.g. 'gemm_gpu*';
+                 # gemm_gpu alone takes about 5 minutes, so run it in a call of its own)
 { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; } >>"\$out/summary.txt" 2>&1
 if [ "\$what" = tests ] || [ "\$what" = all ]; then
-    for t in .gpu/bin/test-llama4_cuda .gpu/bin/test-gpu_*; do step tests.txt "\$t" --test-threads=1; done
+    for t in .gpu/bin/test-llama4_cuda .gpu/bin/test-gpu_*; do case "\$t" in .gpu/bin/test-\$pat) ;; *) continue ;; esac; step tests.txt "\$t" --test-threads=1; done
 fi
 if [ "\$what" = sanitizer ] || [ "\$what" = all ]; then
     # gpu_plan never initialises CUDA (the sanitizer fails such a binary); gpu_kv_cache's OutOfMemory
@@ -64,6 +66,7 @@ if [ "\$what" = sanitizer ] || [ "\$what" = all ]; then
     # API failure still fails its test). L4C_SANITIZER=1: gpu_attn_prefill runs its short cases only.
     export L4C_SANITIZER=1
     for t in .gpu/bin/test-gpu_*; do
+        case "\$t" in .gpu/bin/test-\$pat) ;; *) continue ;; esac
         case "\$t" in *ten_million*|*gpu_model*|*gpu_plan*) continue ;; esac
         for tool in memcheck racecheck; do
             step sanitizer.txt compute-sanitizer --tool \$tool --report-api-errors no --error-exitcode 1 "\$t" --test-threads=1
@@ -72,7 +75,7 @@ if [ "\$what" = sanitizer ] || [ "\$what" = all ]; then
     unset L4C_SANITIZER
 fi
 if [ "\$what" = benches ] || [ "\$what" = all ]; then
-    for b in .gpu/bin/bench-*; do step benches.txt "\$b" --bench --warm-up-time 1 --measurement-time 3; done
+    for b in .gpu/bin/bench-\$pat; do step benches.txt "\$b" --bench --warm-up-time 1 --measurement-time 3; done
 fi
 if [ "\$what" = peers ] || [ "\$what" = all ]; then
     for p in tools/peers_*.py; do step peers.txt python3 "\$p"; done
@@ -90,4 +93,4 @@ strip .gpu/bin/*
 tar -C .gpu -cf - bin | xz -9 -T0 >.gpu/bin.tar.xz
 rm -rf .gpu/bin
 du -sh .gpu/bin.tar.xz
-echo "bundle ready: on the GPU machine, with .gpu carried: bash .gpu/run.sh [tests|sanitizer|benches|peers|model|all]"
+echo "bundle ready: on the GPU machine, with .gpu carried: bash .gpu/run.sh [tests|sanitizer|benches|peers|model|all] [binary pattern]"
