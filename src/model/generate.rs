@@ -55,6 +55,55 @@ fn rate(tokens: usize, secs: f64) -> f64 {
     }
 }
 
+impl Generation {
+    /// The checks every generator makes before any work (an empty prompt, token ids, the prompt and
+    /// then the prompt plus `max_new_tokens` against max_position_embeddings, the sampling
+    /// parameters), and the empty result with its sampler.
+    pub(crate) fn begin<B: Backend>(
+        model: &Model<B>,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+    ) -> Result<(Generation, Sampler)> {
+        if prompt.is_empty() {
+            return Err(Error::invalid("generate", "the prompt has no tokens"));
+        }
+        model.check_tokens(prompt)?;
+        let limit = model.config().max_position_embeddings;
+        // The prompt alone first, so that the message names its length.
+        for needed in [prompt.len(), prompt.len() + opts.max_new_tokens] {
+            if needed > limit {
+                return Err(Error::ContextTooLong { needed, limit });
+            }
+        }
+        let sampler = Sampler::new(opts.sampling)?;
+        let out = Generation {
+            prompt_tokens: prompt.len(),
+            tokens: Vec::with_capacity(opts.max_new_tokens),
+            stop: StopReason::MaxNewTokens,
+            prefill_secs: 0.0,
+            decode_secs: 0.0,
+        };
+        Ok((out, sampler))
+    }
+
+    /// Records and reports a chosen token; false when the run ends with it (a stop token, or
+    /// `max_new_tokens` reached).
+    pub(crate) fn push(
+        &mut self,
+        next: u32,
+        opts: &GenerateOptions,
+        on_token: &mut impl FnMut(u32),
+    ) -> bool {
+        self.tokens.push(next);
+        on_token(next);
+        if opts.stop_tokens.contains(&next) {
+            self.stop = StopReason::StopToken(next);
+            return false;
+        }
+        self.tokens.len() < opts.max_new_tokens
+    }
+}
+
 /// Generates after `prompt`, calling `on_token` with each new token as soon as it is chosen.
 /// Fails before any work when the prompt plus `max_new_tokens` exceeds max_position_embeddings.
 pub fn generate<B: Backend>(
@@ -63,45 +112,17 @@ pub fn generate<B: Backend>(
     opts: &GenerateOptions,
     mut on_token: impl FnMut(u32),
 ) -> Result<Generation> {
-    if prompt.is_empty() {
-        return Err(Error::invalid("generate", "the prompt has no tokens"));
-    }
-    model.check_tokens(prompt)?;
-    let limit = model.config().max_position_embeddings;
-    // The prompt alone first, so that the message names its length.
-    for needed in [prompt.len(), prompt.len() + opts.max_new_tokens] {
-        if needed > limit {
-            return Err(Error::ContextTooLong { needed, limit });
-        }
-    }
-    let needed = prompt.len() + opts.max_new_tokens;
-    let mut sampler = Sampler::new(opts.sampling)?;
-    let mut out = Generation {
-        prompt_tokens: prompt.len(),
-        tokens: Vec::with_capacity(opts.max_new_tokens),
-        stop: StopReason::MaxNewTokens,
-        prefill_secs: 0.0,
-        decode_secs: 0.0,
-    };
+    let (mut out, mut sampler) = Generation::begin(model, prompt, opts)?;
     if opts.max_new_tokens == 0 {
         return Ok(out);
     }
-    // The last new token is never fed back, so the cache needs one position less than `needed`.
-    let mut cache = model.new_cache(needed - 1)?;
+    // The last new token is never fed back, so the cache needs one position less than prompt + new.
+    let mut cache = model.new_cache(prompt.len() + opts.max_new_tokens - 1)?;
     let t0 = Instant::now();
     let mut next = sampler.sample(&model.forward(&mut cache, prompt, Logits::Last)?)?;
     out.prefill_secs = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    loop {
-        out.tokens.push(next);
-        on_token(next);
-        if opts.stop_tokens.contains(&next) {
-            out.stop = StopReason::StopToken(next);
-            break;
-        }
-        if out.tokens.len() == opts.max_new_tokens {
-            break;
-        }
+    while out.push(next, opts, &mut on_token) {
         next = sampler.sample(&model.forward(&mut cache, &[next], Logits::Last)?)?;
     }
     out.decode_secs = t1.elapsed().as_secs_f64();

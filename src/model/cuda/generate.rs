@@ -11,8 +11,7 @@ use super::CudaBackend;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvDType;
 use crate::model::forward::Model;
-use crate::model::generate::{GenerateOptions, Generation, StopReason};
-use crate::model::sampling::Sampler;
+use crate::model::generate::{GenerateOptions, Generation};
 
 /// Prompt tokens per prefill piece (pieces never cross an attention chunk either).
 const PREFILL_PIECE: usize = 2048;
@@ -25,24 +24,7 @@ pub fn generate_on_device(
     opts: &GenerateOptions,
     mut on_token: impl FnMut(u32),
 ) -> Result<Generation> {
-    if prompt.is_empty() {
-        return Err(Error::invalid("generate", "the prompt has no tokens"));
-    }
-    model.check_tokens(prompt)?;
-    let limit = model.config().max_position_embeddings;
-    for needed in [prompt.len(), prompt.len() + opts.max_new_tokens] {
-        if needed > limit {
-            return Err(Error::ContextTooLong { needed, limit });
-        }
-    }
-    let mut sampler = Sampler::new(opts.sampling)?;
-    let mut out = Generation {
-        prompt_tokens: prompt.len(),
-        tokens: Vec::with_capacity(opts.max_new_tokens),
-        stop: StopReason::MaxNewTokens,
-        prefill_secs: 0.0,
-        decode_secs: 0.0,
-    };
+    let (mut out, mut sampler) = Generation::begin(model, prompt, opts)?;
     if opts.max_new_tokens == 0 {
         return Ok(out);
     }
@@ -57,16 +39,7 @@ pub fn generate_on_device(
     out.prefill_secs = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let mut stepped = false;
-    loop {
-        out.tokens.push(next);
-        on_token(next);
-        if opts.stop_tokens.contains(&next) {
-            out.stop = StopReason::StopToken(next);
-            break;
-        }
-        if out.tokens.len() == opts.max_new_tokens {
-            break;
-        }
+    while out.push(next, opts, &mut on_token) {
         if stepped {
             d.replay()?;
         } else {
