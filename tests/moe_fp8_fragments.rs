@@ -195,3 +195,53 @@ fn e4m3_widening_is_exact_and_ignores_bytes_0_and_2() {
         }
     }
 }
+
+/// The prefill's virtual-row bookkeeping (`actual_row`, `weight_of`, the wscale staging clamp and the
+/// epilogue's column loop): every stored output column gets its own channel's scale from the right
+/// weight (gate virtual rows 0..64 and up 64..128 under SwiGLU), the grid covers every column once,
+/// and a scale read for a virtual row past n (clamped to row n - 1) is never used by a stored column.
+#[test]
+fn fp8_prefill_scales_follow_their_columns() {
+    for swiglu in [false, true] {
+        for n in [1usize, 15, 63, 64, 65, 127, 128, 129, 300] {
+            let cols_per_block = if swiglu { ROWS / 2 } else { ROWS };
+            let mut stored = vec![0usize; n];
+            for bx in 0..n.div_ceil(cols_per_block) {
+                let vrow0 = bx * cols_per_block;
+                let actual_row = |vr: usize| {
+                    if swiglu {
+                        vrow0 + (vr & 63)
+                    } else {
+                        vrow0 + vr
+                    }
+                };
+                let weight_of = |vr: usize| usize::from(swiglu && vr >= 64);
+                // wscale[vr] = scales[weight_of(vr)][min(actual_row(vr), n - 1)] (threads 128..256).
+                let wscale: Vec<(usize, usize)> = (0..ROWS)
+                    .map(|vr| (weight_of(vr), actual_row(vr).min(n - 1)))
+                    .collect();
+                let out_cols = if swiglu { ROWS / 2 } else { ROWS };
+                for c0 in (0..out_cols).step_by(8) {
+                    for q in 0..8 {
+                        let col = vrow0 + c0 + q;
+                        if col >= n {
+                            continue; // the epilogue's store guard
+                        }
+                        stored[col] += 1;
+                        let ctx = format!("swiglu {swiglu} n {n} block {bx} col {col}");
+                        assert_eq!(actual_row(c0 + q), col, "{ctx}");
+                        assert_eq!(wscale[c0 + q], (0, col), "gate / plain scale: {ctx}");
+                        if swiglu {
+                            assert_eq!(actual_row(64 + c0 + q), col, "{ctx}");
+                            assert_eq!(wscale[64 + c0 + q], (1, col), "up scale: {ctx}");
+                        }
+                    }
+                }
+            }
+            assert!(
+                stored.iter().all(|&s| s == 1),
+                "swiglu {swiglu} n {n}: {stored:?}"
+            );
+        }
+    }
+}

@@ -208,11 +208,18 @@ fn draws_are_splitmix_hashes_of_seed_step_row() {
 /// kernels/sample.cu's top-p path step by step on the host (f32 weights with Rust's `exp` for CUDA's
 /// `expf`, the same fixed-point masses, the three radix passes over 2048-bin histograms, the tie count,
 /// the 32 warp segments and the walk of the chosen warp): the index math the GPU runs, checkable here.
-fn kernel_mirror(l: &[f32], t: f32, top_p: f32, x: u64) -> u32 {
+/// It follows the kernel's data layout where that matters and asserts the invariants the kernel relies
+/// on without checking them: bins accumulated as (lo, hi) u32 words with add_mass's carry, in a
+/// shuffled order (the atomics' order is arbitrary); exactly one of the 1024 threads (two descending
+/// digits each) writes sel_digit per pass; exactly one warp holds r; the walk of 32-lane chunks (tie
+/// ranks by popcount of lower lanes) hits exactly once. A violation panics instead of falling back to
+/// the argmax as the kernel would, so the fallback can never hide a wrong threshold here.
+fn kernel_mirror(l: &[f32], t: f32, top_p: f32, x: u64, rng: &mut Rng) -> u32 {
     const WARPS: usize = 32;
+    const THREADS: usize = 1024;
+    const BINS: usize = 2048;
     let v = l.len();
     let m = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let argmax = sampling::argmax(l);
     let bitlen = 64 - (v as u64).leading_zeros() as i32;
     let scale = 2f32.powi(63 - bitlen);
     let w = |i: usize| -> f32 {
@@ -224,6 +231,7 @@ fn kernel_mirror(l: &[f32], t: f32, top_p: f32, x: u64) -> u32 {
     };
     let q = |w: f32| -> u64 { (w * scale).round_ties_even() as u64 };
     let total: u64 = (0..v).map(|i| q(w(i))).sum();
+    assert!(total < 1 << 63 && total > 0, "Q = {total}");
     let mut target = total;
     if top_p < 1.0 {
         let tq = (top_p as f64 * total as f64).ceil();
@@ -235,15 +243,20 @@ fn kernel_mirror(l: &[f32], t: f32, top_p: f32, x: u64) -> u32 {
             tq as u64
         };
     }
+    // Elements in a random order: the order the shared atomics happen to run in.
+    let mut order: Vec<usize> = (0..v).collect();
+    for i in (1..v).rev() {
+        order.swap(i, rng.below(i + 1));
+    }
     let (mut wbits, mut above, mut c, mut qstar) = (0u32, 0u64, 0u64, 0u64);
     if target < total {
         let (mut prefix, mut known, mut ties) = (0u32, 0u32, 0u32);
         for pass in 0..3 {
             let width = if pass == 2 { 10 } else { 11 };
             let shift = 32 - known - width;
-            let mut mass = vec![0u64; 2048];
-            let mut count = vec![0u32; 2048];
-            for i in 0..v {
+            let (mut lo, mut hi, mut count) =
+                (vec![0u32; BINS], vec![0u32; BINS], vec![0u32; BINS]);
+            for &i in &order {
                 let wi = w(i);
                 let bits = wi.to_bits();
                 if known > 0 && bits >> (32 - known) != prefix {
@@ -254,20 +267,30 @@ fn kernel_mirror(l: &[f32], t: f32, top_p: f32, x: u64) -> u32 {
                     continue;
                 }
                 let d = ((bits >> shift) & ((1 << width) - 1)) as usize;
-                mass[d] += qi;
+                // add_mass: the low word's atomicAdd returns old; a wrap carries into the high word.
+                let (ql, qh) = (qi as u32, (qi >> 32) as u32);
+                let old = lo[d];
+                lo[d] = old.wrapping_add(ql);
+                hi[d] += qh + u32::from(old.wrapping_add(ql) < old);
                 count[d] += 1;
             }
-            // Descending digits: the highest whose suffix mass (plus above) reaches target.
-            let mut s = above;
-            let mut sel = None;
-            for d in (0..2048).rev() {
-                if s < target && s + mass[d] >= target {
-                    sel = Some((d, s));
-                    break;
+            let mass = |d: usize| (u64::from(hi[d]) << 32) + u64::from(lo[d]);
+            // Thread t owns digits 2047 - 2t and 2046 - 2t; an exclusive scan in thread order.
+            let (mut excl, mut sel) = (0u64, Vec::new());
+            for tid in 0..THREADS {
+                let hd = BINS - 1 - 2 * tid;
+                let (m_hi, m_lo) = (mass(hd), mass(hd - 1));
+                let (s0, s1) = (above + excl, above + excl + m_hi);
+                let s2 = s1 + m_lo;
+                if s0 < target && s1 >= target {
+                    sel.push((hd, s0));
+                } else if s1 < target && s2 >= target {
+                    sel.push((hd - 1, s1));
                 }
-                s += mass[d];
+                excl += m_hi + m_lo;
             }
-            let (d, a) = sel.expect("a digit reaches the target");
+            assert_eq!(sel.len(), 1, "pass {pass}: sel_digit writers {sel:?}");
+            let (d, a) = sel[0];
             above = a;
             ties = count[d];
             prefix = (prefix << width) | d as u32;
@@ -275,7 +298,9 @@ fn kernel_mirror(l: &[f32], t: f32, top_p: f32, x: u64) -> u32 {
         }
         wbits = prefix;
         qstar = q(f32::from_bits(wbits));
-        c = ((target - above).div_ceil(qstar)).min(ties as u64);
+        assert!(qstar > 0 && target > above && ties >= 1);
+        c = (target - above).div_ceil(qstar); // the kernel's (target - above + qstar - 1) / qstar
+        assert!(c >= 1 && c <= ties as u64, "c {c} ties {ties}");
     }
     let kept_total = if target < total {
         above + c * qstar
@@ -284,9 +309,17 @@ fn kernel_mirror(l: &[f32], t: f32, top_p: f32, x: u64) -> u32 {
     };
     let r = (((x & !0x7ff) as u128 * kept_total as u128) >> 64) as u64;
     let seg = (v.div_ceil(WARPS) + 31) & !31;
-    let (mut mass_base, mut tie_base) = (0u64, 0u64);
+    let bounds = |warp: usize| {
+        (
+            (warp * seg).min(v),
+            (warp * seg).min(v).saturating_add(seg).min(v),
+        )
+    };
+    // Per warp: mass above w*, ties at w*; then warp 0's exclusive scans.
+    let (mut mass_base, mut tie_base, mut holders) = (0u64, 0u64, Vec::new());
+    let mut bases = Vec::new();
     for warp in 0..WARPS {
-        let (b0, b1) = ((warp * seg).min(v), (warp * seg + seg).min(v));
+        let (b0, b1) = bounds(warp);
         let (mut wm, mut wt) = (0u64, 0u64);
         for i in b0..b1 {
             let wi = w(i);
@@ -303,26 +336,79 @@ fn kernel_mirror(l: &[f32], t: f32, top_p: f32, x: u64) -> u32 {
         };
         let mw = wm + kt * qstar;
         if mass_base <= r && r < mass_base + mw {
-            // The walk: first kept index whose inclusive prefix exceeds r.
-            let (mut run, mut rank) = (mass_base, tie_base);
-            for i in b0..b1 {
-                let wi = w(i);
-                let (bits, qi) = (wi.to_bits(), q(wi));
-                let tie = bits == wbits && qi != 0;
-                let kept = bits > wbits || (tie && rank < c);
-                rank += tie as u64;
-                let mk = if kept { qi } else { 0 };
-                if mk != 0 && run + mk > r {
-                    return i as u32;
-                }
-                run += mk;
-            }
-            panic!("warp {warp} holds r but its walk found nothing");
+            holders.push(warp);
         }
+        bases.push((mass_base, tie_base));
         mass_base += mw;
         tie_base += wt;
     }
-    argmax
+    assert_eq!(mass_base, kept_total, "the warps' kept masses sum to K");
+    assert_eq!(holders.len(), 1, "warps holding r = {r}: {holders:?}");
+    let warp = holders[0];
+    let (b0, b1) = bounds(warp);
+    let (mut run, mut tie_rank) = bases[warp];
+    let mut i0 = b0;
+    while i0 < b1 {
+        // One 32-lane chunk: ballots of ties and hits, a scan of the kept masses.
+        let lanes: Vec<(bool, u64, u32)> = (0..32)
+            .map(|lane| {
+                let i = i0 + lane;
+                let wi = if i < b1 { w(i) } else { 0.0 };
+                let (bits, qi) = (wi.to_bits(), q(wi));
+                (i < b1, qi, bits)
+            })
+            .collect();
+        let tie_mask = (0..32).fold(0u32, |acc, lane| {
+            let (inb, qi, bits) = lanes[lane];
+            acc | (u32::from(inb && bits == wbits && qi != 0) << lane)
+        });
+        let mut incl = run;
+        let mut hit = 0u32;
+        for (lane, &(inb, qi, bits)) in lanes.iter().enumerate() {
+            let tie = inb && bits == wbits && qi != 0;
+            let my_rank = tie_rank + u64::from((tie_mask & ((1u32 << lane) - 1)).count_ones());
+            let kept = inb && (bits > wbits || (tie && my_rank < c));
+            let mk = if kept { qi } else { 0 };
+            incl += mk;
+            if mk != 0 && incl > r && incl - mk <= r {
+                hit |= 1 << lane;
+            }
+        }
+        assert!(hit.count_ones() <= 1, "several lanes hit: {hit:#x}");
+        if hit != 0 {
+            return (i0 + hit.trailing_zeros() as usize) as u32;
+        }
+        run = incl;
+        tie_rank += u64::from(tie_mask.count_ones());
+        i0 += 32;
+    }
+    panic!("warp {warp} holds r = {r} but its walk found nothing");
+}
+
+/// Rows the radix select finds hard: exact ties (equal masses in one bin down to the last pass),
+/// -inf entries, all -inf, a single level, two levels a bf16 ulp apart.
+fn tie_heavy_logits(rng: &mut Rng, n: usize, kind: usize) -> Vec<f32> {
+    match kind {
+        0 => vec![rng.signed(-4.0, 4.0); n],
+        1 => vec![f32::NEG_INFINITY; n],
+        2 => (0..n)
+            .map(|_| match rng.below(4) {
+                0 => f32::NEG_INFINITY,
+                k => -(k as f32) * 0.5,
+            })
+            .collect(),
+        _ => {
+            // Two bf16 neighbours (weights 2^-8 relative apart at t <= 2: distinct in f32). Logits
+            // one f32 ulp apart would not do: their f32 weights can round to a tie that the f64
+            // reference does not see, and the tie order then keeps the other token (a 1e-8 mass).
+            let a = half::bf16::from_f32(rng.signed(0.5, 4.0));
+            let b = half::bf16::from_bits(a.to_bits() + 1);
+            let (a, b) = (a.to_f32(), b.to_f32());
+            (0..n)
+                .map(|_| if rng.below(2) == 0 { a } else { b })
+                .collect()
+        }
+    }
 }
 
 #[test]
@@ -350,7 +436,7 @@ fn kernel_index_math_mirrored_on_the_host_agrees() {
                 let (step, row) = (rng.next_u64(), rng.below(64) as u64);
                 let x = draw_bits(seed, step, row);
                 let u = uniform(seed, step, row);
-                let id = kernel_mirror(&l, t, p, x);
+                let id = kernel_mirror(&l, t, p, x, &mut rng);
                 // 1e-5: f32 weights (exp within 1 ulp here, CUDA expf 2 ulp: 2.4e-7 relative) summed
                 // as exact integers after rounding to 2^-45 of the largest: far below it.
                 assert!(
@@ -361,6 +447,69 @@ fn kernel_index_math_mirrored_on_the_host_agrees() {
                 cases += 1;
             }
         }
+    }
+    assert!(cases > 100);
+}
+
+#[test]
+fn kernel_mirror_handles_ties_and_equal_masses() {
+    let (mut rng, seed) = Rng::fresh();
+    let mut cases = 0;
+    for &n in &[1usize, 2, 10, 33, 1000, 4099] {
+        for kind in 0..4 {
+            for &(t, p) in &[
+                (1.0f32, 1.0f32),
+                (0.6, 0.9),
+                (1.0, 0.5),
+                (2.0, 0.31),
+                (1e-6, 0.7),
+            ] {
+                let l = tie_heavy_logits(&mut rng, n, kind);
+                let (step, row) = (rng.next_u64(), rng.below(64) as u64);
+                let x = draw_bits(seed, step, row);
+                let u = uniform(seed, step, row);
+                let id = kernel_mirror(&l, t, p, x, &mut rng);
+                // 1e-5 as above: f32 weights (1 ulp) against the reference's f64; exact ties stay
+                // bit-identical in f32, so the tie counts and order are exact.
+                assert!(
+                    llama4_cuda::reference::sample::consistent(&l, t, p, u, id, 1e-5),
+                    "n {n} kind {kind} t {t} p {p} u {u}: mirror picked {id}, reference {}; seed {seed}",
+                    pick(&l, t, p, u).unwrap()
+                );
+                cases += 1;
+            }
+        }
+    }
+    // All equal: top_p 0.5 of 10 keeps exactly ids 0..5, each a fifth of [0, 1).
+    let l = [0.25f32; 10];
+    for j in 0..5u64 {
+        let x = ((u128::from(2 * j + 1) << 64) / 10) as u64;
+        assert_eq!(
+            kernel_mirror(&l, 1.0, 0.5, x, &mut rng),
+            j as u32,
+            "seed {seed}"
+        );
+    }
+    // The target exactly at a digit boundary (weights 1, 1/2, 1/2 in f32: Q = 2^(S+1), target at
+    // top_p 0.5 = the mass of the first bin): that digit is selected and only id 0 is kept; a
+    // selection with `> target` would leave sel_digit unwritten (caught by the writer count).
+    let half_w = -std::f32::consts::LN_2;
+    assert_eq!(
+        half_w.exp(),
+        0.5,
+        "the case needs an exact f32 weight of 1/2"
+    );
+    let l = [0.0f32, half_w, half_w];
+    for j in 0..8u64 {
+        let x = ((u128::from(2 * j + 1) << 64) / 16) as u64;
+        assert_eq!(kernel_mirror(&l, 1.0, 0.5, x, &mut rng), 0, "seed {seed}");
+        // top_p 0.75: token 0 (2/3 of the kept mass) and the first tie (1/3); u = (2j + 1) / 16.
+        let want = u32::from(j >= 5);
+        assert_eq!(
+            kernel_mirror(&l, 1.0, 0.75, x, &mut rng),
+            want,
+            "seed {seed}"
+        );
     }
     assert!(cases > 100);
 }

@@ -7,7 +7,9 @@
 //!
 //! The kernel computes the weights in f32 (CUDA `expf`, within 2 ulp) and sums them as 64-bit
 //! fixed-point masses (`w * 2^(63 - bitlen(vocab))`, rounded; weights below half a unit are never
-//! kept); this reference works in f64. They agree except where a rounding moves a threshold: see
+//! kept); this reference works in f64. They agree except where a rounding moves a threshold, or
+//! makes two weights less than an f32 ulp apart equal (logits one f32 ulp apart: the kernel then
+//! keeps the lower id of the tie where this reference keeps the larger, a ~1e-8 mass): see
 //! tests/gpu_sample.rs for the tolerance.
 use crate::error::{Error, Result};
 
