@@ -32,6 +32,8 @@
 namespace {
 
 using l4c::kFullMask;
+using l4c::ranks_before;
+using l4c::warp_argmax;
 using l4c::to_float;
 
 constexpr int kTileTokens = 64;
@@ -42,10 +44,6 @@ constexpr int64_t kMaxExperts = 8192;  // shared cursors / histograms: E * 4 byt
 constexpr int64_t kMaxK = 8;
 constexpr int kScatterIters = kTileTokens * int(kMaxK) / 32;  // 32-slot steps in a tile at most
 
-// (v, e) ranks before (bv, be): larger value first, lower index among equals.
-__device__ __forceinline__ bool ranks_before(float v, int e, float bv, int be) {
-    return v > bv || (v == bv && e < be);
-}
 
 template <typename T>
 __global__ void __launch_bounds__(kTopkWarps * 32)
@@ -76,15 +74,7 @@ __global__ void __launch_bounds__(kTopkWarps * 32)
                     be = e;
                 }
             }
-#pragma unroll
-            for (int o = 16; o > 0; o >>= 1) {
-                const float ov = __shfl_xor_sync(kFullMask, bv, o);
-                const int oe = __shfl_xor_sync(kFullMask, be, o);
-                if (ranks_before(ov, oe, bv, be)) {
-                    bv = ov;
-                    be = oe;
-                }
-            }
+            warp_argmax(bv, be);
             pv = bv;
             pe = be;
             if (lane == 0) {

@@ -30,6 +30,8 @@
 namespace {
 
 using l4c::kFullMask;
+using l4c::ranks_before;
+using l4c::warp_argmax;
 using l4c::to_float;
 
 constexpr int kBlock = 1024;
@@ -44,10 +46,6 @@ __device__ __forceinline__ uint64_t mix64(uint64_t z) {
     return z ^ (z >> 31);
 }
 
-// (v, i) ranks before (bv, bi): larger value first, lower index among equals.
-__device__ __forceinline__ bool ranks_before(float v, int i, float bv, int bi) {
-    return v > bv || (v == bv && i < bi);
-}
 
 // Inclusive scan of a u64 over the 32 lanes of a warp.
 __device__ __forceinline__ uint64_t warp_scan_u64(uint64_t v) {
@@ -135,15 +133,7 @@ __global__ void __launch_bounds__(kBlock, 1)
             bi = i;
         }
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(kFullMask, bv, o);
-        const int oi = __shfl_xor_sync(kFullMask, bi, o);
-        if (ranks_before(ov, oi, bv, bi)) {
-            bv = ov;
-            bi = oi;
-        }
-    }
+    warp_argmax(bv, bi);
     if (lane == 0) {
         sh.red_v[warp] = bv;
         sh.red_i[warp] = bi;
@@ -152,15 +142,7 @@ __global__ void __launch_bounds__(kBlock, 1)
     if (warp == 0) {
         bv = sh.red_v[lane];
         bi = sh.red_i[lane];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            const float ov = __shfl_xor_sync(kFullMask, bv, o);
-            const int oi = __shfl_xor_sync(kFullMask, bi, o);
-            if (ranks_before(ov, oi, bv, bi)) {
-                bv = ov;
-                bi = oi;
-            }
-        }
+        warp_argmax(bv, bi);
         if (lane == 0) {
             sh.red_v[0] = bv;
             sh.chosen = bi;  // the most likely token: also the top-p fallback, always kept

@@ -1,4 +1,4 @@
-// Warp and block reductions over f32 (sum, max). Every thread of the warp / block must call them.
+// Warp and block reductions over f32 (sum, max, argmax). Every thread of the warp / block must call them.
 #pragma once
 
 #include <math.h>
@@ -19,6 +19,24 @@ __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, o));
     return v;
+}
+
+// (v, i) ranks before (bv, bi): larger value first, lower index among equals (torch.topk / argmax ties).
+__device__ __forceinline__ bool ranks_before(float v, int i, float bv, int bi) {
+    return v > bv || (v == bv && i < bi);
+}
+
+// Argmax over the 32 lanes of a warp by ranks_before; every lane gets the winning (v, i).
+__device__ __forceinline__ void warp_argmax(float &v, int &i) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(kFullMask, v, o);
+        const int oi = __shfl_xor_sync(kFullMask, i, o);
+        if (ranks_before(ov, oi, v, i)) {
+            v = ov;
+            i = oi;
+        }
+    }
 }
 
 // Sum over a block of BLOCK threads (a multiple of 32, at most 1024); every thread gets the result.
