@@ -411,6 +411,21 @@ fn tie_heavy_logits(rng: &mut Rng, n: usize, kind: usize) -> Vec<f32> {
     }
 }
 
+/// The kernel mirror's pick for one fresh (step, row) draw must be consistent with the reference.
+/// 1e-5: f32 weights (exp within 1 ulp here, CUDA expf 2 ulp: 2.4e-7 relative) summed as exact
+/// integers after rounding to 2^-45 of the largest, against the reference's f64: far below it; exact
+/// ties stay bit-identical in f32, so the tie counts and order are exact.
+fn check_mirror(l: &[f32], t: f32, p: f32, seed: u64, rng: &mut Rng, what: &str) {
+    let (step, row) = (rng.next_u64(), rng.below(64) as u64);
+    let u = uniform(seed, step, row);
+    let id = kernel_mirror(l, t, p, draw_bits(seed, step, row), rng);
+    assert!(
+        llama4_cuda::reference::sample::consistent(l, t, p, u, id, 1e-5),
+        "{what} t {t} p {p} u {u}: mirror picked {id}, reference {}; seed {seed}",
+        pick(l, t, p, u).unwrap()
+    );
+}
+
 #[test]
 fn kernel_index_math_mirrored_on_the_host_agrees() {
     let (mut rng, seed) = Rng::fresh();
@@ -433,17 +448,7 @@ fn kernel_index_math_mirrored_on_the_host_agrees() {
                         .map(|&x| half::bf16::from_f32(x).to_f32())
                         .collect();
                 }
-                let (step, row) = (rng.next_u64(), rng.below(64) as u64);
-                let x = draw_bits(seed, step, row);
-                let u = uniform(seed, step, row);
-                let id = kernel_mirror(&l, t, p, x, &mut rng);
-                // 1e-5: f32 weights (exp within 1 ulp here, CUDA expf 2 ulp: 2.4e-7 relative) summed
-                // as exact integers after rounding to 2^-45 of the largest: far below it.
-                assert!(
-                    llama4_cuda::reference::sample::consistent(&l, t, p, u, id, 1e-5),
-                    "n {n} t {t} p {p} u {u}: mirror picked {id}, reference {}; seed {seed}",
-                    pick(&l, t, p, u).unwrap()
-                );
+                check_mirror(&l, t, p, seed, &mut rng, &format!("n {n}"));
                 cases += 1;
             }
         }
@@ -465,17 +470,7 @@ fn kernel_mirror_handles_ties_and_equal_masses() {
                 (1e-6, 0.7),
             ] {
                 let l = tie_heavy_logits(&mut rng, n, kind);
-                let (step, row) = (rng.next_u64(), rng.below(64) as u64);
-                let x = draw_bits(seed, step, row);
-                let u = uniform(seed, step, row);
-                let id = kernel_mirror(&l, t, p, x, &mut rng);
-                // 1e-5 as above: f32 weights (1 ulp) against the reference's f64; exact ties stay
-                // bit-identical in f32, so the tie counts and order are exact.
-                assert!(
-                    llama4_cuda::reference::sample::consistent(&l, t, p, u, id, 1e-5),
-                    "n {n} kind {kind} t {t} p {p} u {u}: mirror picked {id}, reference {}; seed {seed}",
-                    pick(&l, t, p, u).unwrap()
-                );
+                check_mirror(&l, t, p, seed, &mut rng, &format!("n {n} kind {kind}"));
                 cases += 1;
             }
         }
