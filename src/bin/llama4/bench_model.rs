@@ -10,6 +10,7 @@ use llama4_cuda::model::cuda::CudaBackend;
 use llama4_cuda::model::device_choice::{choose_device, DeviceKind, Probe};
 use llama4_cuda::model::gpu_plan::{decode_bytes, plan_gpu, plan_kv, GpuPlanRequest};
 use llama4_cuda::model::quantize::QuantizeSpec;
+use llama4_cuda::model::sampling::SamplingParams;
 use llama4_cuda::model::synthetic_gpu::synthetic_model;
 use llama4_cuda::model::{Config, Model};
 use llama4_cuda::{Error, Result};
@@ -28,6 +29,17 @@ pub enum Weights {
     Fp8,
     /// Everything bf16.
     Bf16,
+}
+
+/// How a timed decode step ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StepEnd {
+    /// Sampling on the device with Llama 4's defaults (temperature 0.6, top-p 0.9): ids to ids.
+    TopP,
+    /// Greedy (argmax) on the device: ids to ids.
+    Greedy,
+    /// At the logits (no sampling in the step).
+    Logits,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -63,6 +75,9 @@ pub struct Args {
     pub steps: usize,
     #[arg(long, value_enum, default_value = "bf16")]
     pub kv_dtype: KvKind,
+    /// How each timed decode step ends: the device sampler is part of the step by default.
+    #[arg(long, value_enum, default_value = "top-p")]
+    pub step_end: StepEnd,
     /// Pinned host memory the KV overflow tier may use, GiB (the 1M-token rows need it on 80 GB).
     #[arg(long, default_value_t = 0.0)]
     pub host_mem: f64,
@@ -257,6 +272,7 @@ pub fn run(args: Args) -> Result<()> {
             Err(e) => println!("| {p} | - | - | skipped: {e} |"),
         }
     }
+    println!("\ndecode steps end: {:?} (--step-end)", args.step_end);
     println!(
         "\n| batch | context | step ms (graph) | step ms (eager) | tokens/s | weights + KV read per step (GB) | floor ms | of floor | device memory used (GB) |\n|---|---|---|---|---|---|---|---|---|"
     );
@@ -264,7 +280,7 @@ pub fn run(args: Args) -> Result<()> {
         for &b in &args.batch {
             let bytes = decode_bytes(&config, spec.as_ref(), b, c, kv_dtype);
             let floor = bytes.floor_secs(bw);
-            match decode_row(&model, &dev, b, c, args.steps, kv_dtype, &req) {
+            match decode_row(&model, &dev, b, c, args.steps, kv_dtype, args.step_end, &req) {
                 Ok((graph, eager, used)) => println!(
                     "| {b} | {c} | {:.3} | {:.3} | {:.0} | {:.2} + {:.2} | {:.3} | {:.0}% | {:.1} |",
                     graph * 1e3,
@@ -318,6 +334,7 @@ fn prefill_row(
 }
 
 /// (graph step seconds, eager step seconds, device bytes in use) at `batch` x `context`.
+#[allow(clippy::too_many_arguments)]
 fn decode_row(
     model: &Model<CudaBackend>,
     dev: &Device,
@@ -325,6 +342,7 @@ fn decode_row(
     context: usize,
     steps: usize,
     kv: KvDType,
+    end: StepEnd,
     req: &Req,
 ) -> Result<(f64, f64, usize)> {
     let c = model.config();
@@ -335,6 +353,11 @@ fn decode_row(
     d.fill_kv(context, 7)?;
     let ids: Vec<u32> = (0..batch as u32).map(|b| (b * 31 + 5) % 1000).collect();
     d.set_ids(&ids)?;
+    match end {
+        StepEnd::TopP => d.sample_on_device(SamplingParams::default(), 1)?,
+        StepEnd::Greedy => d.sample_on_device(SamplingParams::greedy(), 1)?,
+        StepEnd::Logits => {}
+    }
     let st = dev.stream().clone();
     let eager = time_stream(&st, steps as u64, || d.step())?.as_secs_f64() / steps as f64;
     d.capture()?;
