@@ -36,13 +36,15 @@ __global__ void __launch_bounds__(kGgPreThreads, 1) gemm_w4a16_prefill(const __g
 // Split-K reduction: out = epilogue(sum over splits, in split order: deterministic). Grouped rows
 // that hold no token (at or past *end, or padding in sorted_slots) are skipped.
 __global__ void gemm_splitk_reduce(const float* __restrict__ ws, int split, const Epilogue ep,
-                                   const uint32_t* sorted_slots, const uint32_t* end_at) {
+                                   const uint32_t* sorted_slots, const uint32_t* end_at,
+                                   const uint32_t* begin_at) {
   const int64_t total = ep.m * ep.n;
   const int64_t end = end_at ? static_cast<int64_t>(*end_at) : ep.m;
+  const int64_t begin = begin_at ? static_cast<int64_t>(*begin_at) : 0;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t i = idx / ep.n;
-    if (i >= end || (sorted_slots && sorted_slots[i] == 0xffffffffu)) continue;
+    if (i >= end || i < begin || (sorted_slots && sorted_slots[i] == 0xffffffffu)) continue;
     float v = 0.f;
     for (int s = 0; s < split; ++s) v += ws[s * total + idx];
     ep.store(v, i, idx % ep.n);
@@ -82,11 +84,11 @@ l4c_status launch_w4a16(const l4c_gemm_w4a16_params& p, cudaStream_t stream) {
 
 namespace l4c {
 l4c_status launch_splitk_reduce(const float* ws, int split, const Epilogue& ep, cudaStream_t stream,
-                                const uint32_t* sorted_slots, const uint32_t* end) {
+                                const uint32_t* sorted_slots, const uint32_t* end, const uint32_t* begin) {
   const int64_t total = ep.m * ep.n;
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((total + threads - 1) / threads, 4096);
-  gemm_splitk_reduce<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(ws, split, ep, sorted_slots, end);
+  gemm_splitk_reduce<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(ws, split, ep, sorted_slots, end, begin);
   return L4C_LAUNCH_STATUS();
 }
 }  // namespace l4c

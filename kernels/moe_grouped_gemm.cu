@@ -23,17 +23,20 @@ __global__ void __launch_bounds__(kGgPreThreads, 1) moe_grouped_gemm_prefill(con
 }
 
 // One block per token: out[t] = shared[t] + sum_j y[inverse[t * topk + j]], f32, j ascending.
+// Expert parallelism (offsets non-null): a position outside the local rows adds 0 and is never read.
 constexpr int kCombineThreads = 256;
 __global__ void __launch_bounds__(kCombineThreads) moe_combine_kernel(const __grid_constant__ l4c_moe_combine_params p) {
   const __nv_bfloat16* y = static_cast<const __nv_bfloat16*>(p.y_sorted);
   const __nv_bfloat16* sh = static_cast<const __nv_bfloat16*>(p.shared);
   __nv_bfloat16* out = static_cast<__nv_bfloat16*>(p.out);
+  const int64_t lo = p.offsets ? static_cast<int64_t>(p.offsets[p.expert_begin]) : 0;
+  const int64_t hi = p.offsets ? static_cast<int64_t>(p.offsets[p.expert_end]) : p.rows;
   for (int64_t t = blockIdx.x; t < p.tokens; t += gridDim.x) {
     for (int64_t col = threadIdx.x; col < p.n; col += kCombineThreads) {
       float v = sh ? __bfloat162float(sh[t * p.lds + col]) : 0.f;
       for (int64_t j = 0; j < p.topk; ++j) {
         const int64_t pos = p.inverse[t * p.topk + j];
-        v += __bfloat162float(y[pos * p.ldy + col]);
+        if (pos >= lo && pos < hi) v += __bfloat162float(y[pos * p.ldy + col]);
       }
       out[t * p.ldo + col] = __float2bfloat16_rn(v);
     }
@@ -60,7 +63,7 @@ l4c_status launch_prefill(const GroupedGemm& a, dim3 grid, cudaStream_t s) {
 }
 
 // Launches the main kernel for (format, path) and the split-K reduction when split_k > 1.
-// `groups_z`: experts (grouped) or dense row tiles; `row_tiles`: prefill grid.y.
+// `groups_z`: local experts (grouped) or dense row tiles.
 l4c_status run(const GroupedGemm& a, WFmt f, int path, int token_tiles, int64_t groups_z, cudaStream_t s) {
   const int64_t ntiles = (a.n + 15) / 16;
   l4c_status st;
@@ -75,8 +78,10 @@ l4c_status run(const GroupedGemm& a, WFmt f, int path, int token_tiles, int64_t 
     }
     if (st != L4C_OK || a.split_k == 1) return st;
     // Grouped partials are already scaled (the Epilogue has no scales here).
+    // Grouped: only the local rows [offsets[expert_begin], offsets[expert_end]) were written.
     return launch_splitk_reduce(a.workspace, a.split_k, a.epilogue(), s, a.sorted_slots,
-                                a.offsets ? a.offsets + a.experts : nullptr);
+                                a.offsets ? a.offsets + a.expert_end : nullptr,
+                                a.offsets && a.expert_begin > 0 ? a.offsets + a.expert_begin : nullptr);
   }
   const int64_t cols_per_block = a.swiglu ? kGgPreBN / 2 : kGgPreBN;
   const dim3 grid(static_cast<unsigned>((a.n + cols_per_block - 1) / cols_per_block),
@@ -121,6 +126,9 @@ extern "C" l4c_status l4c_moe_grouped_gemm(const l4c_moe_grouped_gemm_params* p,
   if (!p->x || !p->sorted_slots || !p->counts || !p->offsets || !p->out || !p->w.data) return L4C_ERR_INVALID_ARGUMENT;
   if (p->k % 16 != 0 || p->ldx < p->k || p->ldx % 8 != 0 || !aligned16(p->x) || p->ldo < p->n) return L4C_ERR_INVALID_ARGUMENT;
   if (p->gather != 0 && p->gather != 1) return L4C_ERR_INVALID_ARGUMENT;
+  // The local experts (expert_end 0: all); the tables hold expert_end - expert_begin entries.
+  const int64_t e_end = p->expert_end == 0 ? p->experts : p->expert_end;
+  if (p->expert_begin < 0 || p->expert_begin >= e_end || e_end > p->experts) return L4C_ERR_INVALID_ARGUMENT;
   const bool swiglu = p->epilogue == L4C_MOE_EPILOGUE_SWIGLU;
   if (!swiglu && p->epilogue != L4C_MOE_EPILOGUE_STORE) return L4C_ERR_INVALID_ARGUMENT;
   if (swiglu && !p->w2.data) return L4C_ERR_INVALID_ARGUMENT;
@@ -160,6 +168,8 @@ extern "C" l4c_status l4c_moe_grouped_gemm(const l4c_moe_grouped_gemm_params* p,
   a.counts = p->counts;
   a.offsets = p->offsets;
   a.experts = p->experts;
+  a.expert_begin = p->expert_begin;
+  a.expert_end = e_end;
   const l4c_moe_expert_weights* ws[2] = {&p->w, swiglu ? &p->w2 : &p->w};
   for (int i = 0; i < 2; ++i) {
     a.tables[i][0] = ws[i]->data;
@@ -169,7 +179,7 @@ extern "C" l4c_status l4c_moe_grouped_gemm(const l4c_moe_grouped_gemm_params* p,
   a.groups = p->groups;
   a.group_size = f == WFmt::kInt4 ? p->group_size : 128;
   a.swiglu = swiglu ? 1 : 0;
-  return run(a, f, p->path, p->token_tiles, p->experts, reinterpret_cast<cudaStream_t>(stream));
+  return run(a, f, p->path, p->token_tiles, e_end - p->expert_begin, reinterpret_cast<cudaStream_t>(stream));
 }
 
 extern "C" l4c_status l4c_moe_combine(const l4c_moe_combine_params* p, l4c_stream_t stream) {
@@ -177,6 +187,7 @@ extern "C" l4c_status l4c_moe_combine(const l4c_moe_combine_params* p, l4c_strea
   if (p->tokens == 0) return L4C_OK;
   if (!p->y_sorted || !p->inverse || !p->out || p->ldy < p->n || p->ldo < p->n) return L4C_ERR_INVALID_ARGUMENT;
   if (p->shared && p->lds < p->n) return L4C_ERR_INVALID_ARGUMENT;
+  if (p->offsets && (p->expert_begin < 0 || p->expert_end < p->expert_begin)) return L4C_ERR_INVALID_ARGUMENT;
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(p->tokens, 65535));
   moe_combine_kernel<<<blocks, kCombineThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(*p);
   return L4C_LAUNCH_STATUS();

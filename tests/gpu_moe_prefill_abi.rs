@@ -207,6 +207,8 @@ mod forced {
             path: sys::L4C_GEMM_PATH_PREFILL as i32,
             token_tiles: 1,
             split_k: 1,
+            expert_begin: 0,
+            expert_end: 0, // 0 / 0: every expert
         };
         let hp = h.device_ptr_mut(&s).0 as usize as *mut c_void;
         let xp = gx.device_ptr(&s).0 as usize as *const c_void;

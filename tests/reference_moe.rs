@@ -7,8 +7,8 @@ use llama4_cuda::quant::{
     DenseWeight, Fp8Scaling, Fp8Weight, Int4Config, Int4Weight, ScaleDType, Weight,
 };
 use llama4_cuda::reference::moe::{
-    combine, grouped_gemm, grouped_gemm_sorted, grouped_gemm_swiglu, moe_block, swiglu,
-    top_k_gating, Routing, SwiGlu,
+    combine, combine_range, grouped_gemm, grouped_gemm_sorted, grouped_gemm_swiglu, moe_block,
+    moe_block_range, swiglu, top_k_gating, Routing, SwiGlu,
 };
 use llama4_cuda::Error;
 use proptest::prelude::*;
@@ -359,4 +359,84 @@ fn bad_arguments_are_typed_errors() {
         combine(&x, hidden, &r, &mut out),
         Err(Error::Shape { .. })
     ));
+}
+
+/// Expert parallelism's partial blocks (docs/MULTI-GPU.md): for random inputs and every format, the
+/// full range is moe_block bit for bit, and ranges partitioning 0..E (2 and 3 pieces, one of them
+/// empty; the shared expert on one piece) sum to moe_block. Tolerance: the sum regroups each
+/// token's <= k + 1 f32 terms, a few ulps of the output's scale: 1e-5 relative (rel_err is
+/// against the largest |value|).
+#[test]
+fn partial_ranges_sum_to_the_full_block() {
+    for case in 0..8u64 {
+        let mut rng = Rng(0x5eed_e9 + case);
+        let experts = [16, 5, 9, 16, 3, 12, 16, 7][case as usize];
+        let (tokens, hidden, inter) = (3 + rng.below(6), 8 + rng.below(40), 1 + rng.below(20));
+        let k = (1 + rng.below(3)).min(experts);
+        let kind = case as usize % 4;
+        let x = rng.vec(tokens * hidden, 1.0);
+        let router = weight(&mut rng, 0, experts, hidden, 1.0);
+        let mlps: Vec<SwiGlu> = (0..experts).map(|_| mlp(&mut rng, kind, hidden, inter)).collect();
+        let shared = mlp(&mut rng, kind, hidden, inter);
+        let full = moe_block(&x, tokens, &router, &mlps, Some(&shared), k).unwrap();
+        let whole =
+            moe_block_range(&x, tokens, &router, &mlps, Some(&shared), k, 0..experts).unwrap();
+        assert_eq!(whole, full, "case {case}: the full range is moe_block");
+        let cut = 1 + rng.below(experts - 1).min(experts - 2);
+        let splits: [Vec<usize>; 3] = [
+            vec![0, cut, experts],
+            vec![0, cut, cut, experts], // an empty middle piece
+            vec![0, experts / 3, 2 * experts / 3, experts],
+        ];
+        for bounds in &splits {
+            let mut sum = vec![0.0f64; tokens * hidden];
+            for (i, w) in bounds.windows(2).enumerate() {
+                let sh = (i == 0).then_some(&shared);
+                let part = moe_block_range(&x, tokens, &router, &mlps, sh, k, w[0]..w[1]).unwrap();
+                if w[0] == w[1] && i > 0 {
+                    assert!(part.iter().all(|&v| v == 0.0), "empty range without shared is 0");
+                }
+                for (a, v) in sum.iter_mut().zip(&part) {
+                    *a += *v as f64;
+                }
+            }
+            let sum: Vec<f32> = sum.iter().map(|&v| v as f32).collect();
+            let err = rel_err(&sum, &to_f64(&full));
+            assert!(err <= 1e-5, "case {case} {bounds:?}: rel err {err:e}");
+        }
+    }
+}
+
+/// A partial range leaves other experts' slots out: combine_range over 0..0 adds nothing, over the
+/// full range equals combine; a range past E is a typed error.
+#[test]
+fn combine_range_and_bad_ranges() {
+    let mut rng = Rng(77);
+    let (tokens, experts, k, n) = (5, 6, 2, 7);
+    let r = top_k_gating(&rng.vec(tokens * experts, 1.0), tokens, experts, k).unwrap();
+    let y = rng.vec(tokens * k * n, 1.0);
+    let base = rng.vec(tokens * n, 1.0);
+    let mut a = base.clone();
+    combine(&y, n, &r, &mut a).unwrap();
+    let mut b = base.clone();
+    combine_range(&y, n, &r, 0..experts, &mut b).unwrap();
+    assert_eq!(a, b);
+    let mut c = base.clone();
+    combine_range(&y, n, &r, 2..2, &mut c).unwrap();
+    assert_eq!(c, base);
+    assert!(matches!(
+        combine_range(&y, n, &r, 3..7, &mut c),
+        Err(Error::InvalidArgument { .. })
+    ));
+    let (hidden, inter) = (8, 4);
+    let mlps: Vec<SwiGlu> = (0..experts).map(|_| mlp(&mut rng, 0, hidden, inter)).collect();
+    let router = weight(&mut rng, 0, experts, hidden, 1.0);
+    let x = rng.vec(2 * hidden, 1.0);
+    #[allow(clippy::reversed_empty_ranges)]
+    for bad in [0..7, 4..3] {
+        assert!(matches!(
+            moe_block_range(&x, 2, &router, &mlps, None, 1, bad),
+            Err(Error::InvalidArgument { .. })
+        ));
+    }
 }

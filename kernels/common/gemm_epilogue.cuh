@@ -104,9 +104,11 @@ __device__ __forceinline__ void store_tile_from_smem(const Epilogue& ep, const f
 
 struct Epilogue;
 // Sums split-K partials `ws[split][m][n]` (f32) in split order and applies `ep`; defined in
-// gemm_w4a16.cu, used by every split-K GEMM. Grouped: rows at or past `*end` (device) and rows whose
-// `sorted_slots` entry is padding (UINT32_MAX) are left untouched.
+// gemm_w4a16.cu, used by every split-K GEMM. Grouped: rows at or past `*end` (device), rows before
+// `*begin` (device; null: 0) and rows whose `sorted_slots` entry is padding (UINT32_MAX) are left
+// untouched (begin / end: the local experts' offsets under expert parallelism).
 l4c_status launch_splitk_reduce(const float* ws, int split, const Epilogue& ep, cudaStream_t stream,
-                                const uint32_t* sorted_slots = nullptr, const uint32_t* end = nullptr);
+                                const uint32_t* sorted_slots = nullptr, const uint32_t* end = nullptr,
+                                const uint32_t* begin = nullptr);
 
 }  // namespace l4c

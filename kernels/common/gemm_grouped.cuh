@@ -48,8 +48,11 @@ struct GroupedGemm {
   const uint32_t* counts;   // [experts], null in the dense case
   const uint32_t* offsets;  // [experts + 1], null in the dense case
   int64_t experts;
-  // Per-expert device pointer tables [which][data|scales|zero_bias] (grouped), or the weights
-  // themselves (dense). which = 0: the weight (gate under SwiGLU), 1: up.
+  // Grouped: the local experts [expert_begin, expert_end) that run (expert parallelism; all by
+  // default); counts / offsets stay global, the tables hold the local experts only.
+  int64_t expert_begin, expert_end;
+  // Per-expert device pointer tables [which][data|scales|zero_bias] (grouped, entry e - expert_begin),
+  // or the weights themselves (dense). which = 0: the weight (gate under SwiGLU), 1: up.
   const void* const* tables[2][3];
   WeightRef single[2];
   const __nv_bfloat16* residual;  // dense only, [rows, n] row stride ldr
@@ -71,10 +74,11 @@ struct GroupedGemm {
   }
   __device__ __forceinline__ WeightRef weight(int which, int64_t e) const {
     if (!offsets) return single[which];
+    const int64_t i = e - expert_begin;
     WeightRef r;
-    r.data = tables[which][0][e];
-    r.scales = tables[which][1] ? tables[which][1][e] : nullptr;
-    r.zero_bias = tables[which][2] ? tables[which][2][e] : nullptr;
+    r.data = tables[which][0][i];
+    r.scales = tables[which][1] ? tables[which][1][i] : nullptr;
+    r.zero_bias = tables[which][2] ? tables[which][2][i] : nullptr;
     return r;
   }
   // Element offset of the X row feeding sorted position p (-1: padding), and its output scale.
@@ -304,7 +308,7 @@ template <typename T> struct DecodeW<WFmt::kInt4, T> {
 
 // ---- decode ------------------------------------------------------------------------------------------
 // Block = 4 warps over 4 (SwiGLU: 2 gate + 2 up) 16-row tiles of W, and 8 * MT rows of X staged in
-// shared memory 512 k at a time. grid = (column blocks, split_k, experts | dense row tiles). A grouped
+// shared memory 512 k at a time. grid = (column blocks, split_k, local experts | dense row tiles). A grouped
 // block reads its expert's count on the device: count 0 exits at once; more rows than 8 * MT loop
 // (the weight is re-streamed per row tile, which the plan keeps rare).
 // kDense (gemm_w4a16 / gemm_fp8 decode): one weight, contiguous rows, no SwiGLU, known at compile
@@ -328,7 +332,7 @@ __device__ __forceinline__ void grouped_decode(const GroupedGemm& a) {
   const T* x = reinterpret_cast<const T*>(a.x);
   int64_t e = 0, row0, nrows;
   if (!kDense && a.offsets) {
-    e = blockIdx.z;
+    e = a.expert_begin + blockIdx.z;  // grid.z covers the local experts only
     row0 = a.offsets[e];
     nrows = a.counts[e];
   } else {
@@ -484,7 +488,8 @@ __device__ __forceinline__ void grouped_decode(const GroupedGemm& a) {
 // Block = 128 virtual W rows (SwiGLU: 64 gate + the matching 64 up) x 128 sorted positions x 64 k per
 // stage, 256 threads, 4-stage cp.async ring; X tile 128 rows x 128 bytes with the SW128 swizzle.
 // Grouped: a row tile lies inside one expert's group (groups padded to 128 by moe_gate), found by a
-// binary search over offsets; tiles past offsets[experts] exit.
+// binary search over the local experts' offsets; tiles outside [offsets[expert_begin],
+// offsets[expert_end]) exit (the grid covers every row tile: the local rows are known on the device).
 //  bf16 W: a second SW128 tile (128 rows x 64 k). sm_80: ldmatrix A and B, mma.sync. sm_90a: each
 //    warpgroup 4 x wgmma.m64n128k16 with both operands by descriptor (one group kept in flight).
 //  int4 W: 8 raw repacked slabs (4 KiB); dequantized into register A fragments (mma.sync / wgmma RS).
@@ -521,8 +526,9 @@ __device__ __forceinline__ void grouped_prefill(const GroupedGemm& a) {
 
   int64_t e = 0, pend = a.rows;
   if (!kDense && a.offsets) {
-    if (p0 >= a.offsets[a.experts]) return;  // uniform over the block
-    int lo = 0, hi = static_cast<int>(a.experts) - 1;
+    // Uniform over the block. Default range: offsets[0] == 0 <= p0, so only the end test can fire.
+    if (p0 >= a.offsets[a.expert_end] || p0 < a.offsets[a.expert_begin]) return;
+    int lo = static_cast<int>(a.expert_begin), hi = static_cast<int>(a.expert_end) - 1;
     while (lo < hi) {  // the largest e with offsets[e] <= p0: the non-empty group holding p0
       const int mid = (lo + hi + 1) / 2;
       if (a.offsets[mid] <= p0) lo = mid; else hi = mid - 1;

@@ -352,12 +352,21 @@ typedef struct l4c_moe_grouped_gemm_params {
                                   W8A16, codes widened to bf16 exactly, f32 accumulation) */
   int32_t token_tiles;         /* DECODE: 1, 2 or 4 (8 * token_tiles rows per pass of a block) */
   int32_t split_k;             /* DECODE: 1..ceil(k/64) */
+  /* Expert parallelism (docs/MULTI-GPU.md): only experts [expert_begin, expert_end) run; counts and
+   * offsets stay global (all `experts`), the tables in w / w2 hold the local experts only (entry
+   * e - expert_begin), and out rows outside [offsets[expert_begin], offsets[expert_end]) are not
+   * written. expert_end == 0 means `experts`, so a zero-initialised struct runs every expert. */
+  int64_t expert_begin, expert_end;
 } l4c_moe_grouped_gemm_params;
 
 l4c_status l4c_moe_grouped_gemm(const l4c_moe_grouped_gemm_params* p, l4c_stream_t stream);
 
 /* Combine: out[t] = bf16(shared[t] + sum_j y_sorted[inverse[t * topk + j]]) (j ascending, f32 sums;
- * shared NULL = 0). y_sorted is the down projection's output in sorted positions. */
+ * shared NULL = 0). y_sorted is the down projection's output in sorted positions.
+ * Expert parallelism: with `offsets` non-NULL only positions in [offsets[expert_begin],
+ * offsets[expert_end]) are local; any other slot adds 0 (its y row is never read). The shared expert
+ * is added by passing `shared` on exactly one rank and NULL on the others. offsets NULL (zero-init):
+ * every position is local and the range is ignored. */
 typedef struct l4c_moe_combine_params {
   const void* y_sorted;        /* [rows, n] bf16, row stride ldy */
   const uint32_t* inverse;     /* [tokens * topk] */
@@ -365,6 +374,8 @@ typedef struct l4c_moe_combine_params {
   void* out;                   /* [tokens, n] bf16, row stride ldo; may alias shared */
   int64_t tokens, topk, n, rows;
   int64_t ldy, lds, ldo;
+  const uint32_t* offsets;     /* [experts + 1] from l4c_moe_gate, or NULL: every position local */
+  int64_t expert_begin, expert_end; /* with offsets: 0 <= expert_begin <= expert_end <= experts */
 } l4c_moe_combine_params;
 
 l4c_status l4c_moe_combine(const l4c_moe_combine_params* p, l4c_stream_t stream);

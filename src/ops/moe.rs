@@ -8,9 +8,15 @@
 //! scaled by the score, SwiGLU in the epilogue) -> grouped down (sorted rows) -> shared expert
 //! (three dense GEMMs + silu_mul) -> combine (scatter-add by the inverse permutation onto the shared
 //! expert's output).
+//!
+//! Expert parallelism (docs/MULTI-GPU.md): a block made by [`GpuMoe::new_range`] /
+//! [`GpuMoe::upload_range`] holds experts `e0..e1` only; it routes over all experts (the router is
+//! replicated) but runs and combines only its own, and adds the shared expert only if it holds one.
+//! The sum of the outputs of ranks covering `0..E` (one with the shared expert) is the full block.
 
 pub mod plan;
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
@@ -83,12 +89,16 @@ pub struct GpuMoe {
     inter: usize,
     format: ExpertFormat,
     router: GpuBf16Weight,
-    shared: GpuExpert,
+    /// None: this rank does not add the shared expert (expert parallelism: exactly one rank does).
+    shared: Option<GpuExpert>,
     gate: PtrTables,
     up: PtrTables,
     down: PtrTables,
-    /// Owns the expert allocations the tables point into.
+    /// Owns the expert allocations the tables point into: experts `range`, entry e - range.start.
+    #[allow(dead_code)] // held, never read: the tables point into it
     experts: Vec<GpuExpert>,
+    /// The local experts; `0..router rows` unless built by new_range / upload_range.
+    range: Range<usize>,
 }
 
 /// The format of one routed-expert projection (all experts must agree).
@@ -174,20 +184,52 @@ impl GpuMoe {
         experts: Vec<GpuExpert>,
         shared: GpuExpert,
     ) -> Result<Self> {
-        const OP: &str = "GpuMoe::new";
-        if experts.is_empty() || experts.len() > 8192 {
-            return Err(Error::invalid(
-                OP,
-                format!("{} experts (need 1 to 8192)", experts.len()),
-            ));
-        }
-        let hidden = router.k;
         if router.n != experts.len() {
             return Err(Error::shape(
-                OP,
+                "GpuMoe::new",
                 format!("router has {} rows for {} experts", router.n, experts.len()),
             ));
         }
+        let range = 0..experts.len();
+        Self::new_range(stream, router, experts, Some(shared), range)
+    }
+
+    /// Expert parallelism: a block holding only experts `range` of the router's `E` (`experts[i]` is
+    /// expert `range.start + i`); routing stays over all E. `shared`: the shared expert on exactly one
+    /// rank, None on the others (they skip it; the combine adds nothing for it). Checks as
+    /// [`GpuMoe::new`], plus: `range` non-empty inside `0..E`, `experts.len() == range.len()`.
+    pub fn new_range(
+        stream: &Arc<CudaStream>,
+        router: GpuBf16Weight,
+        experts: Vec<GpuExpert>,
+        shared: Option<GpuExpert>,
+        range: Range<usize>,
+    ) -> Result<Self> {
+        const OP: &str = "GpuMoe::new";
+        let total = router.n;
+        if total == 0 || total > 8192 {
+            return Err(Error::invalid(
+                OP,
+                format!("router has {total} rows (experts; need 1 to 8192)"),
+            ));
+        }
+        if range.start >= range.end || range.end > total {
+            return Err(Error::invalid(
+                OP,
+                format!("expert range {range:?}: need a non-empty range inside 0..{total}"),
+            ));
+        }
+        if experts.len() != range.len() {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "{} experts given for the range {range:?} ({} experts)",
+                    experts.len(),
+                    range.len()
+                ),
+            ));
+        }
+        let hidden = router.k;
         check_len(OP, "router data", router.data.len(), router.n * router.k)?;
         let (h0, inter) = experts[0].dims(OP, "expert 0")?;
         let format = format_of(&experts[0].gate);
@@ -226,12 +268,14 @@ impl GpuMoe {
                 format!("hidden {hidden} and inter {inter} must be multiples of 16"),
             ));
         }
-        let (hs, _) = shared.dims(OP, "shared expert")?;
-        if hs != hidden {
-            return Err(Error::shape(
-                OP,
-                format!("shared expert takes hidden {hs}, the router {hidden}"),
-            ));
+        if let Some(sh) = &shared {
+            let (hs, _) = sh.dims(OP, "shared expert")?;
+            if hs != hidden {
+                return Err(Error::shape(
+                    OP,
+                    format!("shared expert takes hidden {hs}, the router {hidden}"),
+                ));
+            }
         }
         let gate = tables(stream, "gate", experts.iter().map(|x| &x.gate))?;
         let up = tables(stream, "up", experts.iter().map(|x| &x.up))?;
@@ -252,6 +296,7 @@ impl GpuMoe {
             up,
             down,
             experts,
+            range,
         })
     }
 
@@ -271,6 +316,35 @@ impl GpuMoe {
         Self::new(stream, r, xs, s)
     }
 
+    /// Expert parallelism: uploads the router (all E rows) and only the local experts
+    /// (`experts[i]` is expert `range.start + i`, `experts.len() == range.len()`), plus the shared
+    /// expert where given (exactly one rank). See [`GpuMoe::new_range`].
+    pub fn upload_range(
+        stream: &Arc<CudaStream>,
+        router: &DenseWeight,
+        experts: &[SwiGlu],
+        shared: Option<&SwiGlu>,
+        range: Range<usize>,
+    ) -> Result<Self> {
+        if experts.len() != range.len() {
+            return Err(Error::shape(
+                "GpuMoe::upload_range",
+                format!(
+                    "{} experts given for the range {range:?} ({} experts)",
+                    experts.len(),
+                    range.len()
+                ),
+            ));
+        }
+        let r = GpuBf16Weight::upload(stream, router)?;
+        let xs = experts
+            .iter()
+            .map(|m| GpuExpert::upload(stream, m))
+            .collect::<Result<Vec<_>>>()?;
+        let s = shared.map(|m| GpuExpert::upload(stream, m)).transpose()?;
+        Self::new_range(stream, r, xs, s, range)
+    }
+
     /// Hidden size.
     pub fn hidden(&self) -> usize {
         self.hidden
@@ -279,9 +353,17 @@ impl GpuMoe {
     pub fn inter(&self) -> usize {
         self.inter
     }
-    /// Number of routed experts.
+    /// Number of routed experts (all of them: the router's rows, also for a partial block).
     pub fn experts(&self) -> usize {
-        self.experts.len()
+        self.router.n
+    }
+    /// The experts this block runs (`0..experts()` unless built by new_range / upload_range).
+    pub fn expert_range(&self) -> Range<usize> {
+        self.range.clone()
+    }
+    /// Whether this block adds the shared expert.
+    pub fn adds_shared(&self) -> bool {
+        self.shared.is_some()
     }
     /// Format of the routed experts.
     pub fn format(&self) -> ExpertFormat {
@@ -346,7 +428,7 @@ pub fn moe_block(
     scratch: &mut MoeScratch,
 ) -> Result<()> {
     const OP: &str = "moe_block";
-    let (hidden, e) = (moe.hidden, moe.experts.len());
+    let (hidden, e) = (moe.hidden, moe.router.n);
     if top_k == 0 || top_k > MAX_TOP_K.min(e) {
         return Err(Error::invalid(
             OP,
@@ -374,7 +456,8 @@ pub fn moe_block(
         ));
     }
     let dev = crate::ops::gemm::device_info(stream)?;
-    let plan = MoePlan::new(tokens, e, top_k, hidden, moe.inter, moe.format, dev)?;
+    let plan = MoePlan::new(tokens, e, top_k, hidden, moe.inter, moe.format, dev)?
+        .with_range(moe.range.start, moe.range.end)?;
     scratch.plan = Some(plan);
     if tokens == 0 {
         return Ok(());
@@ -390,7 +473,7 @@ pub fn moe_block(
     if plan.workspace_len() > 0 {
         grow(&mut scratch.partials, stream, plan.workspace_len())?;
     }
-    let si = moe.shared.gate.n();
+    let si = moe.shared.as_ref().map_or(0, |m| m.gate.n());
     grow(&mut scratch.sg, stream, tokens * si)?;
     grow(&mut scratch.su, stream, tokens * si)?;
     grow(&mut scratch.sh, stream, tokens * si)?;
@@ -459,25 +542,25 @@ pub fn moe_block(
         y,
         partials.as_mut(),
     )?;
-    // Shared expert.
-    moe.shared.gate.gemm(stream, x, tokens, None, sg, gemm)?;
-    moe.shared.up.gemm(stream, x, tokens, None, su, gemm)?;
-    {
-        let len = tokens * si;
-        let mut shv = sh.slice_mut(0..len);
-        crate::ops::silu_mul::<bf16, bf16>(stream, &sg.slice(0..len), &su.slice(0..len), &mut shv)?;
+    // Shared expert (on the one rank that holds it).
+    if let Some(shared) = &moe.shared {
+        shared.gate.gemm(stream, x, tokens, None, sg, gemm)?;
+        shared.up.gemm(stream, x, tokens, None, su, gemm)?;
+        {
+            let len = tokens * si;
+            let mut shv = sh.slice_mut(0..len);
+            crate::ops::silu_mul::<bf16, bf16>(stream, &sg.slice(0..len), &su.slice(0..len), &mut shv)?;
+        }
+        shared.down.gemm(stream, sh, tokens, None, so, gemm)?;
     }
-    moe.shared.down.gemm(stream, sh, tokens, None, so, gemm)?;
-    // Combine.
+    // Combine (a partial block adds its own experts' slots only).
     launch::combine(
         stream,
+        &plan,
         y,
         gate,
-        Some(&*so),
-        tokens,
-        top_k,
+        moe.shared.is_some().then_some(&*so),
         hidden,
-        rows,
         out,
     )
 }
@@ -511,15 +594,12 @@ mod launch {
         Err(Error::KernelsNotBuilt("moe_grouped_gemm"))
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn combine(
         _: &Arc<CudaStream>,
+        _: &MoePlan,
         _: &CudaSlice<bf16>,
         _: &MoeGateBuffers,
         _: Option<&CudaSlice<bf16>>,
-        _: usize,
-        _: usize,
-        _: usize,
         _: usize,
         _: &mut CudaSlice<bf16>,
     ) -> Result<()> {
@@ -616,30 +696,32 @@ mod launch {
             path,
             token_tiles,
             split_k: g.split_k as i32,
+            expert_begin: plan.expert_begin as i64,
+            expert_end: plan.expert_end as i64,
         };
         launch(OP, stream, |st| {
             // SAFETY: the routing buffers were made by MoeGateBuffers::new for (tokens, experts, k,
             // pad) of this plan (rows = their sorted capacity), x / out / workspace were checked
-            // against rows x k / n above, the pointer tables hold `experts` live device pointers to
-            // weights of [n, k] validated by GpuMoe::new (kept alive by the GpuMoe); the guards order
+            // against rows x k / n above, the pointer tables hold expert_end - expert_begin live device
+            // pointers (the plan's range is the GpuMoe's) to weights of [n, k] validated by
+            // GpuMoe::new_range (kept alive by the GpuMoe); the guards order
             // every buffer on this stream and the launcher only enqueues work.
             unsafe { sys::l4c_moe_grouped_gemm(&p, st) }
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn combine(
         stream: &Arc<CudaStream>,
+        plan: &MoePlan,
         y: &CudaSlice<bf16>,
         route: &MoeGateBuffers,
         shared: Option<&CudaSlice<bf16>>,
-        tokens: usize,
-        top_k: usize,
         n: usize,
-        rows: usize,
         out: &mut CudaSlice<bf16>,
     ) -> Result<()> {
         const OP: &str = "moe_combine";
+        let (tokens, top_k, rows) = (plan.tokens, plan.top_k, plan.rows());
+        check_len(OP, "offsets", route.offsets.len(), plan.experts + 1)?;
         if y.len() < rows * n || out.len() < tokens * n || route.inverse.len() < tokens * top_k {
             return Err(Error::shape(OP, "buffers smaller than the routing needs"));
         }
@@ -649,6 +731,7 @@ mod launch {
         let (yp, _gy) = y.device_ptr(stream);
         let (ip, _gi) = route.inverse.device_ptr(stream);
         let sp = shared.map(|s| s.device_ptr(stream));
+        let (offp, _gof) = route.offsets.device_ptr(stream);
         let (op_, _go) = out.device_ptr_mut(stream);
         let p = sys::l4c_moe_combine_params {
             y_sorted: yp as usize as *const c_void,
@@ -662,10 +745,19 @@ mod launch {
             ldy: n as i64,
             lds: n as i64,
             ldo: n as i64,
+            // The default (full) range passes no offsets: every position is local, as before.
+            offsets: if plan.is_partial() {
+                offp as usize as *const u32
+            } else {
+                std::ptr::null()
+            },
+            expert_begin: plan.expert_begin as i64,
+            expert_end: plan.expert_end as i64,
         };
         launch(OP, stream, |st| {
             // SAFETY: y holds rows x n, out and shared tokens x n, inverse tokens x top_k entries, all
-            // < rows (moe_gate's contract); live buffers ordered on this stream by the guards.
+            // < rows (moe_gate's contract), offsets experts + 1 entries and the range lies inside
+            // 0..=experts (MoePlan::with_range); live buffers ordered on this stream by the guards.
             unsafe { sys::l4c_moe_combine(&p, st) }
         })
     }

@@ -4,6 +4,7 @@
 //! [`grouped_gemm_swiglu`] (gate_up, rows gathered through the permutation, scaled by the score) ->
 //! [`grouped_gemm_sorted`] (down, rows already in sorted order) -> [`combine`] (scatter-add back).
 use std::borrow::Borrow;
+use std::ops::Range;
 
 use crate::error::{check_len, Error, Result};
 use crate::quant::Weight;
@@ -247,7 +248,9 @@ enum Rows {
 }
 
 /// Runs `f(rows, count, e)` on each non-empty expert's input rows `[count, in_features]`, writing
-/// its `[count, n]` result into the sorted-order output `[tokens * k, n]`.
+/// its `[count, n]` result into the sorted-order output `[tokens * k, n]`. Only experts in `local`
+/// run (expert parallelism); the other rows stay 0.
+#[allow(clippy::too_many_arguments)]
 fn per_expert(
     op: &'static str,
     x: &[f32],
@@ -255,6 +258,7 @@ fn per_expert(
     n: usize,
     routing: &Routing,
     rows: Rows,
+    local: Range<usize>,
     f: impl Fn(&[f32], usize, usize) -> Result<Vec<f32>>,
 ) -> Result<Vec<f32>> {
     routing.validate()?;
@@ -265,7 +269,7 @@ fn per_expert(
     };
     check_len(op, "x", x.len(), x_rows * in_features)?;
     let mut out = vec![0.0f32; slots * n];
-    for e in 0..routing.experts {
+    for e in local {
         let (lo, hi) = (routing.offsets[e] as usize, routing.offsets[e + 1] as usize);
         if lo == hi {
             continue;
@@ -334,6 +338,7 @@ pub fn grouped_gemm<W: Borrow<Weight>>(
         n,
         routing,
         Rows::Gather { scale_input },
+        0..routing.experts,
         |r, c, e| gemm(r, c, weights[e].borrow()),
     )
 }
@@ -356,6 +361,7 @@ pub fn grouped_gemm_sorted<W: Borrow<Weight>>(
         n,
         routing,
         Rows::Sorted,
+        0..routing.experts,
         |r, c, e| gemm(r, c, weights[e].borrow()),
     )
 }
@@ -386,6 +392,7 @@ pub fn grouped_gemm_swiglu<W: Borrow<Weight>>(
         inter,
         routing,
         Rows::Gather { scale_input },
+        0..routing.experts,
         |r, c, e| gate_up(r, c, gate[e].borrow(), up[e].borrow()),
     )
 }
@@ -393,8 +400,25 @@ pub fn grouped_gemm_swiglu<W: Borrow<Weight>>(
 /// Combine: `out[t] += y_sorted[inverse[t*k + j]]` for j = 0, 1, ..., k-1 in that order.
 /// `y_sorted` is `[tokens * k, n]`, `out` is `[tokens, n]`.
 pub fn combine(y_sorted: &[f32], n: usize, routing: &Routing, out: &mut [f32]) -> Result<()> {
+    combine_range(y_sorted, n, routing, 0..routing.experts, out)
+}
+
+/// [`combine`] over the positions of the experts in `local` only (expert parallelism): a slot
+/// routed elsewhere adds nothing, as in `l4c_moe_combine` with offsets and a range.
+pub fn combine_range(
+    y_sorted: &[f32],
+    n: usize,
+    routing: &Routing,
+    local: Range<usize>,
+    out: &mut [f32],
+) -> Result<()> {
     const OP: &str = "combine";
     routing.validate()?;
+    check_range(OP, &local, routing.experts)?;
+    let (lo, hi) = (
+        routing.offsets[local.start] as usize,
+        routing.offsets[local.end] as usize,
+    );
     check_len(
         OP,
         "y_sorted",
@@ -408,6 +432,9 @@ pub fn combine(y_sorted: &[f32], n: usize, routing: &Routing, out: &mut [f32]) -
     for (t, o) in out.chunks_exact_mut(n).enumerate() {
         for j in 0..routing.k {
             let p = routing.inverse[t * routing.k + j] as usize;
+            if p < lo || p >= hi {
+                continue;
+            }
             for (a, b) in o.iter_mut().zip(&y_sorted[p * n..(p + 1) * n]) {
                 *a += b;
             }
@@ -429,12 +456,38 @@ pub fn moe_block(
     shared: Option<&SwiGlu>,
     k: usize,
 ) -> Result<Vec<f32>> {
+    moe_block_range(x, tokens, router, experts, shared, k, 0..experts.len())
+}
+
+/// One rank's part of the expert-parallel MoE block (docs/MULTI-GPU.md), the spec of the GPU
+/// block with a local expert range: the routing is [`moe_block`]'s over all `experts` (the router is
+/// replicated), but only the experts in `local` run and only their slots are combined; `shared` is
+/// added where given (exactly one rank passes it). Summing the outputs of ranges that partition
+/// `0..experts` (one of them with the shared expert) gives [`moe_block`] up to f32 reassociation;
+/// `local = 0..experts` is [`moe_block`] exactly. An empty range gives the shared expert (or zeros).
+/// `experts` holds every expert (only those in `local` are read).
+pub fn moe_block_range(
+    x: &[f32],
+    tokens: usize,
+    router: &Weight,
+    experts: &[SwiGlu],
+    shared: Option<&SwiGlu>,
+    k: usize,
+    local: Range<usize>,
+) -> Result<Vec<f32>> {
     const OP: &str = "moe_block";
+    check_range(OP, &local, experts.len())?;
     let hidden = router.k();
     check_len(OP, "x", x.len(), tokens * hidden)?;
     check_len(OP, "experts (router rows)", experts.len(), router.n())?;
     for (e, mlp) in experts.iter().enumerate() {
-        let (h, _) = mlp.dims()?;
+        let (h, i) = mlp.dims()?;
+        if i != experts[0].gate.n() {
+            return Err(Error::shape(
+                OP,
+                format!("expert {e} has inter {i}, expert 0 {}", experts[0].gate.n()),
+            ));
+        }
         if h != hidden {
             return Err(Error::shape(
                 OP,
@@ -444,12 +497,28 @@ pub fn moe_block(
     }
     let logits = gemm(x, tokens, router)?;
     let routing = top_k_gating(&logits, tokens, experts.len(), k)?;
-    let gates: Vec<&Weight> = experts.iter().map(|m| &m.gate).collect();
-    let ups: Vec<&Weight> = experts.iter().map(|m| &m.up).collect();
-    let downs: Vec<&Weight> = experts.iter().map(|m| &m.down).collect();
-    let h = grouped_gemm_swiglu(x, hidden, &routing, &gates, &ups, true)?;
     let inter = experts[0].gate.n();
-    let y_sorted = grouped_gemm_sorted(&h, inter, &routing, &downs)?;
+    // The grouped GEMMs of grouped_gemm_swiglu / grouped_gemm_sorted over the local experts only.
+    let h = per_expert(
+        OP,
+        x,
+        hidden,
+        inter,
+        &routing,
+        Rows::Gather { scale_input: true },
+        local.clone(),
+        |r, c, e| gate_up(r, c, &experts[e].gate, &experts[e].up),
+    )?;
+    let y_sorted = per_expert(
+        OP,
+        &h,
+        inter,
+        hidden,
+        &routing,
+        Rows::Sorted,
+        local.clone(),
+        |r, c, e| gemm(r, c, &experts[e].down),
+    )?;
     let mut out = match shared {
         Some(mlp) => {
             let (h, _) = mlp.dims()?;
@@ -463,6 +532,17 @@ pub fn moe_block(
         }
         None => vec![0.0; tokens * hidden],
     };
-    combine(&y_sorted, hidden, &routing, &mut out)?;
+    combine_range(&y_sorted, hidden, &routing, local, &mut out)?;
     Ok(out)
+}
+
+/// `local` must lie in `0..experts` (it may be empty).
+fn check_range(op: &'static str, local: &Range<usize>, experts: usize) -> Result<()> {
+    if local.start > local.end || local.end > experts {
+        return Err(Error::invalid(
+            op,
+            format!("expert range {local:?} is not inside 0..{experts}"),
+        ));
+    }
+    Ok(())
 }

@@ -801,12 +801,14 @@ pub struct l4c_moe_grouped_gemm_params {
     pub path: i32,
     pub token_tiles: i32,
     pub split_k: i32,
+    pub expert_begin: i64,
+    pub expert_end: i64,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
     [
         "Size of l4c_moe_grouped_gemm_params",
-    ][::std::mem::size_of::<l4c_moe_grouped_gemm_params>() - 224usize];
+    ][::std::mem::size_of::<l4c_moe_grouped_gemm_params>() - 240usize];
     [
         "Alignment of l4c_moe_grouped_gemm_params",
     ][::std::mem::align_of::<l4c_moe_grouped_gemm_params>() - 8usize];
@@ -891,6 +893,12 @@ const _: () = {
     [
         "Offset of field: l4c_moe_grouped_gemm_params::split_k",
     ][::std::mem::offset_of!(l4c_moe_grouped_gemm_params, split_k) - 216usize];
+    [
+        "Offset of field: l4c_moe_grouped_gemm_params::expert_begin",
+    ][::std::mem::offset_of!(l4c_moe_grouped_gemm_params, expert_begin) - 224usize];
+    [
+        "Offset of field: l4c_moe_grouped_gemm_params::expert_end",
+    ][::std::mem::offset_of!(l4c_moe_grouped_gemm_params, expert_end) - 232usize];
 };
 extern "C" {
     pub fn l4c_moe_grouped_gemm(
@@ -912,12 +920,15 @@ pub struct l4c_moe_combine_params {
     pub ldy: i64,
     pub lds: i64,
     pub ldo: i64,
+    pub offsets: *const u32,
+    pub expert_begin: i64,
+    pub expert_end: i64,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
     [
         "Size of l4c_moe_combine_params",
-    ][::std::mem::size_of::<l4c_moe_combine_params>() - 88usize];
+    ][::std::mem::size_of::<l4c_moe_combine_params>() - 112usize];
     [
         "Alignment of l4c_moe_combine_params",
     ][::std::mem::align_of::<l4c_moe_combine_params>() - 8usize];
@@ -954,6 +965,15 @@ const _: () = {
     [
         "Offset of field: l4c_moe_combine_params::ldo",
     ][::std::mem::offset_of!(l4c_moe_combine_params, ldo) - 80usize];
+    [
+        "Offset of field: l4c_moe_combine_params::offsets",
+    ][::std::mem::offset_of!(l4c_moe_combine_params, offsets) - 88usize];
+    [
+        "Offset of field: l4c_moe_combine_params::expert_begin",
+    ][::std::mem::offset_of!(l4c_moe_combine_params, expert_begin) - 96usize];
+    [
+        "Offset of field: l4c_moe_combine_params::expert_end",
+    ][::std::mem::offset_of!(l4c_moe_combine_params, expert_end) - 104usize];
 };
 extern "C" {
     pub fn l4c_moe_combine(

@@ -61,6 +61,10 @@ pub struct MoePlan {
     /// Group padding of the routing (`moe_gate`'s `pad`): 1 for decode, 128 for prefill.
     pub pad: usize,
     pub path: MoePath,
+    /// The local experts `expert_begin..expert_end` that run (expert parallelism, docs/MULTI-GPU.md);
+    /// `0..experts` unless [`MoePlan::with_range`] narrowed it. Routing stays over all `experts`.
+    pub expert_begin: usize,
+    pub expert_end: usize,
 }
 
 impl MoePlan {
@@ -152,7 +156,29 @@ impl MoePlan {
             cc: dev.cc,
             pad,
             path,
+            expert_begin: 0,
+            expert_end: experts,
         })
+    }
+    /// The same plan running only experts `begin..end` (non-empty, inside `0..experts`). The path and
+    /// split-K stay those of the full block, so every rank of a split plans alike.
+    pub fn with_range(mut self, begin: usize, end: usize) -> Result<Self> {
+        if begin >= end || end > self.experts {
+            return Err(Error::invalid(
+                "moe plan",
+                format!(
+                    "expert range {begin}..{end}: need a non-empty range inside 0..{}",
+                    self.experts
+                ),
+            ));
+        }
+        self.expert_begin = begin;
+        self.expert_end = end;
+        Ok(self)
+    }
+    /// Whether the plan runs a strict subset of the experts.
+    pub fn is_partial(&self) -> bool {
+        self.expert_begin != 0 || self.expert_end != self.experts
     }
 
     /// Sorted positions (rows of the expert activations): slots plus the worst-case padding.
@@ -176,19 +202,20 @@ impl MoePlan {
         }
     }
 
-    /// Grids (x, y, z) of the gate_up and down launches (decode: z = experts; prefill: y = row tiles).
+    /// Grids (x, y, z) of the gate_up and down launches (decode: z = local experts; prefill: y = row
+    /// tiles, all of them: tiles outside the local rows exit at once).
     pub fn grids(&self) -> [(u32, u32, u32); 2] {
         match self.path {
             MoePath::Decode { split_k_down, .. } => [
                 (
                     self.inter.div_ceil(16).div_ceil(2) as u32,
                     1,
-                    self.experts as u32,
+                    (self.expert_end - self.expert_begin) as u32,
                 ),
                 (
                     self.hidden.div_ceil(16).div_ceil(DECODE_WARPS) as u32,
                     split_k_down,
-                    self.experts as u32,
+                    (self.expert_end - self.expert_begin) as u32,
                 ),
             ],
             _ => {
@@ -245,7 +272,11 @@ impl fmt::Display for MoePlan {
             f,
             " pad={} grids={}x{}x{},{}x{}x{}",
             self.pad, a.0, a.1, a.2, b.0, b.1, b.2
-        )
+        )?;
+        if self.is_partial() {
+            write!(f, " experts={}..{}", self.expert_begin, self.expert_end)?;
+        }
+        Ok(())
     }
 }
 
@@ -321,6 +352,33 @@ mod tests {
         );
     }
 
+    #[test]
+    fn expert_ranges() {
+        let d = DeviceInfo::H100;
+        let full = MoePlan::new(1, 16, 1, 5120, 8192, ExpertFormat::Int4, d).unwrap();
+        assert_eq!((full.expert_begin, full.expert_end), (0, 16));
+        assert!(!full.is_partial());
+        assert_eq!(full.with_range(0, 16).unwrap(), full);
+        let p = full.with_range(4, 12).unwrap();
+        assert!(p.is_partial());
+        assert_eq!(p.path, full.path);
+        assert_eq!(p.rows(), full.rows());
+        assert_eq!(
+            p.to_string(),
+            "moe int4 tokens=1 E=16 k=1 hidden=5120 inter=8192 sm_90: decode rows/pass=8 \
+             split_k(down)=7 pad=1 grids=256x1x8,80x7x8 experts=4..12"
+        );
+        // Prefill: grid.y covers every row tile whatever the range.
+        let pre = MoePlan::new(4096, 16, 1, 5120, 8192, ExpertFormat::Bf16, d).unwrap();
+        assert_eq!(pre.with_range(8, 16).unwrap().grids(), pre.grids());
+        for (b, e) in [(3, 3), (5, 2), (0, 17), (16, 16)] {
+            let err = full.with_range(b, e).unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidArgument { .. }) && err.to_string().contains("range"),
+                "{err}"
+            );
+        }
+    }
     #[test]
     fn rejects_bad_shapes() {
         let d = DeviceInfo::H100;
