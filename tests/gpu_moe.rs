@@ -4,6 +4,8 @@
 //! grouped_gemm_sorted and combine), on random inputs fresh per case (seed printed on failure):
 //! every token to one expert, empty experts, E = 128 with one token, 8192 tokens, E = 16 / 128,
 //! top-k 1 and 2, bf16 / int4 / fp8 experts, decode and prefill plans (fp8 prefill: `fp8_prefill`).
+//! Expert parallelism (`expert_ranges`): blocks holding experts e0..e1 only, against the reference
+//! partial block, their sum against the full block, the default range bit for bit the full block.
 //! Plus typed host errors.
 //! Without a GPU (or without kernels) every test prints one "skipped" line and passes.
 //!
@@ -29,7 +31,9 @@ use llama4_cuda::quant::{
     DenseWeight, Fp8Scaling, Fp8Weight, Int4Config, Int4Weight, ScaleDType, Weight,
 };
 use llama4_cuda::reference::gemm::gemm;
-use llama4_cuda::reference::moe::{moe_block as ref_moe_block, top_k_gating, SwiGlu};
+use llama4_cuda::reference::moe::{
+    moe_block as ref_moe_block, moe_block_range as ref_moe_block_range, top_k_gating, SwiGlu,
+};
 
 /// Metric max|out - ref| / max|ref| over the checked tokens. The GPU rounds to bf16 where the f32
 /// reference does not: the logits, the SwiGLU intermediate h (2^-9 relative), the expert outputs,
@@ -344,6 +348,188 @@ fn fp8_prefill() {
             "fp8 {tokens} E={experts}: {path:?}"
         );
     }
+}
+
+/// Runs `moe` on `x` (bf16 values) and returns the output (poisoned before) and the GPU's top-k ids.
+fn run_block(
+    stream: &Arc<CudaStream>,
+    moe: &GpuMoe,
+    x: &[f32],
+    tokens: usize,
+    top_k: usize,
+    what: &str,
+) -> Option<(Vec<f32>, Vec<u32>, MoePath)> {
+    let hidden = moe.hidden();
+    let gx = stream
+        .clone_htod(&x.iter().map(|&v| bf16::from_f32(v)).collect::<Vec<_>>())
+        .expect("x");
+    let mut out = stream
+        .clone_htod(&vec![POISON; tokens * hidden])
+        .expect("out");
+    let mut scratch = MoeScratch::new();
+    match moe_block(stream, &gx, tokens, moe, top_k, &mut out, &mut scratch) {
+        Err(Error::KernelsNotBuilt(why)) => {
+            println!("skipped: kernels not built ({why})");
+            return None;
+        }
+        r => r.expect(what),
+    }
+    stream.synchronize().expect(what);
+    let got: Vec<f32> = stream
+        .clone_dtoh(&out)
+        .expect("download")
+        .iter()
+        .map(|v| v.to_f32())
+        .collect();
+    assert!(
+        !got.iter().any(|v| v.is_nan()),
+        "{what}: outputs not written"
+    );
+    let ids = stream
+        .clone_dtoh(&scratch.routing().expect("routing").topk_ids)
+        .expect("ids");
+    Some((got, ids, scratch.last_plan().expect("plan").path))
+}
+
+/// max|got - want| / max|want| over the tokens not excluded.
+fn rel_over(got: &[f32], want: &[f32], hidden: usize, skip: &[bool]) -> f32 {
+    let (mut err, mut mag) = (0f32, 0f32);
+    for (t, _) in skip.iter().enumerate().filter(|(_, &s)| !s) {
+        for j in t * hidden..(t + 1) * hidden {
+            err = err.max((got[j] - want[j]).abs());
+            mag = mag.max(want[j].abs());
+        }
+    }
+    err / mag.max(f32::MIN_POSITIVE)
+}
+
+/// Expert parallelism, kernel side (docs/MULTI-GPU.md): E = 16 and 128 split into 2 and 4 ranges,
+/// decode (with split-K on the down projection) and prefill plans, bf16 / int4 / fp8 experts. Each
+/// range's block (its experts only, the shared expert on range 0 only) against
+/// reference::moe::moe_block_range (TOL, tokens routed unlike the f32 reference left out as in
+/// `case`); the sum of the ranges' outputs against the full GPU block: the same routing and the same
+/// expert rows, only the combine rounds each partial to bf16 (<= 4 + 1 roundings of 2^-9 relative to
+/// the largest value: 1e-2); the default range (upload_range over 0..E) equals upload bit for bit.
+#[test]
+fn expert_ranges() {
+    let Some(s) = gpu("expert_ranges") else {
+        return;
+    };
+    for fmt in FMTS {
+        for (tokens, experts, k) in [
+            (3, 16, 2),
+            (40, 16, 1),
+            (900, 16, 2),
+            (1, 128, 2),
+            (3000, 128, 1),
+        ] {
+            let seed = seed();
+            let mut rng = Rng(seed);
+            let (hidden, inter) = (256, 144);
+            let what = format!("{fmt:?} tokens={tokens} E={experts} k={k} seed={seed}");
+            let x = round_bf16(&rng.vec(tokens * hidden, 1.0));
+            let router = DenseWeight {
+                n: experts,
+                k: hidden,
+                data: round_bf16(&rng.vec(experts * hidden, 1.0 / (hidden as f32).sqrt())),
+            };
+            let mlps: Vec<SwiGlu> = (0..experts)
+                .map(|_| mlp(&mut rng, hidden, inter, fmt))
+                .collect();
+            // fp8 shared expert above 32 tokens is W8A8 on sm_90 (see `case`): bf16 there.
+            let shared_fmt = match fmt {
+                Fmt::Fp8 if tokens > 32 => Fmt::Bf16,
+                f => f,
+            };
+            let shared = mlp(&mut rng, hidden, inter + 32, shared_fmt);
+            let full_moe = GpuMoe::upload(&s, &router, &mlps, &shared).expect(&what);
+            let Some((full, ids, path)) = run_block(&s, &full_moe, &x, tokens, k, &what) else {
+                return;
+            };
+            let default =
+                GpuMoe::upload_range(&s, &router, &mlps, Some(&shared), 0..experts).expect(&what);
+            assert_eq!(default.expert_range(), 0..experts);
+            let (same, ..) = run_block(&s, &default, &x, tokens, k, &what).expect("ran above");
+            assert!(
+                same.iter()
+                    .zip(&full)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{what}: the default range differs from the full block"
+            );
+            let logits = gemm(&x, tokens, &Weight::Dense(router.clone())).expect("logits");
+            let want_route = top_k_gating(&logits, tokens, experts, k).expect("gating");
+            let skip: Vec<bool> = (0..tokens)
+                .map(|t| ids[t * k..(t + 1) * k] != want_route.topk_ids[t * k..(t + 1) * k])
+                .collect();
+            assert!(
+                skip.iter().filter(|&&d| d).count() <= tokens / 20 + 2,
+                "{what}: routing"
+            );
+            let rw = Weight::Dense(router.clone());
+            for pieces in [2, 4] {
+                let mut sum = vec![0f32; tokens * hidden];
+                for i in 0..pieces {
+                    let r = experts * i / pieces..experts * (i + 1) / pieces;
+                    let sh = (i == 0).then_some(&shared);
+                    let what = format!("{what} range {r:?} of {pieces}");
+                    let moe = GpuMoe::upload_range(&s, &router, &mlps[r.clone()], sh, r.clone())
+                        .expect(&what);
+                    assert_eq!(moe.adds_shared(), i == 0);
+                    let (got, rids, rpath) =
+                        run_block(&s, &moe, &x, tokens, k, &what).expect("ran");
+                    assert_eq!(rids, ids, "{what}: the routing is global");
+                    assert_eq!(rpath, path, "{what}");
+                    let want = ref_moe_block_range(&x, tokens, &rw, &mlps, sh, k, r).expect("ref");
+                    let rel = rel_over(&got, &want, hidden, &skip);
+                    assert!(rel <= TOL, "{what}: partial vs reference {rel:.3e}");
+                    for (a, v) in sum.iter_mut().zip(&got) {
+                        *a += v;
+                    }
+                }
+                let rel = rel_over(&sum, &full, hidden, &vec![false; tokens]);
+                assert!(
+                    rel <= 1e-2,
+                    "{what}: sum of {pieces} ranges vs full {rel:.3e}"
+                );
+            }
+            if experts == 128 && tokens == 3000 {
+                assert!(!matches!(path, MoePath::Decode { .. }), "{what}: {path:?}");
+            }
+        }
+    }
+}
+
+/// Typed host errors of the expert range (no launch needed).
+#[test]
+fn expert_range_errors() {
+    let Some(s) = gpu("expert_range_errors") else {
+        return;
+    };
+    let mut rng = Rng(seed());
+    let (experts, hidden, inter) = (8, 64, 32);
+    let router = DenseWeight {
+        n: experts,
+        k: hidden,
+        data: rng.vec(experts * hidden, 0.1),
+    };
+    let mlps: Vec<SwiGlu> = (0..experts)
+        .map(|_| mlp(&mut rng, hidden, inter, Fmt::Bf16))
+        .collect();
+    // Empty range, past E, experts / range length mismatch.
+    for (r, n, shape) in [(3..3, 0, false), (6..9, 3, false), (2..5, 2, true)] {
+        let e = GpuMoe::upload_range(&s, &router, &mlps[..n], None, r.clone()).err();
+        let ok = match e {
+            Some(Error::Shape { .. }) => shape,
+            Some(Error::InvalidArgument { ref msg, .. }) => !shape && msg.contains("range"),
+            _ => false,
+        };
+        assert!(ok, "{r:?} with {n} experts: {e:?}");
+    }
+    let moe = GpuMoe::upload_range(&s, &router, &mlps[2..6], None, 2..6).expect("moe");
+    assert_eq!(
+        (moe.experts(), moe.expert_range(), moe.adds_shared()),
+        (8, 2..6, false)
+    );
 }
 
 #[test]

@@ -376,7 +376,9 @@ fn partial_ranges_sum_to_the_full_block() {
         let kind = case as usize % 4;
         let x = rng.vec(tokens * hidden, 1.0);
         let router = weight(&mut rng, 0, experts, hidden, 1.0);
-        let mlps: Vec<SwiGlu> = (0..experts).map(|_| mlp(&mut rng, kind, hidden, inter)).collect();
+        let mlps: Vec<SwiGlu> = (0..experts)
+            .map(|_| mlp(&mut rng, kind, hidden, inter))
+            .collect();
         let shared = mlp(&mut rng, kind, hidden, inter);
         let full = moe_block(&x, tokens, &router, &mlps, Some(&shared), k).unwrap();
         let whole =
@@ -394,7 +396,10 @@ fn partial_ranges_sum_to_the_full_block() {
                 let sh = (i == 0).then_some(&shared);
                 let part = moe_block_range(&x, tokens, &router, &mlps, sh, k, w[0]..w[1]).unwrap();
                 if w[0] == w[1] && i > 0 {
-                    assert!(part.iter().all(|&v| v == 0.0), "empty range without shared is 0");
+                    assert!(
+                        part.iter().all(|&v| v == 0.0),
+                        "empty range without shared is 0"
+                    );
                 }
                 for (a, v) in sum.iter_mut().zip(&part) {
                     *a += *v as f64;
@@ -429,7 +434,9 @@ fn combine_range_and_bad_ranges() {
         Err(Error::InvalidArgument { .. })
     ));
     let (hidden, inter) = (8, 4);
-    let mlps: Vec<SwiGlu> = (0..experts).map(|_| mlp(&mut rng, 0, hidden, inter)).collect();
+    let mlps: Vec<SwiGlu> = (0..experts)
+        .map(|_| mlp(&mut rng, 0, hidden, inter))
+        .collect();
     let router = weight(&mut rng, 0, experts, hidden, 1.0);
     let x = rng.vec(2 * hidden, 1.0);
     #[allow(clippy::reversed_empty_ranges)]

@@ -549,7 +549,12 @@ pub fn moe_block(
         {
             let len = tokens * si;
             let mut shv = sh.slice_mut(0..len);
-            crate::ops::silu_mul::<bf16, bf16>(stream, &sg.slice(0..len), &su.slice(0..len), &mut shv)?;
+            crate::ops::silu_mul::<bf16, bf16>(
+                stream,
+                &sg.slice(0..len),
+                &su.slice(0..len),
+                &mut shv,
+            )?;
         }
         shared.down.gemm(stream, sh, tokens, None, so, gemm)?;
     }
