@@ -694,8 +694,12 @@ fn bf16_decode_fragment_map_is_a_permutation_of_k() {
 /// offsets[e] <= p0 is the non-empty group holding p0, empty experts included.
 #[test]
 fn prefill_tile_expert_lookup() {
-    let find = |offsets: &[u32], p0: u32| {
-        let (mut lo, mut hi) = (0usize, offsets.len() - 2);
+    // The kernel's lookup over the local experts [e0, e1): tiles outside the local rows exit (None).
+    let find = |offsets: &[u32], p0: u32, e0: usize, e1: usize| {
+        if p0 >= offsets[e1] || p0 < offsets[e0] {
+            return None;
+        }
+        let (mut lo, mut hi) = (e0, e1 - 1);
         while lo < hi {
             let mid = (lo + hi).div_ceil(2);
             if offsets[mid] <= p0 {
@@ -704,7 +708,7 @@ fn prefill_tile_expert_lookup() {
                 hi = mid - 1;
             }
         }
-        lo
+        Some(lo)
     };
     let mut rng = Rng(seed());
     for _ in 0..200 {
@@ -722,14 +726,25 @@ fn prefill_tile_expert_lookup() {
         for c in &counts {
             offsets.push(offsets.last().unwrap() + c.div_ceil(128) * 128);
         }
-        let mut p0 = 0;
-        while p0 < *offsets.last().unwrap() {
-            let e = find(&offsets, p0);
-            assert!(
-                counts[e] > 0 && offsets[e] <= p0 && p0 < offsets[e + 1],
-                "{counts:?} p0={p0} e={e}"
-            );
-            p0 += 128;
+        let e0 = rng.below(experts);
+        let e1 = e0 + 1 + rng.below(experts - e0);
+        // The full range (the default) and a random local one; each tile runs on exactly the range
+        // whose experts hold it.
+        for (b, e) in [(0, experts), (e0, e1)] {
+            let mut p0 = 0;
+            while p0 < *offsets.last().unwrap() + 256 {
+                let owner = (0..experts).find(|&x| offsets[x] <= p0 && p0 < offsets[x + 1]);
+                let want = owner.filter(|&x| b <= x && x < e);
+                assert_eq!(
+                    find(&offsets, p0, b, e),
+                    want,
+                    "{counts:?} p0={p0} {b}..{e}"
+                );
+                if let Some(x) = want {
+                    assert!(counts[x] > 0, "{counts:?} p0={p0}");
+                }
+                p0 += 128;
+            }
         }
     }
 }

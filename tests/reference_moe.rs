@@ -368,8 +368,8 @@ fn bad_arguments_are_typed_errors() {
 /// against the largest |value|).
 #[test]
 fn partial_ranges_sum_to_the_full_block() {
+    let (mut rng, seed) = Rng::fresh();
     for case in 0..8u64 {
-        let mut rng = Rng(0x5eed_e9 + case);
         let experts = [16, 5, 9, 16, 3, 12, 16, 7][case as usize];
         let (tokens, hidden, inter) = (3 + rng.below(6), 8 + rng.below(40), 1 + rng.below(20));
         let k = (1 + rng.below(3)).min(experts);
@@ -383,7 +383,10 @@ fn partial_ranges_sum_to_the_full_block() {
         let full = moe_block(&x, tokens, &router, &mlps, Some(&shared), k).unwrap();
         let whole =
             moe_block_range(&x, tokens, &router, &mlps, Some(&shared), k, 0..experts).unwrap();
-        assert_eq!(whole, full, "case {case}: the full range is moe_block");
+        assert_eq!(
+            whole, full,
+            "seed {seed} case {case}: the full range is moe_block"
+        );
         let cut = 1 + rng.below(experts - 1).min(experts - 2);
         let splits: [Vec<usize>; 3] = [
             vec![0, cut, experts],
@@ -407,7 +410,10 @@ fn partial_ranges_sum_to_the_full_block() {
             }
             let sum: Vec<f32> = sum.iter().map(|&v| v as f32).collect();
             let err = rel_err(&sum, &to_f64(&full));
-            assert!(err <= 1e-5, "case {case} {bounds:?}: rel err {err:e}");
+            assert!(
+                err <= 1e-5,
+                "seed {seed} case {case} {bounds:?}: rel err {err:e}"
+            );
         }
     }
 }
