@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::kv_cache::KvDType;
 use crate::model::forward::Model;
 use crate::model::generate::{GenerateOptions, Generation};
+use crate::model::gpu_plan::{plan_kv, GpuPlanRequest};
 
 /// Prompt tokens per prefill piece (pieces never cross an attention chunk either).
 const PREFILL_PIECE: usize = 2048;
@@ -30,7 +31,21 @@ pub fn generate_on_device(
     }
     // The last new token is never fed back: the cache needs one position less than prompt + new.
     let max_tokens = prompt.len() + opts.max_new_tokens - 1;
-    let mut d = BatchDecoder::new(model, 1, max_tokens, KvDType::BF16, None)?;
+    // The KV from what is free now (the weights are loaded): a run that cannot fit fails here with
+    // the plan's numbers (needed, free) before anything is allocated. No host tier: generation keeps
+    // the whole cache on the device.
+    let (free, _) = model.backend().device().memory()?;
+    let plan = plan_kv(
+        model.config(),
+        GpuPlanRequest {
+            batch: 1,
+            context: max_tokens,
+            kv_dtype: KvDType::BF16,
+            free_bytes: free as u64,
+            host_bytes: 0,
+        },
+    )?;
+    let mut d = BatchDecoder::new(model, 1, max_tokens, KvDType::BF16, Some(&plan))?;
     let t0 = Instant::now();
     let logits = d
         .prefill(0, prompt, PREFILL_PIECE, true)?
