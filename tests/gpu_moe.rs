@@ -95,6 +95,24 @@ fn weight(rng: &mut Rng, n: usize, k: usize, fmt: Fmt) -> Weight {
     }
 }
 
+/// A router `[experts, hidden]` and `experts` bf16 SwiGLU experts for the host-validation tests.
+fn bf16_block(
+    rng: &mut Rng,
+    experts: usize,
+    hidden: usize,
+    inter: usize,
+) -> (DenseWeight, Vec<SwiGlu>) {
+    let router = DenseWeight {
+        n: experts,
+        k: hidden,
+        data: rng.vec(experts * hidden, 0.1),
+    };
+    let mlps = (0..experts)
+        .map(|_| mlp(rng, hidden, inter, Fmt::Bf16))
+        .collect();
+    (router, mlps)
+}
+
 fn mlp(rng: &mut Rng, hidden: usize, inter: usize, fmt: Fmt) -> SwiGlu {
     SwiGlu {
         gate: weight(rng, inter, hidden, fmt),
@@ -506,15 +524,8 @@ fn expert_range_errors() {
         return;
     };
     let mut rng = Rng(seed());
-    let (experts, hidden, inter) = (8, 64, 32);
-    let router = DenseWeight {
-        n: experts,
-        k: hidden,
-        data: rng.vec(experts * hidden, 0.1),
-    };
-    let mlps: Vec<SwiGlu> = (0..experts)
-        .map(|_| mlp(&mut rng, hidden, inter, Fmt::Bf16))
-        .collect();
+    let (hidden, inter) = (64, 32);
+    let (router, mlps) = bf16_block(&mut rng, 8, hidden, inter);
     // Empty range, past E, experts / range length mismatch.
     for (r, n, shape) in [(3..3, 0, false), (6..9, 3, false), (2..5, 2, true)] {
         let e = GpuMoe::upload_range(&s, &router, &mlps[..n], None, r.clone()).err();
@@ -552,14 +563,7 @@ fn rejects_bad_arguments() {
     };
     let mut rng = Rng(seed());
     let (hidden, inter, experts) = (64, 32, 4);
-    let router = DenseWeight {
-        n: experts,
-        k: hidden,
-        data: rng.vec(experts * hidden, 0.1),
-    };
-    let mlps: Vec<SwiGlu> = (0..experts)
-        .map(|_| mlp(&mut rng, hidden, inter, Fmt::Bf16))
-        .collect();
+    let (router, mlps) = bf16_block(&mut rng, experts, hidden, inter);
     let shared = mlp(&mut rng, hidden, inter, Fmt::Bf16);
     // Router rows must equal the expert count.
     let bad = GpuMoe::upload(&s, &router, &mlps[..3], &shared);
