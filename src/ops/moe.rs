@@ -52,21 +52,11 @@ impl GpuExpert {
     /// (hidden, intermediate), or an error naming the mismatch.
     fn dims(&self, op: &'static str, what: &str) -> Result<(usize, usize)> {
         let (g, u, d) = (&self.gate, &self.up, &self.down);
-        if g.k() != u.k() || g.n() != u.n() || d.k() != g.n() || d.n() != g.k() {
-            return Err(Error::shape(
-                op,
-                format!(
-                    "{what}: gate [{}, {}], up [{}, {}], down [{}, {}] do not form a SwiGLU MLP",
-                    g.n(),
-                    g.k(),
-                    u.n(),
-                    u.k(),
-                    d.n(),
-                    d.k()
-                ),
-            ));
-        }
-        Ok((g.k(), g.n()))
+        crate::reference::moe::swiglu_dims(
+            op,
+            what,
+            [(g.n(), g.k()), (u.n(), u.k()), (d.n(), d.k())],
+        )
     }
 }
 

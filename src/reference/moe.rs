@@ -25,22 +25,36 @@ impl SwiGlu {
     /// (hidden, intermediate), or an error naming the mismatched weight shapes.
     pub fn dims(&self) -> Result<(usize, usize)> {
         let (g, u, d) = (&self.gate, &self.up, &self.down);
-        if g.k() != u.k() || g.n() != u.n() || d.k() != g.n() || d.n() != g.k() {
-            return Err(Error::shape(
-                "SwiGlu",
-                format!(
-                    "gate [{}, {}], up [{}, {}], down [{}, {}] do not form a SwiGLU MLP",
-                    g.n(),
-                    g.k(),
-                    u.n(),
-                    u.k(),
-                    d.n(),
-                    d.k()
-                ),
-            ));
-        }
-        Ok((g.k(), g.n()))
+        swiglu_dims(
+            "SwiGlu",
+            "",
+            [(g.n(), g.k()), (u.n(), u.k()), (d.n(), d.k())],
+        )
     }
+}
+
+/// (hidden, intermediate) of a SwiGLU MLP from its gate, up and down shapes `(n, k)`, or a shape
+/// error under `op` naming them (`what`: which MLP, may be empty). Shared with the GPU experts.
+pub fn swiglu_dims(
+    op: &'static str,
+    what: &str,
+    [g, u, d]: [(usize, usize); 3],
+) -> Result<(usize, usize)> {
+    if g.1 != u.1 || g.0 != u.0 || d.1 != g.0 || d.0 != g.1 {
+        let what = if what.is_empty() {
+            String::new()
+        } else {
+            format!("{what}: ")
+        };
+        return Err(Error::shape(
+            op,
+            format!(
+                "{what}gate [{}, {}], up [{}, {}], down [{}, {}] do not form a SwiGLU MLP",
+                g.0, g.1, u.0, u.1, d.0, d.1
+            ),
+        ));
+    }
+    Ok((g.1, g.0))
 }
 
 /// `1 / (1 + exp(-x))` in f32 (0 for very negative x, never NaN for non-NaN x).
